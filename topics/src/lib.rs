@@ -1,4 +1,25 @@
-//! boxoffice topics: how every binary reaches Kafka (`kafka`), and, as the contracts land, the
-//! topic catalogue and the topic management CLI.
+//! boxoffice topics: how every binary reaches Kafka (`kafka`), the topic catalogue
+//! (`catalogue`, the file `topics/topics.yaml` and its per-environment overlays), and the
+//! `topics` management CLI built on them:
+//!
+//! - `plan` diffs the catalogue against an observed cluster (pure, no I/O);
+//! - `cluster` observes a cluster and carries out changes, every call bounded in time;
+//! - `render` turns results into tables and JSON;
+//! - `schemas` checks and registers the record schemas of every topic;
+//! - `lag` reports consumer lag;
+//! - `docs` generates the README's Topics table;
+//! - `partitioner` is Kafka's murmur2 key partitioner, shared by producers and processors;
+//! - `cli` parses arguments and runs the commands, returning the exit code.
 
+pub mod catalogue;
+pub mod cli;
+pub mod cluster;
+pub mod docs;
 pub mod kafka;
+pub mod lag;
+pub mod partitioner;
+pub mod plan;
+pub mod render;
+pub mod schemas;
+
+pub use cli::{Exit, run};

@@ -1,0 +1,759 @@
+//! The Rust side of every record contract: one struct per `.avsc` file (same fields, same order,
+//! same types), enums for the Avro enums, the [`Record`] trait the codec works with, and one
+//! enum per topic that carries several record types ([`BookingCommand`], [`OrderEvent`],
+//! [`PaymentRequest`]).
+//!
+//! The `.avsc` files are the source of truth. Each struct also derives `AvroSchema`; the drift
+//! test compares that derived schema with the file, so adding, removing, renaming, reordering or
+//! retyping a field on only one side fails the build's tests.
+//!
+//! Conventions (see avro/README.md): ids are UUID text, times are `i64` milliseconds since the
+//! Unix epoch (Avro `timestamp-millis`, fields named `*_at`), money is `i64` minor units plus an
+//! ISO 4217 `currency`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
+use std::sync::LazyLock;
+
+use apache_avro::schema::{Name, NamespaceRef};
+use apache_avro::types::Value;
+use apache_avro::{AvroSchema, Schema};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::DecodeError;
+
+/// Production topics (the catalogue in `topics/` is built from the same names).
+pub mod topic {
+    /// Every input that can change an event's inventory; key `event_id`.
+    pub const BOOKING_COMMANDS: &str = "booking.commands";
+    /// Order lifecycle facts; key `order_id`.
+    pub const ORDERS_EVENTS: &str = "orders.events";
+    /// Work for the payment processor; key `order_id`.
+    pub const PAYMENTS_REQUESTS: &str = "payments.requests";
+    /// Per-event inventory, compacted; key `event_id`.
+    pub const AVAILABILITY: &str = "availability";
+    /// What users must be told; key `user_id`.
+    pub const NOTIFICATIONS: &str = "notifications";
+    /// Records a consumer could not process; key = the failed record's key.
+    pub const DEAD_LETTERS: &str = "dead.letters";
+}
+
+/// A boxoffice record: a Rust type mirroring one `.avsc` file.
+pub trait Record:
+    Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync + 'static
+{
+    /// Avro full name, `boxoffice.<RecordName>`.
+    const FULL_NAME: &'static str;
+    /// The production topic the record is written to.
+    const TOPIC: &'static str;
+
+    /// The `.avsc` text (the source of truth), as compiled into the crate.
+    fn avsc() -> &'static str;
+
+    /// The parsed `.avsc`, parsed once on first use.
+    fn schema() -> &'static Schema;
+
+    /// The deterministic id consumers deduplicate on.
+    fn record_id(&self) -> &str;
+
+    /// The id the record is keyed by on its topic (`event_id`, `order_id` or `user_id`).
+    fn key(&self) -> &str;
+
+    /// The bytes to use as the Kafka key. The key id's text for every record except
+    /// [`DeadLetter`], which keeps the failed record's raw key.
+    fn kafka_key(&self) -> Option<&[u8]> {
+        Some(self.key().as_bytes())
+    }
+
+    /// When the fact happened, milliseconds since the Unix epoch (UTC).
+    fn occurred_at(&self) -> i64;
+
+    /// Turns a value written with any schema of this record into `Self`: the value is resolved
+    /// against this type's schema first (fields added since with a default get the default;
+    /// fields removed since are dropped), which is what makes older writers readable.
+    fn from_writer_value(value: Value) -> Result<Self, String> {
+        let resolved = value.resolve(Self::schema()).map_err(|e| e.to_string())?;
+        apache_avro::from_value(&resolved).map_err(|e| e.to_string())
+    }
+}
+
+/// Parses an embedded `.avsc`. Invariant: the text is compiled in from `avro/schemas/`, and the
+/// crate's tests parse every one of those files, so this cannot fail in a tested build.
+fn parse_embedded(full_name: &str, avsc: &str) -> Schema {
+    Schema::parse_str(avsc).unwrap_or_else(|e| {
+        panic!("invariant broken: embedded schema {full_name} does not parse ({e})")
+    })
+}
+
+// Schema overrides for the derive, where the Rust type alone does not say the Avro type.
+
+/// `long` with `logicalType: timestamp-millis` for the `i64` `*_at` fields.
+fn timestamp_millis(_: &mut HashSet<Name>, _: NamespaceRef) -> Schema {
+    Schema::TimestampMillis
+}
+
+/// `map<string>` for a `BTreeMap<String, String>` (sorted, so encoding is deterministic).
+fn string_map(_: &mut HashSet<Name>, _: NamespaceRef) -> Schema {
+    Schema::map(Schema::String).build()
+}
+
+macro_rules! impl_record {
+    ($ty:ident, topic = $topic:expr, key = $key:ident) => {
+        impl Record for $ty {
+            const FULL_NAME: &'static str = concat!("boxoffice.", stringify!($ty));
+            const TOPIC: &'static str = $topic;
+
+            fn avsc() -> &'static str {
+                include_str!(concat!("../schemas/", stringify!($ty), ".avsc"))
+            }
+
+            fn schema() -> &'static Schema {
+                static SCHEMA: LazyLock<Schema> =
+                    LazyLock::new(|| parse_embedded($ty::FULL_NAME, $ty::avsc()));
+                &SCHEMA
+            }
+
+            fn record_id(&self) -> &str {
+                &self.record_id
+            }
+
+            fn key(&self) -> &str {
+                &self.$key
+            }
+
+            fn occurred_at(&self) -> i64 {
+                self.occurred_at
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enums
+
+/// Why a payment failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[avro(namespace = "boxoffice")]
+pub enum PaymentFailureReason {
+    Declined,
+    InsufficientFunds,
+    ProviderError,
+    Timeout,
+}
+
+/// Why a booking request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[avro(namespace = "boxoffice")]
+pub enum RejectReason {
+    SoldOut,
+    NotOnSale,
+    LimitExceeded,
+    UnknownEvent,
+    InvalidRequest,
+}
+
+/// Why an order was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[avro(namespace = "boxoffice")]
+pub enum CancelReason {
+    UserRequested,
+    PaymentFailed,
+}
+
+/// Why a payment is refunded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[avro(namespace = "boxoffice")]
+pub enum RefundReason {
+    OrderCancelled,
+    LatePaymentSoldOut,
+}
+
+/// What a notification tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[avro(namespace = "boxoffice")]
+pub enum NotificationKind {
+    OrderReserved,
+    OrderConfirmed,
+    OrderRejected,
+    OrderExpired,
+    OrderCancelled,
+    OrderRefunded,
+    LatePaymentReallocated,
+}
+
+/// Class of a dead-lettered failure. `Other` is also the Avro enum default, so a reader that
+/// predates a newer kind still reads the record (as `Other`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[avro(namespace = "boxoffice")]
+pub enum DeadLetterErrorKind {
+    ShortFrame,
+    BadMagicByte,
+    UnknownSchemaId,
+    SchemaMismatch,
+    UndecodableBody,
+    UnexpectedRecord,
+    InvalidRecord,
+    #[default]
+    Other,
+}
+
+// ---------------------------------------------------------------------------------------------
+// booking.commands (key event_id)
+
+/// A fan asked for slots of an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct BookingRequested {
+    pub record_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub number_slot: i32,
+    pub idempotency_key: Option<String>,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    BookingRequested,
+    topic = topic::BOOKING_COMMANDS,
+    key = event_id
+);
+
+/// A fan asked to cancel an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct CancelRequested {
+    pub record_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    CancelRequested,
+    topic = topic::BOOKING_COMMANDS,
+    key = event_id
+);
+
+/// The gateway charged an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct PaymentSucceeded {
+    pub record_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub provider_reference: String,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    PaymentSucceeded,
+    topic = topic::BOOKING_COMMANDS,
+    key = event_id
+);
+
+/// The gateway refused or could not charge an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct PaymentFailed {
+    pub record_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reason: PaymentFailureReason,
+    pub detail: Option<String>,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    PaymentFailed,
+    topic = topic::BOOKING_COMMANDS,
+    key = event_id
+);
+
+/// Time passed an order's hold (time enters the log as data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct HoldExpired {
+    pub record_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    #[avro(with = timestamp_millis)]
+    pub hold_expires_at: i64,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(HoldExpired, topic = topic::BOOKING_COMMANDS, key = event_id);
+
+/// An organiser created or edited an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct EventUpserted {
+    pub record_id: String,
+    pub event_id: String,
+    pub name: String,
+    pub category_id: Option<String>,
+    pub capacity: i32,
+    pub price_minor: i64,
+    pub currency: String,
+    #[avro(with = timestamp_millis)]
+    pub sale_starts_at: i64,
+    #[avro(with = timestamp_millis)]
+    pub sale_ends_at: i64,
+    #[avro(default = "600")]
+    pub hold_seconds: i32,
+    pub max_per_order: i32,
+    pub max_per_user: i32,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    EventUpserted,
+    topic = topic::BOOKING_COMMANDS,
+    key = event_id
+);
+
+impl EventUpserted {
+    /// The schema's default hold time, for producers that have no setting of their own.
+    pub const DEFAULT_HOLD_SECONDS: i32 = 600;
+}
+
+// ---------------------------------------------------------------------------------------------
+// orders.events (key order_id)
+
+/// Slots are held for an order until `hold_expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct OrderReserved {
+    pub record_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub number_slot: i32,
+    pub amount_minor: i64,
+    pub currency: String,
+    #[avro(with = timestamp_millis)]
+    pub hold_expires_at: i64,
+    pub payment_id: Option<String>,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(OrderReserved, topic = topic::ORDERS_EVENTS, key = order_id);
+
+/// A booking request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct OrderRejected {
+    pub record_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub number_slot: i32,
+    pub reason: RejectReason,
+    pub detail: Option<String>,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(OrderRejected, topic = topic::ORDERS_EVENTS, key = order_id);
+
+/// An order is paid (or free) and its slots are sold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct OrderConfirmed {
+    pub record_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub payment_id: Option<String>,
+    pub number_slot: i32,
+    pub amount_minor: i64,
+    pub currency: String,
+    #[avro(default = "false")]
+    pub late_payment: bool,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(OrderConfirmed, topic = topic::ORDERS_EVENTS, key = order_id);
+
+/// An order was cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct OrderCancelled {
+    pub record_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub number_slot: i32,
+    pub reason: CancelReason,
+    pub refund_id: Option<String>,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(OrderCancelled, topic = topic::ORDERS_EVENTS, key = order_id);
+
+/// An order's hold ran out unpaid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct OrderExpired {
+    pub record_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub number_slot: i32,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(OrderExpired, topic = topic::ORDERS_EVENTS, key = order_id);
+
+/// Tickets were issued for a confirmed order, one per slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct TicketsIssued {
+    pub record_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub ticket_ids: Vec<String>,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(TicketsIssued, topic = topic::ORDERS_EVENTS, key = order_id);
+
+// ---------------------------------------------------------------------------------------------
+// payments.requests (key order_id)
+
+/// The booking processor asks for payment of a reserved order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct PaymentRequested {
+    pub record_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    #[avro(with = timestamp_millis)]
+    pub hold_expires_at: i64,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    PaymentRequested,
+    topic = topic::PAYMENTS_REQUESTS,
+    key = order_id
+);
+
+/// A fan submitted payment details for an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct PaymentSubmitted {
+    pub record_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub payment_method_token: String,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    PaymentSubmitted,
+    topic = topic::PAYMENTS_REQUESTS,
+    key = order_id
+);
+
+/// Money must go back for a paid order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct RefundRequested {
+    pub record_id: String,
+    pub refund_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    pub event_id: String,
+    pub user_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reason: RefundReason,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    RefundRequested,
+    topic = topic::PAYMENTS_REQUESTS,
+    key = order_id
+);
+
+// ---------------------------------------------------------------------------------------------
+// availability (compacted, key event_id)
+
+/// An event's inventory after a step; `available + held + sold == total`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct AvailabilityChanged {
+    pub record_id: String,
+    pub event_id: String,
+    pub sequence: i64,
+    pub total: i32,
+    pub available: i32,
+    pub held: i32,
+    pub sold: i32,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    AvailabilityChanged,
+    topic = topic::AVAILABILITY,
+    key = event_id
+);
+
+// ---------------------------------------------------------------------------------------------
+// notifications (key user_id)
+
+/// Something a user must be told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct NotificationRequested {
+    pub record_id: String,
+    pub user_id: String,
+    pub order_id: Option<String>,
+    pub event_id: Option<String>,
+    pub kind: NotificationKind,
+    #[avro(with = string_map)]
+    pub params: BTreeMap<String, String>,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    NotificationRequested,
+    topic = topic::NOTIFICATIONS,
+    key = user_id
+);
+
+impl NotificationRequested {
+    /// The notification's id: its record id (so a redelivered record is one notification).
+    pub fn notification_id(&self) -> &str {
+        &self.record_id
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dead.letters (key = the failed record's key)
+
+/// A record a consumer could not process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct DeadLetter {
+    pub record_id: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    #[avro(with, default = "null")]
+    #[serde(with = "apache_avro::serde::bytes_opt")]
+    pub key: Option<Vec<u8>>,
+    #[avro(with, default = "null")]
+    #[serde(with = "apache_avro::serde::bytes_opt")]
+    pub payload: Option<Vec<u8>>,
+    pub reason: String,
+    pub error_kind: DeadLetterErrorKind,
+    pub consumer: String,
+    #[avro(with = timestamp_millis)]
+    pub failed_at: i64,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+
+impl Record for DeadLetter {
+    const FULL_NAME: &'static str = "boxoffice.DeadLetter";
+    const TOPIC: &'static str = topic::DEAD_LETTERS;
+
+    fn avsc() -> &'static str {
+        include_str!("../schemas/DeadLetter.avsc")
+    }
+
+    fn schema() -> &'static Schema {
+        static SCHEMA: LazyLock<Schema> =
+            LazyLock::new(|| parse_embedded(DeadLetter::FULL_NAME, DeadLetter::avsc()));
+        &SCHEMA
+    }
+
+    fn record_id(&self) -> &str {
+        &self.record_id
+    }
+
+    /// A dead letter is keyed by the failed record's raw key (see [`Record::kafka_key`]); as
+    /// text that is the key when it is UTF-8 (every boxoffice key is UUID text), otherwise the
+    /// dead letter's own record id.
+    fn key(&self) -> &str {
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .unwrap_or(&self.record_id)
+    }
+
+    fn kafka_key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    fn occurred_at(&self) -> i64 {
+        self.occurred_at
+    }
+}
+
+impl DeadLetter {
+    /// The deterministic record id of the dead letter for one consumed record: dead-lettering
+    /// the same record twice (after a crash) yields one id.
+    pub fn record_id_for(
+        consumer: &str,
+        source_topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> String {
+        crate::ids::record_id_for::<DeadLetter>(&[
+            consumer,
+            source_topic,
+            &partition.to_string(),
+            &offset.to_string(),
+        ])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topics with several record types
+
+/// The records a topic with several record types carries, as one enum: encode any variant with
+/// `Codec::encode_group`, decode whatever the writer wrote with `Codec::decode_group`.
+pub trait RecordGroup:
+    Serialize + Clone + Debug + PartialEq + Send + Sync + Sized + 'static
+{
+    /// The topic the group's records are written to.
+    const TOPIC: &'static str;
+    /// Full names of the member records.
+    const MEMBERS: &'static [&'static str];
+
+    /// The full name of the variant's record.
+    fn full_name(&self) -> &'static str;
+    /// The `.avsc` of the variant's record.
+    fn avsc(&self) -> &'static str;
+    /// The variant's record id.
+    fn record_id(&self) -> &str;
+    /// The variant's key (the same id for every member of a group).
+    fn key(&self) -> &str;
+    /// When the variant's fact happened.
+    fn occurred_at(&self) -> i64;
+
+    /// Decodes by name: picks the member whose full name the writer used and resolves the
+    /// writer's value against that member's schema. A name outside the group is a
+    /// [`DecodeError::SchemaMismatch`].
+    fn from_named_value(full_name: &str, value: Value) -> Result<Self, DecodeError>;
+}
+
+macro_rules! record_group {
+    (
+        $(#[$meta:meta])*
+        $group:ident, topic = $topic:expr, { $($variant:ident),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        ///
+        /// Serializes as the variant's record itself (untagged): the record's schema names it.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+        #[serde(untagged)]
+        pub enum $group {
+            $($variant($variant)),+
+        }
+
+        $(impl From<$variant> for $group {
+            fn from(record: $variant) -> Self {
+                $group::$variant(record)
+            }
+        })+
+
+        impl RecordGroup for $group {
+            const TOPIC: &'static str = $topic;
+            const MEMBERS: &'static [&'static str] = &[$(<$variant as Record>::FULL_NAME),+];
+
+            fn full_name(&self) -> &'static str {
+                match self { $($group::$variant(_) => <$variant as Record>::FULL_NAME),+ }
+            }
+
+            fn avsc(&self) -> &'static str {
+                match self { $($group::$variant(_) => <$variant as Record>::avsc()),+ }
+            }
+
+            fn record_id(&self) -> &str {
+                match self { $($group::$variant(r) => r.record_id()),+ }
+            }
+
+            fn key(&self) -> &str {
+                match self { $($group::$variant(r) => r.key()),+ }
+            }
+
+            fn occurred_at(&self) -> i64 {
+                match self { $($group::$variant(r) => r.occurred_at()),+ }
+            }
+
+            fn from_named_value(full_name: &str, value: Value) -> Result<Self, DecodeError> {
+                $(
+                    if full_name == <$variant as Record>::FULL_NAME {
+                        return <$variant as Record>::from_writer_value(value)
+                            .map($group::$variant)
+                            .map_err(|reason| DecodeError::SchemaMismatch {
+                                expected: full_name.to_owned(),
+                                found: full_name.to_owned(),
+                                reason,
+                            });
+                    }
+                )+
+                Err(DecodeError::SchemaMismatch {
+                    expected: format!("one of {}", Self::MEMBERS.join(", ")),
+                    found: full_name.to_owned(),
+                    reason: format!("{} does not carry this record type", Self::TOPIC),
+                })
+            }
+        }
+    };
+}
+
+record_group!(
+    /// What `booking.commands` carries: every input that can change an event's inventory.
+    BookingCommand, topic = topic::BOOKING_COMMANDS, {
+        BookingRequested, CancelRequested, PaymentSucceeded, PaymentFailed, HoldExpired,
+        EventUpserted,
+    }
+);
+
+record_group!(
+    /// What `orders.events` carries: the order lifecycle.
+    OrderEvent, topic = topic::ORDERS_EVENTS, {
+        OrderReserved, OrderRejected, OrderConfirmed, OrderCancelled, OrderExpired, TicketsIssued,
+    }
+);
+
+record_group!(
+    /// What `payments.requests` carries: work for the payment processor.
+    PaymentRequest, topic = topic::PAYMENTS_REQUESTS, {
+        PaymentRequested, PaymentSubmitted, RefundRequested,
+    }
+);
+
+#[cfg(test)]
+pub(crate) mod tests;
