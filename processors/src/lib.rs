@@ -1,4 +1,7 @@
-//! boxoffice processors: the booking processor (the single writer of each event's inventory,
-//! one Kafka partition of `booking.commands` at a time) and the payment processor. Both are a
-//! pure decision core (`apply(state, input) -> effects`) inside a thin Kafka/ScyllaDB runtime.
-//! Nothing lives here yet: see the booking processor and payments issues.
+//! boxoffice processors: the booking processor (`booking`: the single writer of each event's
+//! inventory, one Kafka partition of `booking.commands` at a time) and, later, the payment
+//! processor. Each is a pure decision core inside a thin Kafka/ScyllaDB runtime.
+
+pub mod booking;
+pub mod metrics;
+pub mod payments;

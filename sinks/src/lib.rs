@@ -1,4 +1,8 @@
-//! boxoffice sinks: how every binary reaches the CQL store (`scylla`), and, as the pipeline
-//! lands, the ScyllaDB schema and stores and the notification channels.
+//! boxoffice sinks: how every binary reaches the CQL store (`scylla`), the CQL schema
+//! (`schema`), the booking processor's per-event state store (`inventory`), and, as the
+//! pipeline lands, the other stores and the notification channels.
 
+pub mod inventory;
+pub mod payments;
+pub mod schema;
 pub mod scylla;

@@ -1,8 +1,10 @@
 //! The integration harness every end-to-end test uses: it finds the real Kafka, CQL store and
-//! schema registry (`services`), hands out names no other test uses (`names`), and waits for
-//! conditions with a bound, never a bare sleep (`wait`).
+//! schema registry (`services`), hands out names no other test uses (`names`), waits for
+//! conditions with a bound, never a bare sleep (`wait`), and sets up a private pipeline of
+//! topics, keyspace and processors per test (`pipeline`).
 
 pub mod names;
+pub mod pipeline;
 pub mod services;
 pub mod wait;
 

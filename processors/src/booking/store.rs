@@ -1,0 +1,253 @@
+//! Conversions between the core's per-event state and the rows `sinks::inventory` stores. The
+//! CQL lives in sinks; this module only knows the shapes on both sides.
+
+use std::collections::HashMap;
+
+use boxoffice_avro::records::{CancelReason, RejectReason};
+use boxoffice_sinks::inventory::{StoredConfig, StoredEvent, StoredEventUpdate, StoredOrder};
+
+use super::state::{EventConfig, EventState, Order, OrderStatus};
+
+/// A stored row that cannot be turned back into state: a bug or a hand edit, never skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("stored state of event {event_id} is unreadable: {reason}")]
+pub struct CorruptState {
+    pub event_id: String,
+    pub reason: String,
+}
+
+/// Rebuilds an event's state (and its applied offset) from what was stored.
+pub fn restore(stored: StoredEvent) -> Result<(EventState, Option<i64>), CorruptState> {
+    let corrupt = |reason: String| CorruptState {
+        event_id: stored.event_id.clone(),
+        reason,
+    };
+    let config = match &stored.config {
+        Some(c) => Some(EventConfig {
+            name: c.name.clone(),
+            category_id: c.category_id.clone(),
+            capacity: non_negative(c.capacity).map_err(&corrupt)?,
+            price_minor: c.price_minor,
+            currency: c.currency.clone(),
+            sale_starts_at: c.sale_starts_at,
+            sale_ends_at: c.sale_ends_at,
+            hold_ms: c.hold_ms,
+            max_per_order: non_negative(c.max_per_order).map_err(&corrupt)?,
+            max_per_user: non_negative(c.max_per_user).map_err(&corrupt)?,
+            updated_at: c.updated_at,
+            updated_by_record: c.updated_by_record.clone(),
+        }),
+        None => None,
+    };
+    let mut orders = HashMap::with_capacity(stored.orders.len());
+    for o in &stored.orders {
+        let status = status_from_row(o).map_err(&corrupt)?;
+        orders.insert(
+            o.order_id.clone(),
+            Order {
+                user_id: o.user_id.clone(),
+                slots: non_negative(o.slots).map_err(&corrupt)?,
+                amount_minor: o.amount_minor,
+                currency: o.currency.clone(),
+                payment_id: o.payment_id.clone(),
+                status,
+                refunded: o.refunded,
+            },
+        );
+    }
+    let state = EventState::restore(
+        stored.event_id.clone(),
+        config,
+        non_negative(stored.held).map_err(&corrupt)?,
+        non_negative(stored.sold).map_err(&corrupt)?,
+        stored.sequence,
+        orders,
+    );
+    state.check_invariant().map_err(corrupt)?;
+    Ok((state, stored.applied_offset))
+}
+
+/// The update that persists `state` after a batch: counters, configuration and the orders the
+/// batch touched, conditional on the offset stored before.
+pub fn update(
+    state: &EventState,
+    previous_offset: Option<i64>,
+    new_offset: i64,
+    changed_orders: &[String],
+) -> StoredEventUpdate {
+    StoredEventUpdate {
+        event_id: state.event_id.clone(),
+        previous_offset,
+        new_offset,
+        config: state.config.as_ref().map(config_row),
+        held: count(state.held),
+        sold: count(state.sold),
+        sequence: state.sequence,
+        changed_orders: changed_orders
+            .iter()
+            .filter_map(|id| state.orders.get(id).map(|o| order_row(id, o)))
+            .collect(),
+    }
+}
+
+fn config_row(c: &EventConfig) -> StoredConfig {
+    StoredConfig {
+        name: c.name.clone(),
+        category_id: c.category_id.clone(),
+        capacity: count(c.capacity),
+        price_minor: c.price_minor,
+        currency: c.currency.clone(),
+        sale_starts_at: c.sale_starts_at,
+        sale_ends_at: c.sale_ends_at,
+        hold_ms: c.hold_ms,
+        max_per_order: count(c.max_per_order),
+        max_per_user: count(c.max_per_user),
+        updated_at: c.updated_at,
+        updated_by_record: c.updated_by_record.clone(),
+    }
+}
+
+pub fn order_row(order_id: &str, o: &Order) -> StoredOrder {
+    let (hold_expires_at, reject_reason, cancel_reason, late) = match o.status {
+        OrderStatus::Reserved { hold_expires_at } => (Some(hold_expires_at), None, None, false),
+        OrderStatus::Confirmed { late } => (None, None, None, late),
+        OrderStatus::Rejected(r) => (None, Some(reject_name(r).to_owned()), None, false),
+        OrderStatus::Expired => (None, None, None, false),
+        OrderStatus::Cancelled(r) => (None, None, Some(cancel_name(r).to_owned()), false),
+    };
+    StoredOrder {
+        order_id: order_id.to_owned(),
+        user_id: o.user_id.clone(),
+        slots: count(o.slots),
+        amount_minor: o.amount_minor,
+        currency: o.currency.clone(),
+        payment_id: o.payment_id.clone(),
+        status: o.status.name().to_owned(),
+        hold_expires_at,
+        reject_reason,
+        cancel_reason,
+        late,
+        refunded: o.refunded,
+    }
+}
+
+fn status_from_row(o: &StoredOrder) -> Result<OrderStatus, String> {
+    Ok(match o.status.as_str() {
+        "RESERVED" => OrderStatus::Reserved {
+            hold_expires_at: o
+                .hold_expires_at
+                .ok_or_else(|| format!("order {} is RESERVED without a deadline", o.order_id))?,
+        },
+        "CONFIRMED" => OrderStatus::Confirmed { late: o.late },
+        "REJECTED" => OrderStatus::Rejected(reject_from(o.reject_reason.as_deref())?),
+        "EXPIRED" => OrderStatus::Expired,
+        "CANCELLED" => OrderStatus::Cancelled(cancel_from(o.cancel_reason.as_deref())?),
+        other => return Err(format!("order {} has unknown status {other}", o.order_id)),
+    })
+}
+
+pub fn reject_name(r: RejectReason) -> &'static str {
+    match r {
+        RejectReason::SoldOut => "SOLD_OUT",
+        RejectReason::NotOnSale => "NOT_ON_SALE",
+        RejectReason::LimitExceeded => "LIMIT_EXCEEDED",
+        RejectReason::UnknownEvent => "UNKNOWN_EVENT",
+        RejectReason::InvalidRequest => "INVALID_REQUEST",
+    }
+}
+
+fn reject_from(name: Option<&str>) -> Result<RejectReason, String> {
+    Ok(match name {
+        Some("SOLD_OUT") => RejectReason::SoldOut,
+        Some("NOT_ON_SALE") => RejectReason::NotOnSale,
+        Some("LIMIT_EXCEEDED") => RejectReason::LimitExceeded,
+        Some("UNKNOWN_EVENT") => RejectReason::UnknownEvent,
+        Some("INVALID_REQUEST") => RejectReason::InvalidRequest,
+        other => return Err(format!("unknown reject reason {other:?}")),
+    })
+}
+
+pub fn cancel_name(r: CancelReason) -> &'static str {
+    match r {
+        CancelReason::UserRequested => "USER_REQUESTED",
+        CancelReason::PaymentFailed => "PAYMENT_FAILED",
+    }
+}
+
+fn cancel_from(name: Option<&str>) -> Result<CancelReason, String> {
+    Ok(match name {
+        Some("USER_REQUESTED") => CancelReason::UserRequested,
+        Some("PAYMENT_FAILED") => CancelReason::PaymentFailed,
+        other => return Err(format!("unknown cancel reason {other:?}")),
+    })
+}
+
+fn non_negative(value: i32) -> Result<u32, String> {
+    u32::try_from(value).map_err(|_| format!("negative count {value}"))
+}
+
+/// Counters are bounded by a capacity that came from an `int`: they always fit.
+fn count(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::booking::core::apply;
+    use boxoffice_avro::records::{BookingCommand, BookingRequested, EventUpserted};
+
+    #[test]
+    fn state_survives_a_store_round_trip() {
+        let mut state = EventState::new("e1");
+        let mut effects = Vec::new();
+        apply(
+            &mut state,
+            &BookingCommand::EventUpserted(EventUpserted {
+                record_id: "u1".into(),
+                event_id: "e1".into(),
+                name: "Gig".into(),
+                category_id: Some("c1".into()),
+                capacity: 5,
+                price_minor: 1000,
+                currency: "EUR".into(),
+                sale_starts_at: 0,
+                sale_ends_at: i64::MAX,
+                hold_seconds: 60,
+                max_per_order: 0,
+                max_per_user: 0,
+                occurred_at: 1,
+            }),
+            &mut effects,
+        );
+        for (order, slots) in [("o1", 2), ("o2", 9), ("o3", 0)] {
+            apply(
+                &mut state,
+                &BookingCommand::BookingRequested(BookingRequested {
+                    record_id: order.into(),
+                    order_id: order.into(),
+                    event_id: "e1".into(),
+                    user_id: "u".into(),
+                    number_slot: slots,
+                    idempotency_key: None,
+                    occurred_at: 10,
+                }),
+                &mut effects,
+            );
+        }
+        let ids: Vec<String> = state.orders.keys().cloned().collect();
+        let row = update(&state, None, 41, &ids);
+        let stored = StoredEvent {
+            event_id: row.event_id,
+            applied_offset: Some(row.new_offset),
+            config: row.config,
+            held: row.held,
+            sold: row.sold,
+            sequence: row.sequence,
+            orders: row.changed_orders,
+        };
+        let (restored, offset) = restore(stored).unwrap();
+        assert_eq!(offset, Some(41));
+        assert_eq!(restored, state);
+    }
+}

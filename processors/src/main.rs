@@ -1,0 +1,316 @@
+//! `boxoffice-processor`: parses configuration, starts tracing, builds the clients and runs the
+//! booking processor (or audits one event). Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use boxoffice_avro::Codec;
+use boxoffice_avro::registry::RegistryArgs;
+use boxoffice_processors::booking::audit::verify_event;
+use boxoffice_processors::booking::runtime::{BookingDeps, BookingSettings, run};
+use boxoffice_processors::metrics::BookingMetrics;
+use boxoffice_sinks::inventory::InventoryStore;
+use boxoffice_sinks::schema::{SchemaArgs, ensure_schema};
+use boxoffice_sinks::scylla::ScyllaArgs;
+use boxoffice_topics::kafka::KafkaArgs;
+use clap::{Parser, Subcommand};
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "boxoffice-processor",
+    version,
+    about = "boxoffice's booking processor"
+)]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+    #[command(flatten)]
+    schema: SchemaArgs,
+    /// Log format: `text` or `json`.
+    #[arg(long = "log-format", env = "BOXOFFICE_LOG_FORMAT", default_value = "text", global = true,
+          value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the booking processor: consume booking.commands, decide, produce, persist.
+    Booking {
+        #[command(flatten)]
+        settings: BookingSettings,
+        /// Where `/metrics` (Prometheus text) and `/healthz` answer.
+        #[arg(
+            long = "metrics-addr",
+            env = "BOOKING_METRICS_ADDR",
+            default_value = "127.0.0.1:9464"
+        )]
+        metrics_addr: SocketAddr,
+    },
+    /// Run the payment processor: consume payments.requests, charge and refund through the
+    /// gateway, report outcomes to booking.commands.
+    Payments {
+        #[command(flatten)]
+        settings: boxoffice_processors::payments::runtime::PaymentSettings,
+        /// Where `/metrics` (Prometheus text) and `/healthz` answer.
+        #[arg(
+            long = "metrics-addr",
+            env = "PAYMENTS_METRICS_ADDR",
+            default_value = "127.0.0.1:9465"
+        )]
+        metrics_addr: SocketAddr,
+    },
+    /// Put the demo events on sale (idempotent: fixed ids, the processor ignores repeats).
+    SeedDemo {
+        /// Prefix of every topic name (as given to the processor).
+        #[arg(
+            long = "topic-prefix",
+            env = "BOXOFFICE_TOPIC_PREFIX",
+            default_value = ""
+        )]
+        topic_prefix: String,
+    },
+    /// Re-fold an event's commands from the log and compare with ScyllaDB; exit 1 on any
+    /// violation of the inventory invariant or any difference.
+    VerifyEvent {
+        /// The event to audit.
+        event_id: String,
+        /// Prefix of every topic name (as given to the processor).
+        #[arg(
+            long = "topic-prefix",
+            env = "BOXOFFICE_TOPIC_PREFIX",
+            default_value = ""
+        )]
+        topic_prefix: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match start(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("boxoffice-processor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,scylla=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
+    let summary = cli.kafka.check().await?;
+    info!(brokers = summary.brokers, servers = %cli.kafka.bootstrap_servers, "Kafka reachable");
+    cli.registry.check().await?;
+    info!(url = %cli.registry.url, "schema registry reachable");
+    let session = Arc::new(cli.scylla.connect().await?);
+    let settings = cli.schema.settings();
+    ensure_schema(&session, &settings)
+        .await
+        .context("creating the CQL schema")?;
+    info!(uri = %cli.scylla.uri, keyspace = %settings.keyspace.as_str(), "CQL store ready");
+    let codec = Arc::new(Codec::new(&cli.registry)?);
+    let payments_session = Arc::clone(&session);
+    let store = Arc::new(InventoryStore::new(session, &settings.keyspace).await?);
+
+    match cli.command {
+        Command::Booking {
+            settings,
+            metrics_addr,
+        } => {
+            let metrics = Arc::new(BookingMetrics::default());
+            let listener = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| {
+                    format!("binding --metrics-addr / BOOKING_METRICS_ADDR {metrics_addr}")
+                })?;
+            tokio::spawn(boxoffice_processors::metrics::serve(
+                listener,
+                metrics.clone(),
+            ));
+            info!(%metrics_addr, "metrics at /metrics");
+            let deps = BookingDeps {
+                kafka: cli.kafka,
+                codec,
+                store,
+                settings,
+                metrics,
+            };
+            run(deps, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Payments {
+            settings: payment_settings,
+            metrics_addr,
+        } => {
+            use boxoffice_processors::payments::runtime::{
+                self as payments, PaymentDeps, PaymentMetrics,
+            };
+            let metrics = Arc::new(PaymentMetrics::default());
+            let listener = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| {
+                    format!("binding --metrics-addr / PAYMENTS_METRICS_ADDR {metrics_addr}")
+                })?;
+            tokio::spawn(payments::serve_metrics(listener, metrics.clone()));
+            info!(%metrics_addr, "metrics at /metrics");
+            let payment_store =
+                boxoffice_sinks::payments::PaymentStore::new(payments_session, &settings.keyspace)
+                    .await?;
+            let gateway = payment_settings
+                .gateway()
+                .context("starting the payment gateway")?;
+            let deps = PaymentDeps {
+                kafka: cli.kafka,
+                codec,
+                store: Arc::new(payment_store),
+                gateway: Arc::new(gateway),
+                settings: payment_settings,
+                policy: Default::default(),
+                metrics,
+            };
+            payments::run(deps, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SeedDemo { topic_prefix } => {
+            let topic = format!(
+                "{topic_prefix}{}",
+                boxoffice_avro::records::topic::BOOKING_COMMANDS
+            );
+            let producer: rdkafka::producer::FutureProducer =
+                cli.kafka.durable_producer_config().create()?;
+            for event in boxoffice_processors::booking::demo::events() {
+                let command = boxoffice_avro::records::BookingCommand::EventUpserted(event.clone());
+                let payload = codec.encode_group(&topic, &command).await?;
+                producer
+                    .send(
+                        rdkafka::producer::FutureRecord::to(&topic)
+                            .key(event.event_id.as_bytes())
+                            .payload(&payload),
+                        std::time::Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| {
+                        anyhow::anyhow!("producing the demo event {}: {e}", event.event_id)
+                    })?;
+                println!(
+                    "on sale: {} ({}, {} slots at {} {})",
+                    event.name, event.event_id, event.capacity, event.price_minor, event.currency
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::VerifyEvent {
+            event_id,
+            topic_prefix,
+            json,
+        } => {
+            let topic = format!(
+                "{topic_prefix}{}",
+                boxoffice_avro::records::topic::BOOKING_COMMANDS
+            );
+            let report = verify_event(&cli.kafka, &codec, &store, &topic, &event_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "event {} (partition {}): {} commands folded, stored offset {:?}\n  capacity {} = available {} + held {} + sold {}; {} orders",
+                    report.event_id,
+                    report.partition,
+                    report.commands,
+                    report.stored_offset,
+                    report.capacity,
+                    report.available,
+                    report.held,
+                    report.sold,
+                    report.orders
+                );
+                for violation in &report.violations {
+                    println!("  VIOLATION: {violation}");
+                }
+                println!(
+                    "{}",
+                    if report.ok() {
+                        "OK: never oversold; log and ScyllaDB agree"
+                    } else {
+                        "FAILED"
+                    }
+                );
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_bad_setting_is_refused_naming_the_flag() {
+        let err = Cli::try_parse_from([
+            "boxoffice-processor",
+            "--bootstrap-servers",
+            "nohost",
+            "booking",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--bootstrap-servers"), "{err}");
+    }
+}

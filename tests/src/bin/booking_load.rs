@@ -1,0 +1,320 @@
+//! Load generator for the booking pipeline: one hot event on one partition of
+//! `booking.commands`, the real booking processor (in this process), real Kafka, CQL store and
+//! registry. Two modes:
+//!
+//! - `drain`: pre-fills the partition with N booking requests, then starts the processor and
+//!   measures how fast it drains them (decisions per second, batch sizes);
+//! - `live`: starts the processor, then produces at a fixed rate for a while and measures,
+//!   per request, the time from producing it to its decision being readable (committed) on
+//!   `orders.events`: p50, p99, max.
+//!
+//! `cargo run --release -p boxoffice-tests --bin booking-load -- drain --requests 200000`
+//! (with the stack's environment: `eval "$(scripts/stack env)"`). Runs are bounded in count and
+//! time and talk to loopback services only.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use boxoffice_avro::ids;
+use boxoffice_avro::records::{BookingCommand, BookingRequested, EventUpserted};
+use boxoffice_tests::pipeline::Pipeline;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "booking-load",
+    about = "Load generator for the booking pipeline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+    /// Most records per processor batch.
+    #[arg(long, default_value_t = 5000, global = true)]
+    max_batch_records: u32,
+    /// Longest a batch waits to fill (ms).
+    #[arg(long, default_value_t = 20, global = true)]
+    max_batch_wait_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Pre-fill the partition, then measure the drain.
+    Drain {
+        #[arg(long, default_value_t = 100_000)]
+        requests: usize,
+    },
+    /// Produce at a fixed rate and measure produce-to-decision latency.
+    Live {
+        /// Requests per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: usize,
+        /// How long to produce, in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+const EVENT: &str = "hot-event";
+
+fn upsert(capacity: i32) -> BookingCommand {
+    let at = now_ms() - 60_000;
+    BookingCommand::EventUpserted(EventUpserted {
+        record_id: ids::record_id("load-upsert", &[EVENT]),
+        event_id: EVENT.into(),
+        name: "Flash sale".into(),
+        category_id: None,
+        capacity,
+        price_minor: 4500,
+        currency: "EUR".into(),
+        sale_starts_at: at,
+        sale_ends_at: at + 24 * 3_600_000,
+        hold_seconds: 600,
+        max_per_order: 4,
+        max_per_user: 0,
+        occurred_at: at,
+    })
+}
+
+fn request(i: usize) -> BookingCommand {
+    let order_id = format!("order-{i:09}");
+    BookingCommand::BookingRequested(BookingRequested {
+        record_id: ids::record_id("load-booking", &[&order_id]),
+        order_id,
+        event_id: EVENT.into(),
+        user_id: format!("user-{}", i % 10_000),
+        number_slot: 1,
+        idempotency_key: None,
+        occurred_at: now_ms(),
+    })
+}
+
+/// Encodes commands to Confluent frames (outside any measurement).
+async fn encode(pipeline: &Pipeline, commands: &[BookingCommand]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut frames = Vec::with_capacity(commands.len());
+    for command in commands {
+        frames.push(
+            pipeline
+                .codec
+                .encode_group(&pipeline.topics.commands, command)
+                .await?,
+        );
+    }
+    Ok(frames)
+}
+
+async fn produce_all(
+    producer: &FutureProducer,
+    topic: &str,
+    frames: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    for chunk in frames.chunks(20_000) {
+        let sends = chunk.iter().map(|frame| {
+            producer.send(
+                FutureRecord::to(topic).key(EVENT).payload(frame),
+                Duration::from_secs(60),
+            )
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let services = boxoffice_tests::services().await;
+    let pipeline = Pipeline::create_with(services, "load", 1).await?;
+    let mut settings = pipeline.settings();
+    settings.max_batch_records = cli.max_batch_records;
+    settings.max_batch_wait = Duration::from_millis(cli.max_batch_wait_ms);
+    let producer: FutureProducer = services
+        .kafka()
+        .durable_producer_config()
+        .set("linger.ms", "5")
+        .set("batch.size", "131072")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    println!(
+        "machine: {} cores; topics {}*; keyspace {}",
+        std::thread::available_parallelism()?.get(),
+        pipeline.prefix,
+        pipeline.keyspace
+    );
+
+    match cli.mode {
+        Mode::Drain { requests } => {
+            let mut commands = vec![upsert((requests / 2) as i32)];
+            commands.extend((0..requests).map(request));
+            let frames = encode(&pipeline, &commands).await?;
+            let started = Instant::now();
+            produce_all(&producer, &pipeline.topics.commands, &frames).await?;
+            println!(
+                "pre-filled {} records in {:.2?}",
+                frames.len(),
+                started.elapsed()
+            );
+
+            let processor = pipeline.start_processor_with(settings).await?;
+            let metrics = processor.metrics.clone();
+            // Wait for the partition to be assigned and the first record decided.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while metrics.records_processed.load(Ordering::Relaxed) == 0 {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "processor did not start within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let first_seen = Instant::now();
+            let first_count = metrics.records_processed.load(Ordering::Relaxed);
+            let total = (requests + 1) as u64;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while metrics.records_processed.load(Ordering::Relaxed) < total {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "drain did not finish within 600 s"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let elapsed = first_seen.elapsed();
+            let decided = total - first_count;
+            let batches = metrics.batches.load(Ordering::Relaxed);
+            println!(
+                "drained {decided} decisions in {elapsed:.2?}: {:.0} decisions/s; {batches} batches, mean {:.0} records/batch; outputs produced {}",
+                decided as f64 / elapsed.as_secs_f64(),
+                total as f64 / batches.max(1) as f64,
+                metrics.outputs_produced.load(Ordering::Relaxed)
+            );
+            processor.stop().await?;
+        }
+        Mode::Live { rate, seconds } => {
+            let total = rate * seconds as usize;
+            let mut commands = vec![upsert((total / 2) as i32)];
+            commands.extend((0..total).map(request));
+            let frames = encode(&pipeline, &commands).await?;
+            let processor = pipeline.start_processor_with(settings).await?;
+            produce_all(&producer, &pipeline.topics.commands, &frames[..1]).await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while processor.metrics.records_processed.load(Ordering::Relaxed) == 0 {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "processor did not start within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+
+            // The reader: decisions as they become readable, keyed by order id.
+            let reader: StreamConsumer = services
+                .kafka()
+                .client_config()
+                .set("group.id", format!("{}latency", pipeline.prefix))
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .set("fetch.wait.max.ms", "5")
+                .create()?;
+            reader.subscribe(&[&pipeline.topics.orders])?;
+            let collect = tokio::spawn(async move {
+                let mut seen: HashMap<Vec<u8>, Instant> = HashMap::with_capacity(total);
+                let mut stream = reader.stream();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 120);
+                while seen.len() < total {
+                    match tokio::time::timeout_at(deadline, stream.next()).await {
+                        Ok(Some(Ok(message))) => {
+                            if let Some(key) = message.key() {
+                                seen.entry(key.to_vec()).or_insert_with(Instant::now);
+                            }
+                        }
+                        Ok(Some(Err(e))) => return Err(anyhow::anyhow!("reader: {e}")),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                Ok(seen)
+            });
+
+            // Pace: one slice every 10 ms.
+            let per_tick = (rate / 100).max(1);
+            let mut sent_at: HashMap<Vec<u8>, Instant> = HashMap::with_capacity(total);
+            let mut ticker = tokio::time::interval(Duration::from_millis(10));
+            let started = Instant::now();
+            let mut pending = Vec::new();
+            for (chunk, slice) in frames[1..]
+                .chunks(per_tick)
+                .zip(commands[1..].chunks(per_tick))
+            {
+                ticker.tick().await;
+                let now = Instant::now();
+                for (frame, command) in chunk.iter().zip(slice) {
+                    let BookingCommand::BookingRequested(r) = command else {
+                        continue;
+                    };
+                    sent_at.insert(r.order_id.as_bytes().to_vec(), now);
+                    // Enqueued now (send_result), not when the future is first polled.
+                    let delivery = producer
+                        .send_result(
+                            FutureRecord::to(&pipeline.topics.commands)
+                                .key(EVENT)
+                                .payload(frame),
+                        )
+                        .map_err(|(e, _)| anyhow::anyhow!("enqueue: {e}"))?;
+                    pending.push(delivery);
+                }
+            }
+            for delivery in futures::future::join_all(pending).await {
+                delivery
+                    .map_err(|_| anyhow::anyhow!("delivery cancelled"))?
+                    .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+            }
+            let produced_in = started.elapsed();
+            let seen = collect.await.context("reader task")??;
+            let mut latencies: Vec<u64> = seen
+                .iter()
+                .filter_map(|(key, at)| {
+                    sent_at
+                        .get(key)
+                        .map(|sent| at.duration_since(*sent).as_millis() as u64)
+                })
+                .collect();
+            latencies.sort_unstable();
+            let batches = processor.metrics.batches.load(Ordering::Relaxed);
+            println!(
+                "live: {total} requests at {rate}/s (produced in {produced_in:.2?}); {} decisions read; latency produce→decision readable: p50 {} ms, p99 {} ms, max {} ms; {batches} batches, mean {:.0} records/batch",
+                latencies.len(),
+                percentile(&latencies, 50.0),
+                percentile(&latencies, 99.0),
+                latencies.last().copied().unwrap_or(0),
+                (total + 1) as f64 / batches.max(1) as f64,
+            );
+            processor.stop().await?;
+        }
+    }
+    Ok(())
+}
