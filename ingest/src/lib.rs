@@ -1,3 +1,299 @@
 //! boxoffice ingest: the stateless axum HTTP layer (auth, users, catalogue, orders, payments,
 //! live streams) that turns booking commands into Kafka records keyed by event id.
-//! Nothing lives here yet: see the ingest issue.
+//!
+//! Modules: `config` (settings, topics), `error` (problem+json), `extract` (rejections as
+//! problems), `validate` (field rules), `auth` (passwords, tokens, rate limits, caller
+//! extractors), `stores` (storage traits and their CQL implementations), `bus` (the Kafka
+//! producer), `catalogue` (cached events and search), `pagination` (signed page tokens),
+//! `live` (topic followers and fan-out), `routes` (handlers), `openapi` (the API description),
+//! `state` (what handlers share). [`run`] serves it all until shutdown.
+
+pub mod auth;
+pub mod bus;
+pub mod catalogue;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod live;
+pub mod openapi;
+pub mod pagination;
+pub mod routes;
+pub mod state;
+pub mod stores;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use boxoffice_avro::Codec;
+use boxoffice_topics::kafka::KafkaArgs;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_scalar::Servable;
+
+use crate::auth::jwt::TokenKeys;
+use crate::auth::limiter::RateLimiter;
+use crate::bus::Bus;
+use crate::config::{IngestSettings, Topics};
+use crate::error::{ApiError, problem_response};
+use crate::live::Live;
+use crate::pagination::Pager;
+use crate::state::{AppState, SessionCache, SharedState};
+use crate::stores::{Role, Stores};
+
+/// Largest request body accepted (larger ones get 413).
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What [`run`] needs from the outside world.
+pub struct Deps {
+    pub settings: IngestSettings,
+    pub stores: Stores,
+    pub bus: Arc<dyn Bus>,
+    /// Where the live streams come from; `None` serves no live updates (tests of the router).
+    pub follow: Option<Follow>,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Kafka side of the live streams.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    pub kafka: KafkaArgs,
+    pub codec: Arc<Codec>,
+}
+
+/// The shared state for `settings`.
+pub fn state(
+    settings: &IngestSettings,
+    stores: Stores,
+    bus: Arc<dyn Bus>,
+    live: Arc<Live>,
+) -> SharedState {
+    Arc::new(AppState {
+        stores,
+        bus,
+        tokens: TokenKeys::new(
+            &settings.jwt_secret,
+            &settings.jwt_issuer,
+            &settings.jwt_audience,
+            settings.access_token_ttl,
+        ),
+        pager: Pager::new(&settings.jwt_secret),
+        account_limiter: RateLimiter::new(
+            settings.login_account_burst,
+            settings.login_account_refill,
+        ),
+        ip_limiter: RateLimiter::new(settings.login_ip_burst, settings.login_ip_refill),
+        sessions: SessionCache::default(),
+        catalogue: catalogue::Catalogue::default(),
+        live,
+        refresh_ttl: settings.refresh_token_ttl,
+        stopping: tokio::sync::watch::channel(false).0,
+    })
+}
+
+fn panic_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    let problem = ApiError::Internal("unexpected error".to_owned()).problem();
+    problem_response(StatusCode::INTERNAL_SERVER_ERROR, &problem)
+}
+
+/// The router with its middleware: request ids (`x-request-id`, generated when absent, echoed
+/// back), a tracing span per request, the body limit, panics as problem+json, `/openapi.json`
+/// and `/docs`.
+pub fn router(state: SharedState) -> Router {
+    let spec = openapi::ApiDoc::openapi();
+    let spec_json = serde_json::to_string(&spec).unwrap_or_else(|_| "{}".to_owned());
+    let docs: Router<SharedState> = utoipa_scalar::Scalar::with_url("/docs", spec).into();
+    routes::api()
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let body = spec_json.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response() }
+            }),
+        )
+        .merge(docs)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(CatchPanicLayer::custom(panic_problem))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Why the first admin could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("INGEST_ADMIN_EMAIL / --email is not a valid email address: {0}")]
+    Email(String),
+    #[error("INGEST_ADMIN_PASSWORD / --password is not acceptable: {0}")]
+    Password(String),
+    #[error("creating the admin failed: {0}")]
+    Failed(String),
+}
+
+/// Makes `email` an admin: creates the account (user name from `user_name`, or from the email)
+/// or, when the email is registered already, gives it the admin role (the password is left as
+/// it is). Idempotent.
+pub async fn ensure_admin(
+    state: &SharedState,
+    email: &str,
+    password: &str,
+    user_name: Option<&str>,
+) -> Result<String, AdminError> {
+    let email = validate::email(email).map_err(AdminError::Email)?;
+    let password = validate::password(password).map_err(AdminError::Password)?;
+    let accounts = &state.stores.accounts;
+    let failed = |e: &dyn std::fmt::Display| AdminError::Failed(e.to_string());
+    if let Some(user_id) = accounts
+        .user_id_by_email(&email)
+        .await
+        .map_err(|e| failed(&e))?
+    {
+        accounts
+            .set_role(&user_id, Role::Admin)
+            .await
+            .map_err(|e| failed(&e))?;
+        return Ok(user_id);
+    }
+    let base = user_name.map(str::to_owned).unwrap_or_else(|| {
+        let local: String = email
+            .split('@')
+            .next()
+            .unwrap_or("admin")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(24)
+            .collect();
+        if local.len() >= 3 {
+            local
+        } else {
+            "admin".to_owned()
+        }
+    });
+    let user_name = validate::user_name(&base).map_err(AdminError::Failed)?;
+    for attempt in 0..3 {
+        let name = if attempt == 0 {
+            user_name.clone()
+        } else {
+            format!(
+                "{user_name}_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..6]
+            )
+        };
+        let created = routes::auth::create_account(
+            state,
+            email.clone(),
+            name,
+            "Admin".to_owned(),
+            "Admin".to_owned(),
+            "+0000000000".to_owned(),
+            password.clone(),
+            Role::Admin,
+        )
+        .await;
+        match created {
+            Ok(user) => return Ok(user.id),
+            Err(ApiError::Conflict(_)) => {
+                // Email claimed concurrently (another replica): make that one admin.
+                if let Some(user_id) = accounts
+                    .user_id_by_email(&email)
+                    .await
+                    .map_err(|e| failed(&e))?
+                {
+                    accounts
+                        .set_role(&user_id, Role::Admin)
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    return Ok(user_id);
+                }
+            }
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    Err(AdminError::Failed(
+        "no free user name for the admin".to_owned(),
+    ))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, ends the live
+/// streams, finishes the requests in flight and returns.
+pub async fn run(
+    deps: Deps,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let live = Arc::new(Live::new());
+    let state = state(&deps.settings, deps.stores, deps.bus, Arc::clone(&live));
+    let stopping = state.stopping.subscribe();
+    if let Some(follow) = deps.follow {
+        let topics = Topics::with_prefix(&deps.settings.topic_prefix);
+        let mut stop = stopping.clone();
+        tokio::spawn(live::follow(
+            follow.kafka,
+            follow.codec,
+            topics,
+            live,
+            async move {
+                let _ = stop.changed().await;
+            },
+        ));
+    }
+    serve(state, listener, shutdown).await
+}
+
+/// Serves an already-built state (tests use it to reach the state).
+pub async fn serve(
+    state: SharedState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(Arc::clone(&state));
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "ingest listening");
+    let stopping = state.stopping.clone();
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = stopping.send(true);
+        // Streams end at once; anything else gets a moment to finish.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    })
+    .await
+}

@@ -334,10 +334,12 @@ pub const TABLES: &[&str] = &[
     "payments_by_user",
     "payment_submissions",
     "notifications",
+    "webhook_endpoints",
+    "notification_deliveries",
 ];
 
 /// The table definitions (without keyspace): `(name, column list and key)`.
-fn table_definitions() -> [(&'static str, &'static str); 19] {
+fn table_definitions() -> [(&'static str, &'static str); 21] {
     [
         // Sign-in identities; the password is an argon2 hash, never the password.
         (
@@ -476,6 +478,24 @@ fn table_definitions() -> [(&'static str, &'static str); 19] {
              order_id text, event_id text, params map<text, text>, read boolean, \
              PRIMARY KEY ((user_id), created_at, notification_id)) \
              WITH CLUSTERING ORDER BY (created_at DESC, notification_id DESC",
+        ),
+        // A user's webhook endpoints (registered through the API, read by the notifier). The
+        // secret keys the HMAC-SHA256 signature; a 410 answer sets `disabled`.
+        (
+            "webhook_endpoints",
+            "user_id text, endpoint_id text, url text, secret text, disabled boolean, \
+             disabled_reason text, disabled_at timestamp, created_at timestamp, \
+             PRIMARY KEY ((user_id), endpoint_id)",
+        ),
+        // The notifier's per-channel delivery state: one row per notification, channel
+        // (`email`, `webhook`) and target (`email`: the address; `webhook`: the endpoint id).
+        // `state` is PENDING while a send may be in flight, then SENT, SKIPPED, DISABLED or
+        // DEAD (dead-lettered); `attempts` survives restarts, so the attempt bound does too.
+        (
+            "notification_deliveries",
+            "notification_id text, channel text, target text, state text, attempts int, \
+             detail text, updated_at timestamp, \
+             PRIMARY KEY ((notification_id), channel, target)",
         ),
     ]
 }

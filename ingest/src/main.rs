@@ -1,0 +1,224 @@
+//! `boxoffice-ingest`: parses configuration, starts tracing, builds the clients (Kafka and
+//! registry checks, CQL connect and schema), then serves the API (`serve`, the default) or
+//! creates an admin (`create-admin`). Everything else lives in the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use boxoffice_avro::Codec;
+use boxoffice_avro::registry::RegistryArgs;
+use boxoffice_ingest::bus::KafkaBus;
+use boxoffice_ingest::config::{IngestSettings, Topics};
+use boxoffice_ingest::live::Live;
+use boxoffice_ingest::stores::cql::{CqlStores, ensure_columns};
+use boxoffice_ingest::{Deps, Follow, ensure_admin};
+use boxoffice_sinks::schema::{SchemaArgs, ensure_schema};
+use boxoffice_sinks::scylla::ScyllaArgs;
+use boxoffice_topics::kafka::KafkaArgs;
+use clap::{Parser, Subcommand};
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(name = "boxoffice-ingest", version, about = "boxoffice's HTTP API")]
+struct Cli {
+    #[command(flatten)]
+    settings: IngestSettings,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+    #[command(flatten)]
+    schema: SchemaArgs,
+    /// Log format: `text` or `json`.
+    #[arg(long = "log-format", env = "BOXOFFICE_LOG_FORMAT", default_value = "text", global = true,
+          value_parser = ["text", "json"])]
+    log_format: String,
+    /// Email of an admin created (or promoted) at startup; needs INGEST_ADMIN_PASSWORD.
+    #[arg(long = "admin-email", env = "INGEST_ADMIN_EMAIL")]
+    admin_email: Option<String>,
+    /// Password of the admin created at startup (used only when the account is new).
+    #[arg(
+        long = "admin-password",
+        env = "INGEST_ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
+    admin_password: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Create an admin account (or give an existing account the admin role), then exit.
+    CreateAdmin {
+        /// The admin's email address.
+        #[arg(long)]
+        email: String,
+        /// The admin's user name (default: from the email address).
+        #[arg(long = "user-name")]
+        user_name: Option<String>,
+        /// The password (10 to 128 characters); prefer the environment variable.
+        #[arg(long, env = "INGEST_ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if e.kind() == clap::error::ErrorKind::MissingRequiredArgument
+                && e.to_string().contains("--jwt-secret") =>
+        {
+            eprintln!(
+                "boxoffice-ingest: the access-token signing secret is required: set INGEST_JWT_SECRET \
+                 (or --jwt-secret) to at least 32 random bytes, e.g. `head -c 48 /dev/urandom | base64`"
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    init_tracing(&cli.log_format);
+    match start(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("boxoffice-ingest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,scylla=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn start(cli: Cli) -> anyhow::Result<()> {
+    let summary = cli.kafka.check().await?;
+    info!(brokers = summary.brokers, servers = %cli.kafka.bootstrap_servers, "Kafka reachable");
+    cli.registry.check().await?;
+    info!(url = %cli.registry.url, "schema registry reachable");
+    let session = Arc::new(cli.scylla.connect().await?);
+    let schema = cli.schema.settings();
+    ensure_schema(&session, &schema)
+        .await
+        .context("creating the CQL schema")?;
+    ensure_columns(&session, &schema.keyspace)
+        .await
+        .context("adding ingest's columns")?;
+    info!(uri = %cli.scylla.uri, keyspace = %schema.keyspace, "CQL store ready");
+    let stores = CqlStores::new(session, &schema.keyspace)
+        .await?
+        .into_stores();
+    let codec = Arc::new(Codec::new(&cli.registry)?);
+    let topics = Topics::with_prefix(&cli.settings.topic_prefix);
+    let bus = Arc::new(
+        KafkaBus::new(
+            &cli.kafka,
+            Arc::clone(&codec),
+            topics,
+            cli.settings.produce_timeout,
+        )
+        .context(
+            "creating the Kafka producer (check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS)",
+        )?,
+    );
+
+    if let Some(Command::CreateAdmin {
+        email,
+        user_name,
+        password,
+    }) = &cli.command
+    {
+        let state = boxoffice_ingest::state(&cli.settings, stores, bus, Arc::new(Live::new()));
+        let id = ensure_admin(&state, email, password, user_name.as_deref()).await?;
+        println!("admin {email} is user {id}");
+        return Ok(());
+    }
+
+    let listener = tokio::net::TcpListener::bind(cli.settings.listen)
+        .await
+        .with_context(|| format!("binding --listen / INGEST_LISTEN {}", cli.settings.listen))?;
+    match (&cli.admin_email, &cli.admin_password) {
+        (Some(email), Some(password)) => {
+            let state = boxoffice_ingest::state(
+                &cli.settings,
+                stores.clone(),
+                bus.clone(),
+                Arc::new(Live::new()),
+            );
+            let id = ensure_admin(&state, email, password, None).await?;
+            info!(%email, user_id = %id, "admin ensured (INGEST_ADMIN_EMAIL)");
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            anyhow::bail!("set both INGEST_ADMIN_EMAIL and INGEST_ADMIN_PASSWORD (or neither)");
+        }
+        (None, None) => {}
+    }
+    let deps = Deps {
+        settings: cli.settings,
+        stores,
+        bus,
+        follow: Some(Follow {
+            kafka: cli.kafka,
+            codec,
+        }),
+    };
+    boxoffice_ingest::run(deps, listener, shutdown_signal()).await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_jwt_secret_is_required_and_checked() {
+        let err = Cli::try_parse_from(["boxoffice-ingest", "--jwt-secret", "short"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("INGEST_JWT_SECRET"), "{err}");
+    }
+}

@@ -1,0 +1,59 @@
+//! The OpenAPI 3 description of the API (generated from the handlers' annotations), served at
+//! `/openapi.json`, with a reference page at `/docs`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::{FieldError, Problem};
+use crate::routes::{auth, health, live, notifications, orders, payments, tickets, users, views};
+
+/// The API description.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "boxoffice ingest API", description = "Ticket booking: accounts, events, orders, payments, live streams. Errors are application/problem+json."),
+    paths(
+        health::healthz, health::readyz,
+        auth::register, auth::login, auth::refresh_tokens, auth::logout,
+        users::list_users, users::get_user, users::update_user,
+        tickets::search, tickets::get_event, tickets::create_event, tickets::update_event,
+        tickets::list_categories, tickets::create_category, tickets::update_category,
+        orders::create_order, orders::list_orders, orders::get_order, orders::cancel_order,
+        payments::create_payment, payments::list_payments, payments::get_payment,
+        notifications::list_notifications,
+        live::availability_stream, live::order_stream, live::notification_stream,
+    ),
+    components(schemas(
+        Problem, FieldError, views::UserView, views::EventView, views::OrderView, views::PaymentView,
+        crate::catalogue::SortField, tickets::SortOrder,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Accounts and sessions"),
+        (name = "users", description = "User profiles"),
+        (name = "events", description = "The catalogue (the seed's tickets) and categories"),
+        (name = "orders", description = "Booking"),
+        (name = "payments", description = "Paying reserved orders"),
+        (name = "notifications", description = "In-app notifications"),
+        (name = "live", description = "Server-sent event streams"),
+        (name = "health", description = "Probes"),
+    )
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

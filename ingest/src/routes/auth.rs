@@ -1,0 +1,338 @@
+//! `POST v1/register`, `v1/login`, `v1/refresh`, `v1/logout`: accounts, Argon2id passwords,
+//! rate-limited logins, access tokens and rotating refresh tokens (reuse revokes the session).
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::{AuthUser, password, refresh};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::ApiJson;
+use crate::now_millis;
+use crate::routes::views::UserView;
+use crate::state::SharedState;
+use crate::stores::{CreateAccountError, NewAccount, RefreshRecord, Role};
+use crate::validate::{self, Checks};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[schema(example = "ann@example.com", format = "email", max_length = 254)]
+    pub email: String,
+    #[schema(example = "ann_1", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")]
+    pub user_name: String,
+    #[schema(min_length = 1, max_length = 64)]
+    pub first_name: String,
+    #[schema(min_length = 1, max_length = 64)]
+    pub last_name: String,
+    /// 10 to 128 characters.
+    #[schema(min_length = 10, max_length = 128)]
+    pub password: String,
+    #[schema(example = "+49 30 1234567", pattern = "^\\+?[0-9]{7,15}$")]
+    pub mobile_phone: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// User name or email address (`user_name`, `username` and `email` are accepted too).
+    #[serde(alias = "user_name", alias = "username", alias = "email")]
+    #[schema(min_length = 1, max_length = 254)]
+    pub login: String,
+    #[schema(min_length = 1, max_length = 128)]
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
+    pub refresh_token: String,
+}
+
+/// Tokens for a session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    /// JWT (HS256) for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Opaque; exchange it at `POST v1/refresh` (once: it rotates).
+    pub refresh_token: String,
+    pub refresh_expires_in: u64,
+    pub user_id: String,
+    pub role: Role,
+}
+
+/// Creates an account (role `user`).
+#[utoipa::path(post, path = "/v1/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Account created", body = UserView),
+        (status = 409, description = "Email or user name taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn register(
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    let mut checks = Checks::new();
+    let email = checks.check("email", validate::email(&body.email));
+    let user_name = checks.check("user_name", validate::user_name(&body.user_name));
+    let first_name = checks.check("first_name", validate::person_name(&body.first_name));
+    let last_name = checks.check("last_name", validate::person_name(&body.last_name));
+    let mobile_phone = checks.check("mobile_phone", validate::phone(&body.mobile_phone));
+    let password = checks.check("password", validate::password(&body.password));
+    if let (Some(pw), Some(name), Some(mail)) = (&password, &user_name, &email) {
+        let lower = pw.to_lowercase();
+        if lower == *name || lower == *mail {
+            checks.fail("password", "must not be the user name or the email address");
+        }
+    }
+    checks.finish()?;
+    let (
+        Some(email),
+        Some(user_name),
+        Some(first_name),
+        Some(last_name),
+        Some(mobile_phone),
+        Some(password),
+    ) = (
+        email,
+        user_name,
+        first_name,
+        last_name,
+        mobile_phone,
+        password,
+    )
+    else {
+        return Err(ApiError::Internal(
+            "validation passed without values".to_owned(),
+        ));
+    };
+    let user = create_account(
+        &state,
+        email,
+        user_name,
+        first_name,
+        last_name,
+        mobile_phone,
+        password,
+        Role::User,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+/// Creates an account; shared by registration and the first-admin bootstrap.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_account(
+    state: &SharedState,
+    email: String,
+    user_name: String,
+    first_name: String,
+    last_name: String,
+    mobile_phone: String,
+    password: String,
+    role: Role,
+) -> ApiResult<crate::stores::UserRecord> {
+    let password_hash = password::hash(password)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let now = now_millis();
+    let account = NewAccount {
+        user_id: uuid::Uuid::new_v4().to_string(),
+        email,
+        user_name,
+        first_name,
+        last_name,
+        mobile_phone,
+        password_hash,
+        role,
+        created_at: now,
+    };
+    match state.stores.accounts.create_account(&account).await {
+        Ok(()) => {}
+        Err(CreateAccountError::EmailTaken) => {
+            return Err(ApiError::Conflict(
+                "this email address is already registered".to_owned(),
+            ));
+        }
+        Err(CreateAccountError::UserNameTaken) => {
+            return Err(ApiError::Conflict(
+                "this user name is already taken".to_owned(),
+            ));
+        }
+        Err(CreateAccountError::Store(e)) => return Err(e.into()),
+    }
+    Ok(crate::stores::UserRecord {
+        id: account.user_id,
+        email: account.email,
+        user_name: account.user_name,
+        first_name: account.first_name,
+        last_name: account.last_name,
+        birth_day: None,
+        mobile_phone: account.mobile_phone,
+        role,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+/// The client's address: the TCP peer (behind a proxy, the proxy's address; see the README).
+#[derive(Debug, Clone)]
+pub struct ClientAddress(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()),
+        ))
+    }
+}
+
+/// Signs in with user name or email and password.
+#[utoipa::path(post, path = "/v1/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in", body = TokenPair),
+        (status = 401, description = "Wrong user or password", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts (per account or per address)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn login(
+    State(state): State<SharedState>,
+    ClientAddress(address): ClientAddress,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> ApiResult<Json<TokenPair>> {
+    let login = body.login.trim().to_lowercase();
+    let mut checks = Checks::new();
+    if login.is_empty() || login.chars().count() > 254 {
+        checks.fail("login", "must be a user name or an email address");
+    }
+    if body.password.is_empty() || body.password.chars().count() > 128 {
+        checks.fail("password", "must be 1 to 128 characters");
+    }
+    checks.finish()?;
+    let limited = |retry_after| ApiError::TooManyRequests {
+        detail: "too many login attempts; wait before trying again".to_owned(),
+        retry_after,
+    };
+    state.ip_limiter.check(&address).map_err(limited)?;
+    state.account_limiter.check(&login).map_err(limited)?;
+    let credentials = state.stores.accounts.find_credentials(&login).await?;
+    let stored = credentials.as_ref().map_or_else(
+        || password::dummy_hash().to_owned(),
+        |c| c.password_hash.clone(),
+    );
+    let matches = password::verify(body.password, stored).await;
+    let Some(credentials) = credentials.filter(|_| matches) else {
+        return Err(ApiError::Unauthorized(
+            "wrong user name, email or password".to_owned(),
+        ));
+    };
+    let family = uuid::Uuid::new_v4().to_string();
+    Ok(Json(
+        issue_pair(&state, &credentials.user_id, credentials.role, &family).await?,
+    ))
+}
+
+async fn issue_pair(
+    state: &SharedState,
+    user_id: &str,
+    role: Role,
+    family: &str,
+) -> ApiResult<TokenPair> {
+    let refresh_token = refresh::generate();
+    let refresh_ttl = state.refresh_ttl;
+    let record = RefreshRecord {
+        token_hash: refresh::hash(&refresh_token),
+        user_id: user_id.to_owned(),
+        family_id: family.to_owned(),
+        expires_at: now_millis() + i64::try_from(refresh_ttl.as_millis()).unwrap_or(i64::MAX / 2),
+        used: false,
+    };
+    state.stores.accounts.insert_refresh(&record).await?;
+    let access_token = state
+        .tokens
+        .issue(user_id, role, family)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(TokenPair {
+        access_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: state.tokens.ttl().as_secs(),
+        refresh_token,
+        refresh_expires_in: refresh_ttl.as_secs(),
+        user_id: user_id.to_owned(),
+        role,
+    })
+}
+
+/// Exchanges a refresh token for new tokens. The token rotates: presenting a used one again
+/// revokes the whole session.
+#[utoipa::path(post, path = "/v1/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "New tokens", body = TokenPair),
+        (status = 401, description = "Unknown, expired, reused or revoked refresh token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn refresh_tokens(
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<TokenPair>> {
+    let refused =
+        || ApiError::Unauthorized("the refresh token is invalid, expired or revoked".to_owned());
+    if !refresh::well_formed(&body.refresh_token) {
+        return Err(refused());
+    }
+    let accounts = &state.stores.accounts;
+    let hash = refresh::hash(&body.refresh_token);
+    let Some(record) = accounts.get_refresh(&hash).await? else {
+        return Err(refused());
+    };
+    if record.expires_at <= now_millis() || accounts.family_revoked(&record.family_id).await? {
+        return Err(refused());
+    }
+    if record.used || !accounts.consume_refresh(&hash).await? {
+        tracing::warn!(user_id = %record.user_id, family = %record.family_id, "refresh token reused: session revoked");
+        accounts
+            .revoke_family(&record.family_id, now_millis())
+            .await?;
+        state.sessions.remember(&record.family_id, true);
+        return Err(refused());
+    }
+    let Some(user) = accounts.get_user(&record.user_id).await? else {
+        return Err(refused());
+    };
+    Ok(Json(
+        issue_pair(&state, &user.id, user.role, &record.family_id).await?,
+    ))
+}
+
+/// Ends the session of the access token: its refresh tokens and access tokens stop working.
+#[utoipa::path(post, path = "/v1/logout", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn logout(
+    State(state): State<SharedState>,
+    user: AuthUser,
+    _headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    state
+        .stores
+        .accounts
+        .revoke_family(&user.session_id, now_millis())
+        .await?;
+    state.sessions.remember(&user.session_id, true);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,552 @@
+//! The CQL implementations of every store trait, on one session with statements prepared once
+//! at startup. Split by concern: `accounts` (profiles, uniqueness claims, refresh tokens),
+//! `catalog` (events, categories, inventory counters), `orders`, `payments`,
+//! `notifications`. Absent texts are written as `''` rather than `null` (no tombstones).
+
+mod accounts;
+mod catalog;
+mod notifications;
+mod orders;
+mod payments;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use boxoffice_sinks::schema::Keyspace;
+use scylla::client::session::Session;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::serialize::value::SerializeValue;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue, Row};
+
+use super::{Direction, Page, PageRequest, StoreError, StoreProbe, StoreResult, Stores};
+
+/// Columns ingest added to tables that existed before it; an older keyspace gets them with
+/// `ALTER TABLE ... ADD` (see [`ensure_columns`]).
+pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("orders", "request_fingerprint", "text"),
+    ("orders", "idempotency_key", "text"),
+];
+
+/// Adds [`ADDED_COLUMNS`] that an existing keyspace lacks (`CREATE TABLE IF NOT EXISTS` does
+/// not change a table that exists). Safe to run from several replicas at once.
+pub async fn ensure_columns(session: &Session, keyspace: &Keyspace) -> StoreResult<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let exists = session
+            .query_unpaged(
+                "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+                (keyspace.as_str(), *table, *column),
+            )
+            .await
+            .map_err(|e| StoreError::unavailable("checking columns", e))?
+            .into_rows_result()
+            .map_err(|e| StoreError::corrupt("checking columns", e))?
+            .rows_num()
+            > 0;
+        if !exists {
+            let statement = format!("ALTER TABLE {} ADD {column} {kind}", keyspace.table(table));
+            if let Err(e) = session.query_unpaged(statement, &[]).await {
+                // Another replica may have added it between the check and the ALTER.
+                tracing::info!(table, column, error = %e, "ALTER TABLE failed (column added concurrently?)");
+            }
+        }
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| StoreError::unavailable("schema agreement", e))?;
+    Ok(())
+}
+
+/// Statements of one newest-first list: first page, older than a cursor, newer than a cursor.
+#[derive(Debug)]
+struct PageStatements {
+    first: PreparedStatement,
+    next: PreparedStatement,
+    previous: PreparedStatement,
+}
+
+/// Every CQL store of ingest.
+#[derive(Debug)]
+pub struct CqlStores {
+    session: Arc<Session>,
+    s: Statements,
+}
+
+#[derive(Debug)]
+struct Statements {
+    ping: PreparedStatement,
+    // accounts
+    claim_email: PreparedStatement,
+    claim_user_name: PreparedStatement,
+    release_email: PreparedStatement,
+    release_user_name: PreparedStatement,
+    insert_profile: PreparedStatement,
+    insert_user: PreparedStatement,
+    insert_user_listing: PreparedStatement,
+    email_owner: PreparedStatement,
+    user_name_owner: PreparedStatement,
+    read_profile: PreparedStatement,
+    read_user: PreparedStatement,
+    update_user: PreparedStatement,
+    update_profile_name: PreparedStatement,
+    set_role: PreparedStatement,
+    users_page: PageStatements,
+    insert_refresh: PreparedStatement,
+    read_refresh: PreparedStatement,
+    consume_refresh: PreparedStatement,
+    revoke_family: PreparedStatement,
+    read_family: PreparedStatement,
+    // catalog
+    scan_events: PreparedStatement,
+    read_event: PreparedStatement,
+    insert_event: PreparedStatement,
+    read_inventory: PreparedStatement,
+    scan_categories: PreparedStatement,
+    read_category: PreparedStatement,
+    insert_category: PreparedStatement,
+    // orders
+    insert_order: PreparedStatement,
+    insert_order_if_new: PreparedStatement,
+    read_order: PreparedStatement,
+    read_order_serial: PreparedStatement,
+    insert_order_listing: PreparedStatement,
+    delete_order_listing: PreparedStatement,
+    delete_order: PreparedStatement,
+    orders_page: PageStatements,
+    read_decision: PreparedStatement,
+    // payments
+    insert_payment_listing: PreparedStatement,
+    insert_submission: PreparedStatement,
+    read_payment: PreparedStatement,
+    read_submission: PreparedStatement,
+    read_history: PreparedStatement,
+    payments_page: PageStatements,
+    // notifications
+    notifications_page: PageStatements,
+}
+
+/// Bucket of the single `users_by_created` partition.
+const USERS_BUCKET: i32 = 0;
+
+impl CqlStores {
+    /// Prepares every statement. The schema must exist (`ensure_schema`, then
+    /// [`ensure_columns`]).
+    pub async fn new(session: Arc<Session>, keyspace: &Keyspace) -> StoreResult<Self> {
+        let t = |name: &str| keyspace.table(name);
+        let p = Preparer { session: &session };
+        let page = |table: String, columns: &str, key: &str, at: &str, id: &str| {
+            (
+                format!("SELECT {columns} FROM {table} WHERE {key} = ? LIMIT ?"),
+                format!(
+                    "SELECT {columns} FROM {table} WHERE {key} = ? AND ({at}, {id}) < (?, ?) LIMIT ?"
+                ),
+                format!(
+                    "SELECT {columns} FROM {table} WHERE {key} = ? AND ({at}, {id}) > (?, ?) ORDER BY {at} ASC, {id} ASC LIMIT ?"
+                ),
+            )
+        };
+        let users_page = page(
+            t("users_by_created"),
+            "user_id, created_at",
+            "bucket",
+            "created_at",
+            "user_id",
+        );
+        let orders_page = page(
+            t("orders_by_user"),
+            "order_id, event_id, number_slot, created_at",
+            "user_id",
+            "created_at",
+            "order_id",
+        );
+        let payments_page = page(
+            t("payments_by_user"),
+            "payment_id, order_id, amount_minor, currency, created_at",
+            "user_id",
+            "created_at",
+            "payment_id",
+        );
+        let notifications_page = page(
+            t("notifications"),
+            "notification_id, kind, order_id, event_id, params, created_at",
+            "user_id",
+            "created_at",
+            "notification_id",
+        );
+        let mut read_order_serial = p
+            .prepare(format!("{ORDER_SELECT} FROM {} WHERE id = ?", t("orders")))
+            .await?;
+        read_order_serial.set_consistency(Consistency::LocalSerial);
+        let s = Statements {
+            ping: p.prepare("SELECT now() FROM system.local".to_owned()).await?,
+            claim_email: p
+                .prepare(format!("INSERT INTO {} (email, user_id) VALUES (?, ?) IF NOT EXISTS", t("auth_by_email")))
+                .await?,
+            claim_user_name: p
+                .prepare(format!(
+                    "INSERT INTO {} (user_name, user_id) VALUES (?, ?) IF NOT EXISTS",
+                    t("auth_by_user_name")
+                ))
+                .await?,
+            release_email: p
+                .prepare(format!("DELETE FROM {} WHERE email = ? IF user_id = ?", t("auth_by_email")))
+                .await?,
+            release_user_name: p
+                .prepare(format!("DELETE FROM {} WHERE user_name = ? IF user_id = ?", t("auth_by_user_name")))
+                .await?,
+            insert_profile: p
+                .prepare(format!(
+                    "INSERT INTO {} (user_id, email, user_name, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    t("auth_profiles")
+                ))
+                .await?,
+            insert_user: p
+                .prepare(format!(
+                    "INSERT INTO {} (id, email, user_name, first_name, last_name, mobile_phone, created_at, updated_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    t("users")
+                ))
+                .await?,
+            insert_user_listing: p
+                .prepare(format!(
+                    "INSERT INTO {} (bucket, created_at, user_id) VALUES (?, ?, ?)",
+                    t("users_by_created")
+                ))
+                .await?,
+            email_owner: p
+                .prepare(format!("SELECT user_id FROM {} WHERE email = ?", t("auth_by_email")))
+                .await?,
+            user_name_owner: p
+                .prepare(format!("SELECT user_id FROM {} WHERE user_name = ?", t("auth_by_user_name")))
+                .await?,
+            read_profile: p
+                .prepare(format!("SELECT password_hash, role FROM {} WHERE user_id = ?", t("auth_profiles")))
+                .await?,
+            read_user: p
+                .prepare(format!(
+                    "SELECT id, email, user_name, first_name, last_name, birth_day, mobile_phone, created_at, updated_at \
+                     FROM {} WHERE id = ?",
+                    t("users")
+                ))
+                .await?,
+            update_user: p
+                .prepare(format!(
+                    "UPDATE {} SET user_name = ?, first_name = ?, last_name = ?, birth_day = ?, mobile_phone = ?, \
+                     updated_at = ? WHERE id = ?",
+                    t("users")
+                ))
+                .await?,
+            update_profile_name: p
+                .prepare(format!("UPDATE {} SET user_name = ? WHERE user_id = ?", t("auth_profiles")))
+                .await?,
+            set_role: p
+                .prepare(format!("UPDATE {} SET role = ? WHERE user_id = ?", t("auth_profiles")))
+                .await?,
+            users_page: p.page(users_page).await?,
+            insert_refresh: p
+                .prepare(format!(
+                    "INSERT INTO {} (token_hash, user_id, family_id, expires_at, used, created_at) \
+                     VALUES (?, ?, ?, ?, false, ?) USING TTL ?",
+                    t("refresh_tokens")
+                ))
+                .await?,
+            read_refresh: p
+                .prepare(format!(
+                    "SELECT user_id, family_id, expires_at, used FROM {} WHERE token_hash = ?",
+                    t("refresh_tokens")
+                ))
+                .await?,
+            consume_refresh: p
+                .prepare(format!("UPDATE {} SET used = true WHERE token_hash = ? IF used = false", t("refresh_tokens")))
+                .await?,
+            revoke_family: p
+                .prepare(format!(
+                    "UPDATE {} SET revoked = true, revoked_at = ? WHERE family_id = ?",
+                    t("auth_sessions")
+                ))
+                .await?,
+            read_family: p
+                .prepare(format!("SELECT revoked FROM {} WHERE family_id = ?", t("auth_sessions")))
+                .await?,
+            scan_events: p.prepare(format!("SELECT {EVENT_COLUMNS} FROM {}", t("events"))).await?,
+            read_event: p
+                .prepare(format!("SELECT {EVENT_COLUMNS} FROM {} WHERE id = ?", t("events")))
+                .await?,
+            insert_event: p
+                .prepare(format!(
+                    "INSERT INTO {} ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    t("events")
+                ))
+                .await?,
+            read_inventory: p
+                .prepare(format!(
+                    "SELECT capacity, held, sold, sequence FROM {} WHERE event_id = ? LIMIT 1",
+                    t("event_inventory")
+                ))
+                .await?,
+            scan_categories: p.prepare(format!("SELECT id, name, is_free FROM {}", t("cate_events"))).await?,
+            read_category: p
+                .prepare(format!("SELECT id, name, is_free FROM {} WHERE id = ?", t("cate_events")))
+                .await?,
+            insert_category: p
+                .prepare(format!("INSERT INTO {} (id, name, is_free) VALUES (?, ?, ?)", t("cate_events")))
+                .await?,
+            insert_order: p.prepare(format!("{ORDER_INSERT} {}{ORDER_VALUES}", t("orders"))).await?,
+            insert_order_if_new: p
+                .prepare(format!("{ORDER_INSERT} {}{ORDER_VALUES} IF NOT EXISTS", t("orders")))
+                .await?,
+            read_order: p.prepare(format!("{ORDER_SELECT} FROM {} WHERE id = ?", t("orders"))).await?,
+            read_order_serial,
+            insert_order_listing: p
+                .prepare(format!(
+                    "INSERT INTO {} (user_id, created_at, order_id, event_id, number_slot, status) VALUES (?, ?, ?, ?, ?, 'PENDING')",
+                    t("orders_by_user")
+                ))
+                .await?,
+            delete_order_listing: p
+                .prepare(format!(
+                    "DELETE FROM {} WHERE user_id = ? AND created_at = ? AND order_id = ?",
+                    t("orders_by_user")
+                ))
+                .await?,
+            delete_order: p
+                .prepare(format!("DELETE FROM {} WHERE id = ?", t("orders")))
+                .await?,
+            orders_page: p.page(orders_page).await?,
+            read_decision: p
+                .prepare(format!(
+                    "SELECT status, slots, amount_minor, order_currency, payment_id, hold_expires_at, reject_reason, \
+                     cancel_reason, late FROM {} WHERE event_id = ? AND order_id = ?",
+                    t("event_inventory")
+                ))
+                .await?,
+            insert_payment_listing: p
+                .prepare(format!(
+                    "INSERT INTO {} (user_id, created_at, payment_id, order_id, amount_minor, currency) VALUES (?, ?, ?, ?, ?, ?)",
+                    t("payments_by_user")
+                ))
+                .await?,
+            insert_submission: p
+                .prepare(format!(
+                    "INSERT INTO {} (payment_id, order_id, user_id, amount_minor, currency, submitted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    t("payment_submissions")
+                ))
+                .await?,
+            read_payment: p
+                .prepare(format!(
+                    "SELECT id, order_id, user_id, amount_minor, currency, status, provider_reference, created_at, updated_at \
+                     FROM {} WHERE id = ?",
+                    t("payments")
+                ))
+                .await?,
+            read_submission: p
+                .prepare(format!(
+                    "SELECT payment_id, order_id, user_id, amount_minor, currency, submitted_at FROM {} WHERE payment_id = ?",
+                    t("payment_submissions")
+                ))
+                .await?,
+            read_history: p
+                .prepare(format!("SELECT at, seq, status, detail FROM {} WHERE payment_id = ?", t("payment_histories")))
+                .await?,
+            payments_page: p.page(payments_page).await?,
+            notifications_page: p.page(notifications_page).await?,
+        };
+        Ok(CqlStores { session, s })
+    }
+
+    /// The stores as the router takes them.
+    pub fn into_stores(self) -> Stores {
+        let all = Arc::new(self);
+        Stores {
+            accounts: all.clone(),
+            catalog: all.clone(),
+            orders: all.clone(),
+            payments: all.clone(),
+            notifications: all.clone(),
+            probe: all,
+        }
+    }
+
+    async fn run(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &'static str,
+    ) -> StoreResult<QueryResult> {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| StoreError::unavailable(operation, e))
+    }
+
+    /// Every row of a single-row-or-none read.
+    async fn one<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &'static str,
+    ) -> StoreResult<Option<T>>
+    where
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        self.run(statement, values, operation)
+            .await?
+            .into_rows_result()
+            .map_err(|e| StoreError::corrupt(operation, e))?
+            .maybe_first_row::<T>()
+            .map_err(|e| StoreError::corrupt(operation, e))
+    }
+
+    async fn all<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &'static str,
+    ) -> StoreResult<Vec<T>>
+    where
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let rows = self
+            .run(statement, values, operation)
+            .await?
+            .into_rows_result()
+            .map_err(|e| StoreError::corrupt(operation, e))?;
+        rows.rows::<T>()
+            .map_err(|e| StoreError::corrupt(operation, e))?
+            .collect::<Result<Vec<T>, _>>()
+            .map_err(|e| StoreError::corrupt(operation, e))
+    }
+
+    /// A full scan, paged by the driver.
+    async fn scan<T>(
+        &self,
+        statement: &PreparedStatement,
+        operation: &'static str,
+    ) -> StoreResult<Vec<T>>
+    where
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + 'static,
+    {
+        use futures::TryStreamExt;
+        self.session
+            .execute_iter(statement.clone(), &[])
+            .await
+            .map_err(|e| StoreError::unavailable(operation, e))?
+            .rows_stream::<T>()
+            .map_err(|e| StoreError::corrupt(operation, e))?
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::unavailable(operation, e))
+    }
+
+    /// One page of a newest-first list (see `PageStatements`).
+    async fn page<K, T>(
+        &self,
+        statements: &PageStatements,
+        key: K,
+        request: &PageRequest,
+        operation: &'static str,
+    ) -> StoreResult<Page<T>>
+    where
+        K: SerializeValue,
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let fetch = i32::try_from(request.limit + 1).unwrap_or(i32::MAX);
+        let mut rows: Vec<T> = match (&request.cursor, request.direction) {
+            (None, _) => self.all(&statements.first, (key, fetch), operation).await?,
+            (Some(c), Direction::Next) => {
+                self.all(
+                    &statements.next,
+                    (key, CqlTimestamp(c.at), c.id.as_str(), fetch),
+                    operation,
+                )
+                .await?
+            }
+            (Some(c), Direction::Previous) => {
+                self.all(
+                    &statements.previous,
+                    (key, CqlTimestamp(c.at), c.id.as_str(), fetch),
+                    operation,
+                )
+                .await?
+            }
+        };
+        let more = rows.len() > request.limit;
+        rows.truncate(request.limit);
+        if request.cursor.is_some() && request.direction == Direction::Previous {
+            rows.reverse();
+        }
+        Ok(Page { items: rows, more })
+    }
+}
+
+struct Preparer<'a> {
+    session: &'a Session,
+}
+
+impl Preparer<'_> {
+    async fn prepare(&self, cql: String) -> StoreResult<PreparedStatement> {
+        let mut statement =
+            self.session.prepare(cql.clone()).await.map_err(|e| {
+                StoreError::unavailable("preparing statements", format!("{e} ({cql})"))
+            })?;
+        statement.set_is_idempotent(!cql.contains(" IF "));
+        Ok(statement)
+    }
+
+    async fn page(
+        &self,
+        (first, next, previous): (String, String, String),
+    ) -> StoreResult<PageStatements> {
+        Ok(PageStatements {
+            first: self.prepare(first).await?,
+            next: self.prepare(next).await?,
+            previous: self.prepare(previous).await?,
+        })
+    }
+}
+
+/// Reads the `[applied]` column of a lightweight transaction's answer.
+fn applied(result: QueryResult, operation: &'static str) -> StoreResult<bool> {
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| StoreError::corrupt(operation, e))?;
+    let row: Row = rows
+        .first_row::<Row>()
+        .map_err(|e| StoreError::corrupt(operation, e))?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(StoreError::corrupt(
+            operation,
+            format!("no [applied] column: {other:?}"),
+        )),
+    }
+}
+
+const EVENT_COLUMNS: &str = "id, name, description, venue, category_id, starts_at, price_minor, currency, \
+    capacity, sale_starts_at, sale_ends_at, hold_seconds, max_per_order, max_per_user, created_at, updated_at";
+
+const ORDER_INSERT: &str = "INSERT INTO";
+const ORDER_VALUES: &str = " (id, event_id, user_id, number_slot, status, created_at, updated_at, \
+    request_fingerprint, idempotency_key) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?)";
+const ORDER_SELECT: &str =
+    "SELECT id, event_id, user_id, number_slot, created_at, request_fingerprint, idempotency_key";
+
+#[async_trait]
+impl StoreProbe for CqlStores {
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(&self.s.ping, (), "ping").await.map(|_| ())
+    }
+}
+
+/// Text as stored: `''` for none.
+fn text(value: &Option<String>) -> &str {
+    value.as_deref().unwrap_or("")
+}
+
+/// Text as read: `''` and `null` are none.
+fn none_if_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}

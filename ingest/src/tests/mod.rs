@@ -1,0 +1,1139 @@
+//! Router tests without any network: validation, problem+json shapes, every auth path, the
+//! order and payment rules, pagination tokens. Stores are the in-memory fakes in `memory`;
+//! the real stores are tested against the real stack in tests/tests/ingest_*.rs.
+#![allow(clippy::unwrap_used, reason = "tests: a failed unwrap fails the test")]
+
+mod memory;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use boxoffice_avro::{BookingCommand, PaymentRequest};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::config::{IngestSettings, JwtSecret};
+use crate::live::Live;
+use crate::state::SharedState;
+use crate::stores::{EventRecord, OrderDecision, Role};
+use memory::{Memory, RecordingBus};
+
+const SECRET: &str = "router-test-secret-of-at-least-32-bytes!";
+
+fn settings(secret: &str) -> IngestSettings {
+    IngestSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        topic_prefix: String::new(),
+        jwt_secret: JwtSecret::new(secret.as_bytes().to_vec()).unwrap(),
+        jwt_issuer: "boxoffice-ingest".into(),
+        jwt_audience: "boxoffice-api".into(),
+        access_token_ttl: Duration::from_secs(900),
+        refresh_token_ttl: Duration::from_secs(3600),
+        produce_timeout: Duration::from_secs(1),
+        login_account_burst: 5,
+        login_account_refill: Duration::from_secs(60),
+        login_ip_burst: 1000,
+        login_ip_refill: Duration::from_millis(1),
+    }
+}
+
+struct Harness {
+    state: SharedState,
+    memory: Memory,
+    bus: RecordingBus,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn problem_type(&self) -> &str {
+        self.body["type"].as_str().unwrap_or("")
+    }
+
+    fn assert_problem(&self, status: u16) {
+        assert_eq!(self.status.as_u16(), status, "{}", self.body);
+        assert_eq!(
+            self.headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{}",
+            self.body
+        );
+        assert!(
+            self.problem_type()
+                .starts_with("https://boxoffice.dev/problems/"),
+            "{}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status);
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let memory = Memory::default();
+        let bus = RecordingBus::default();
+        let state = crate::state(
+            &settings(SECRET),
+            memory.stores(),
+            Arc::new(bus.clone()),
+            Arc::new(Live::new()),
+        );
+        Harness { state, memory, bus }
+    }
+
+    async fn raw(&self, request: Request<Body>) -> Reply {
+        let response = crate::router(self.state.clone())
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        };
+        self.raw(request.unwrap()).await
+    }
+
+    async fn register(&self, name: &str) -> Value {
+        let reply = self
+            .call(
+                "POST",
+                "/v1/register",
+                None,
+                Some(json!({
+                    "email": format!("{name}@example.com"), "user_name": name, "first_name": "Ann",
+                    "last_name": "Lee", "password": "a good password", "mobile_phone": "+49 30 1234567"
+                })),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body
+    }
+
+    /// Registers and logs in; returns (user id, access token, refresh token).
+    async fn user(&self, name: &str) -> (String, String, String) {
+        let user = self.register(name).await;
+        let login = self
+            .call(
+                "POST",
+                "/v1/login",
+                None,
+                Some(json!({"login": name, "password": "a good password"})),
+            )
+            .await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+        (
+            user["id"].as_str().unwrap().to_owned(),
+            login.body["access_token"].as_str().unwrap().to_owned(),
+            login.body["refresh_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn admin(&self) -> String {
+        let (id, _, _) = self.user("root_admin").await;
+        crate::stores::AccountStore::set_role(&self.memory, &id, Role::Admin)
+            .await
+            .unwrap();
+        let login = self
+            .call(
+                "POST",
+                "/v1/login",
+                None,
+                Some(json!({"login": "root_admin", "password": "a good password"})),
+            )
+            .await;
+        login.body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    fn event(&self) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.memory.put_event_now(EventRecord {
+            id: id.clone(),
+            name: "Gig".into(),
+            description: String::new(),
+            venue: "Hall".into(),
+            category_id: None,
+            starts_at: 2_000_000_000_000,
+            price_minor: 4500,
+            currency: "EUR".into(),
+            capacity: 100,
+            sale_starts_at: 0,
+            sale_ends_at: 3_000_000_000_000,
+            hold_seconds: 600,
+            max_per_order: 0,
+            max_per_user: 0,
+            created_at: 1,
+            updated_at: 1,
+        });
+        id
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_always_a_4xx_problem() {
+    let h = Harness::new();
+    let cases: Vec<(Body, Option<&str>, u16)> = vec![
+        (Body::from("{not json"), Some("application/json"), 400),
+        (Body::from("[]"), Some("application/json"), 422),
+        (Body::from(r#"{"email": 5}"#), Some("application/json"), 422),
+        (
+            Body::from(r#"{"email":"a@b.co"}"#),
+            Some("application/json"),
+            422,
+        ),
+        (Body::from(r#"{"email":"a@b.co"}"#), None, 415),
+        (
+            Body::from(vec![b'x'; 200 * 1024]),
+            Some("application/json"),
+            413,
+        ),
+        (Body::from("\u{0}\u{1}\u{2}"), Some("application/json"), 400),
+    ];
+    for (body, content_type, status) in cases {
+        let mut request = Request::builder().method("POST").uri("/v1/register");
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        h.raw(request.body(body).unwrap())
+            .await
+            .assert_problem(status);
+    }
+    let missing = h
+        .call(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({"email": "a@b.co"})),
+        )
+        .await;
+    missing.assert_problem(422);
+    assert_eq!(
+        missing.body["errors"][0]["field"], "user_name",
+        "{}",
+        missing.body
+    );
+
+    let odd = h
+        .call(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({
+                "email": "x'); DROP TABLE users;--@a.b", "user_name": "'; SELECT * FROM auth_profiles; --",
+                "first_name": "a\u{202E}b", "last_name": "\u{0}", "password": "short", "mobile_phone": "call me"
+            })),
+        )
+        .await;
+    odd.assert_problem(422);
+    let fields: Vec<&str> = odd.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "email",
+            "user_name",
+            "first_name",
+            "last_name",
+            "mobile_phone",
+            "password"
+        ]
+    );
+
+    // Unicode names are fine.
+    let ok = h
+        .call(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({
+                "email": "zoe@example.com", "user_name": "zoe", "first_name": "Zoë 李",
+                "last_name": "Ñúñez-😀", "password": "ünïcödé pässwörd", "mobile_phone": "0301234567"
+            })),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+
+    h.call("GET", "/v1/nowhere", None, None)
+        .await
+        .assert_problem(404);
+    h.call("DELETE", "/v1/register", None, None)
+        .await
+        .assert_problem(405);
+}
+
+#[tokio::test]
+async fn registration_is_unique_and_login_works_by_name_or_email() {
+    let h = Harness::new();
+    h.register("ann").await;
+    let again = h
+        .call(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({"email": "ANN@example.com", "user_name": "other", "first_name": "A", "last_name": "B",
+                        "password": "a good password", "mobile_phone": "+4930123456"})),
+        )
+        .await;
+    again.assert_problem(409);
+    let same_name = h
+        .call(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({"email": "new@example.com", "user_name": "Ann", "first_name": "A", "last_name": "B",
+                        "password": "a good password", "mobile_phone": "+4930123456"})),
+        )
+        .await;
+    same_name.assert_problem(409);
+    for login in [
+        json!({"login": "ann@example.com", "password": "a good password"}),
+        json!({"email": "Ann@Example.com", "password": "a good password"}),
+        json!({"user_name": "ANN", "password": "a good password"}),
+    ] {
+        let reply = h.call("POST", "/v1/login", None, Some(login)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.body["token_type"], "Bearer");
+        assert_eq!(reply.body["expires_in"], 900);
+    }
+    h.call(
+        "POST",
+        "/v1/login",
+        None,
+        Some(json!({"login": "ann", "password": "wrong password"})),
+    )
+    .await
+    .assert_problem(401);
+    h.call(
+        "POST",
+        "/v1/login",
+        None,
+        Some(json!({"login": "nobody", "password": "wrong password"})),
+    )
+    .await
+    .assert_problem(401);
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_per_account() {
+    let h = Harness::new();
+    h.register("bob").await;
+    // Burst of 5 per account; three attempts were not used yet.
+    for _ in 0..5 {
+        h.call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"login": "bob", "password": "wrong password"})),
+        )
+        .await
+        .assert_problem(401);
+    }
+    let limited = h
+        .call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"login": "bob", "password": "a good password"})),
+        )
+        .await;
+    limited.assert_problem(429);
+    assert!(limited.headers.get("retry-after").is_some());
+    // Another account is not affected.
+    h.register("carl").await;
+    let other = h
+        .call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"login": "carl", "password": "a good password"})),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_401() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    let h = Harness::new();
+    let (id, token, _) = h.user("dora").await;
+    assert_eq!(
+        h.call("GET", &format!("/v1/users/{id}"), Some(&token), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let path = format!("/v1/users/{id}");
+    let keys = &h.state.tokens;
+    let mut claims = keys.verify(&token).unwrap();
+
+    let expired = {
+        let mut c = claims.clone();
+        c.exp = crate::auth::jwt::now_secs() - 120;
+        keys.sign(&c).unwrap()
+    };
+    let tampered = {
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        claims.role = Role::Admin;
+        parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+        parts.join(".")
+    };
+    let alg_none = {
+        let header = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"alg":"none","typ":"JWT","kid":"{}"}}"#,
+            keys.kid()
+        ));
+        format!(
+            "{header}.{}.",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
+        )
+    };
+    let other_key = crate::auth::jwt::TokenKeys::new(
+        &JwtSecret::new(b"another-secret-another-secret-another!!".to_vec()).unwrap(),
+        "boxoffice-ingest",
+        "boxoffice-api",
+        Duration::from_secs(900),
+    )
+    .issue(&id, Role::User, "s")
+    .unwrap();
+    let wrong_audience = crate::auth::jwt::TokenKeys::new(
+        &JwtSecret::new(SECRET.as_bytes().to_vec()).unwrap(),
+        "boxoffice-ingest",
+        "someone-else",
+        Duration::from_secs(900),
+    )
+    .issue(&id, Role::User, "s")
+    .unwrap();
+    for (what, bad) in [
+        ("expired", expired.as_str()),
+        ("tampered", tampered.as_str()),
+        ("alg none", alg_none.as_str()),
+        ("other key", other_key.as_str()),
+        ("wrong audience", wrong_audience.as_str()),
+        ("garbage", "not.a.jwt"),
+    ] {
+        let reply = h.call("GET", &path, Some(bad), None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{what}: {}",
+            reply.body
+        );
+        reply.assert_problem(401);
+        assert!(reply.headers.get("www-authenticate").is_some(), "{what}");
+    }
+    h.call("GET", &path, None, None).await.assert_problem(401);
+    let basic = h
+        .call_with(
+            "GET",
+            &path,
+            None,
+            None,
+            &[("authorization", "Basic Zm9vOmJhcg==")],
+        )
+        .await;
+    basic.assert_problem(401);
+}
+
+#[tokio::test]
+async fn refresh_rotates_reuse_revokes_and_logout_ends_the_session() {
+    let h = Harness::new();
+    let (id, access, refresh) = h.user("eve").await;
+    let first = h
+        .call(
+            "POST",
+            "/v1/refresh",
+            None,
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let rotated = first.body["refresh_token"].as_str().unwrap().to_owned();
+    let access2 = first.body["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, refresh);
+    // Reusing the old one: refused, and the whole session is revoked.
+    h.call(
+        "POST",
+        "/v1/refresh",
+        None,
+        Some(json!({"refresh_token": refresh})),
+    )
+    .await
+    .assert_problem(401);
+    h.call(
+        "POST",
+        "/v1/refresh",
+        None,
+        Some(json!({"refresh_token": rotated})),
+    )
+    .await
+    .assert_problem(401);
+    h.call("GET", &format!("/v1/users/{id}"), Some(&access2), None)
+        .await
+        .assert_problem(401);
+    h.call("GET", &format!("/v1/users/{id}"), Some(&access), None)
+        .await
+        .assert_problem(401);
+
+    // A fresh login; logout revokes its access and refresh tokens.
+    let login = h
+        .call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"login": "eve", "password": "a good password"})),
+        )
+        .await;
+    let access = login.body["access_token"].as_str().unwrap().to_owned();
+    let refresh = login.body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.call("POST", "/v1/logout", Some(&access), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    h.call("GET", &format!("/v1/users/{id}"), Some(&access), None)
+        .await
+        .assert_problem(401);
+    h.call(
+        "POST",
+        "/v1/refresh",
+        None,
+        Some(json!({"refresh_token": refresh})),
+    )
+    .await
+    .assert_problem(401);
+    h.call(
+        "POST",
+        "/v1/refresh",
+        None,
+        Some(json!({"refresh_token": "x".repeat(43)})),
+    )
+    .await
+    .assert_problem(401);
+    h.call(
+        "POST",
+        "/v1/refresh",
+        None,
+        Some(json!({"refresh_token": "short"})),
+    )
+    .await
+    .assert_problem(401);
+}
+
+#[tokio::test]
+async fn admin_only_routes_refuse_users_with_403() {
+    let h = Harness::new();
+    let (_, token, _) = h.user("fred").await;
+    h.call("GET", "/v1/users", Some(&token), None)
+        .await
+        .assert_problem(403);
+    let event = json!({"name": "Gig", "starts_at": "2030-01-01T20:00:00Z", "price_minor": 100, "currency": "EUR",
+                       "capacity": 10, "sale_starts_at": "2029-01-01T00:00:00Z", "sale_ends_at": "2030-01-01T19:00:00Z"});
+    h.call("POST", "/v1/tickets", Some(&token), Some(event.clone()))
+        .await
+        .assert_problem(403);
+    h.call(
+        "POST",
+        "/v1/categories",
+        Some(&token),
+        Some(json!({"name": "Jazz", "is_free": false})),
+    )
+    .await
+    .assert_problem(403);
+    let admin = h.admin().await;
+    let created = h
+        .call("POST", "/v1/tickets", Some(&admin), Some(event.clone()))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap();
+    h.call(
+        "PUT",
+        &format!("/v1/tickets/{id}"),
+        Some(&token),
+        Some(event.clone()),
+    )
+    .await
+    .assert_problem(403);
+    let mut edit = event.clone();
+    edit["capacity"] = json!(20);
+    let updated = h
+        .call(
+            "PUT",
+            &format!("/v1/tickets/{id}"),
+            Some(&admin),
+            Some(edit),
+        )
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    let commands = h.bus.commands.lock().unwrap().clone();
+    assert_eq!(commands.len(), 2);
+    match (&commands[0], &commands[1]) {
+        (BookingCommand::EventUpserted(a), BookingCommand::EventUpserted(b)) => {
+            assert_eq!((a.capacity, b.capacity), (10, 20));
+            assert!(b.occurred_at > a.occurred_at);
+            assert_ne!(a.record_id, b.record_id);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut bad = event;
+    bad["sale_ends_at"] = json!("2028-01-01T00:00:00Z");
+    bad["capacity"] = json!(-1);
+    bad["currency"] = json!("euro");
+    let reply = h.call("POST", "/v1/tickets", Some(&admin), Some(bad)).await;
+    reply.assert_problem(422);
+    assert_eq!(
+        reply.body["errors"].as_array().unwrap().len(),
+        3,
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        h.call("GET", "/v1/users", Some(&admin), None).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn orders_are_accepted_only_after_the_bus_and_are_private() {
+    let h = Harness::new();
+    let (alice, token, _) = h.user("alice").await;
+    let (_, mallory, _) = h.user("mallory").await;
+    let event = h.event();
+    for slots in [
+        json!(0),
+        json!(-1),
+        json!(101),
+        json!(1e12),
+        json!("2"),
+        json!(null),
+    ] {
+        let reply = h
+            .call(
+                "POST",
+                "/v1/orders",
+                Some(&token),
+                Some(json!({"event_id": event, "number_slot": slots})),
+            )
+            .await;
+        reply.assert_problem(422);
+    }
+    h.call(
+        "POST",
+        "/v1/orders",
+        Some(&token),
+        Some(json!({"event_id": uuid::Uuid::new_v4(), "number_slot": 1})),
+    )
+    .await
+    .assert_problem(404);
+    h.call(
+        "POST",
+        "/v1/orders",
+        Some(&token),
+        Some(json!({"event_id": "' OR 1=1 --", "number_slot": 1})),
+    )
+    .await
+    .assert_problem(422);
+
+    let accepted = h
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(&token),
+            Some(json!({"event_id": event, "number_slot": 2})),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
+    assert_eq!(accepted.body["status"], "PENDING");
+    let order_id = accepted.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        accepted.headers.get("location").unwrap(),
+        &format!("/v1/orders/{order_id}")
+    );
+    match h.bus.commands.lock().unwrap().last() {
+        Some(BookingCommand::BookingRequested(r)) => {
+            assert_eq!(
+                (r.order_id.as_str(), r.user_id.as_str(), r.number_slot),
+                (order_id.as_str(), alice.as_str(), 2)
+            );
+            assert_eq!(
+                r.record_id,
+                boxoffice_avro::ids::record_id_for::<boxoffice_avro::records::BookingRequested>(&[
+                    &order_id
+                ])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Other users see nothing; the owner does.
+    let path = format!("/v1/orders/{order_id}");
+    h.call("GET", &path, Some(&mallory), None)
+        .await
+        .assert_problem(404);
+    h.call("POST", &format!("{path}/cancel"), Some(&mallory), None)
+        .await
+        .assert_problem(404);
+    h.call(
+        "POST",
+        "/v1/payments",
+        Some(&mallory),
+        Some(json!({"order_id": order_id, "price": 9000, "payment_method": "tok"})),
+    )
+    .await
+    .assert_problem(404);
+    assert_eq!(
+        h.call("GET", &path, Some(&token), None).await.body["status"],
+        "PENDING"
+    );
+    h.call("GET", "/v1/orders/not-an-id", Some(&token), None)
+        .await
+        .assert_problem(404);
+
+    // Kafka down: 503 with Retry-After, never 202.
+    h.bus.down.store(true, Ordering::SeqCst);
+    let refused = h
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(&token),
+            Some(json!({"event_id": event, "number_slot": 1})),
+        )
+        .await;
+    refused.assert_problem(503);
+    assert!(refused.headers.get("retry-after").is_some());
+    h.call("GET", "/readyz", None, None)
+        .await
+        .assert_problem(503);
+    h.bus.down.store(false, Ordering::SeqCst);
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_same_order_and_refuse_another_body() {
+    let h = Harness::new();
+    let (_, token, _) = h.user("gina").await;
+    let event = h.event();
+    let body = json!({"event_id": event, "number_slot": 1});
+    let key = [("idempotency-key", "checkout-42")];
+    let first = h
+        .call_with("POST", "/v1/orders", Some(&token), Some(body.clone()), &key)
+        .await;
+    let second = h
+        .call_with("POST", "/v1/orders", Some(&token), Some(body), &key)
+        .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(second.status, StatusCode::ACCEPTED);
+    assert_eq!(first.body["id"], second.body["id"]);
+    let other = h
+        .call_with(
+            "POST",
+            "/v1/orders",
+            Some(&token),
+            Some(json!({"event_id": event, "number_slot": 3})),
+            &key,
+        )
+        .await;
+    other.assert_problem(422);
+    assert_eq!(
+        other.problem_type(),
+        "https://boxoffice.dev/problems/idempotency-key-reused"
+    );
+    h.call_with(
+        "POST",
+        "/v1/orders",
+        Some(&token),
+        Some(json!({"event_id": event, "number_slot": 1})),
+        &[("idempotency-key", "bad key")],
+    )
+    .await
+    .assert_problem(422);
+}
+
+#[tokio::test]
+async fn payments_need_a_reserved_order_at_its_exact_price() {
+    let h = Harness::new();
+    let (_, token, _) = h.user("hank").await;
+    let event = h.event();
+    let order = h
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(&token),
+            Some(json!({"event_id": event, "number_slot": 2})),
+        )
+        .await;
+    let order_id = order.body["id"].as_str().unwrap().to_owned();
+    let pay =
+        |price: i64| json!({"order_id": order_id, "price": price, "payment_method": "tok_visa"});
+    h.call("POST", "/v1/payments", Some(&token), Some(pay(9000)))
+        .await
+        .assert_problem(409);
+    h.memory.set_decision(
+        &order_id,
+        OrderDecision {
+            status: "RESERVED".into(),
+            slots: 2,
+            amount_minor: 9000,
+            currency: "EUR".into(),
+            payment_id: Some(boxoffice_avro::ids::payment_id(&order_id)),
+            hold_expires_at: Some(2_000_000_000_000),
+            reason: None,
+            late: false,
+        },
+    );
+    h.call("POST", "/v1/payments", Some(&token), Some(pay(8999)))
+        .await
+        .assert_problem(422);
+    h.call("POST", "/v1/payments", Some(&token), Some(pay(-5)))
+        .await
+        .assert_problem(422);
+    let paid = h
+        .call("POST", "/v1/payments", Some(&token), Some(pay(9000)))
+        .await;
+    assert_eq!(paid.status, StatusCode::ACCEPTED, "{}", paid.body);
+    assert_eq!(paid.body["id"], boxoffice_avro::ids::payment_id(&order_id));
+    match h.bus.payments.lock().unwrap().last() {
+        Some(PaymentRequest::PaymentSubmitted(p)) => {
+            assert_eq!(
+                (
+                    p.amount_minor,
+                    p.currency.as_str(),
+                    p.payment_method_token.as_str()
+                ),
+                (9000, "EUR", "tok_visa")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let got = h
+        .call(
+            "GET",
+            &format!("/v1/payments/{}", paid.body["id"].as_str().unwrap()),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(got.body["status"], "SUBMITTED");
+    let list = h.call("GET", "/v1/payments", Some(&token), None).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn pages_go_both_ways_and_tokens_cannot_be_forged() {
+    let h = Harness::new();
+    let admin = h.admin().await;
+    for i in 0..6 {
+        h.register(&format!("user{i}")).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let path = match &token {
+            Some(t) => format!("/v1/users?limit=3&page_token={t}"),
+            None => "/v1/users?limit=3".to_owned(),
+        };
+        let page = h.call("GET", &path, Some(&admin), None).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let ids: Vec<String> = page.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_owned())
+            .collect();
+        seen.extend(ids.clone());
+        pages.push((ids, page.body["previous_token"].as_str().map(str::to_owned)));
+        match page.body["next_token"].as_str() {
+            Some(next) => token = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7, "6 users and the admin, each once");
+    assert!(pages[0].1.is_none(), "the first page has no previous page");
+    // Back from the last page to the one before.
+    let previous = pages.last().unwrap().1.clone().unwrap();
+    let back = h
+        .call(
+            "GET",
+            &format!("/v1/users?limit=3&page_token={previous}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let back_ids: Vec<String> = back.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(back_ids, pages[pages.len() - 2].0);
+    // Tampered and foreign tokens.
+    let mut forged = previous.clone().into_bytes();
+    forged[2] = if forged[2] == b'a' { b'b' } else { b'a' };
+    let forged = String::from_utf8(forged).unwrap();
+    h.call(
+        "GET",
+        &format!("/v1/users?page_token={forged}"),
+        Some(&admin),
+        None,
+    )
+    .await
+    .assert_problem(400);
+    h.call("GET", "/v1/users?page_token=%00%01", Some(&admin), None)
+        .await
+        .assert_problem(400);
+    h.call(
+        "GET",
+        &format!("/v1/orders?page_token={previous}"),
+        Some(&admin),
+        None,
+    )
+    .await
+    .assert_problem(400);
+    h.call("GET", "/v1/users?limit=0", Some(&admin), None)
+        .await
+        .assert_problem(422);
+    h.call("GET", "/v1/users?limit=abc", Some(&admin), None)
+        .await
+        .assert_problem(422);
+}
+
+#[tokio::test]
+async fn every_response_has_a_request_id_and_the_spec_is_served() {
+    let h = Harness::new();
+    let reply = h
+        .call_with(
+            "GET",
+            "/healthz",
+            None,
+            None,
+            &[("x-request-id", "abc-123")],
+        )
+        .await;
+    assert_eq!(reply.headers.get("x-request-id").unwrap(), "abc-123");
+    let generated = h.call("GET", "/v1/nowhere", None, None).await;
+    assert!(generated.headers.get("x-request-id").is_some());
+    let spec = h.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(spec.status, StatusCode::OK);
+    for path in [
+        "/v1/register",
+        "/v1/login",
+        "/v1/orders",
+        "/v1/tickets/{id}",
+        "/v1/payments",
+        "/v1/orders/{id}/stream",
+    ] {
+        assert!(
+            spec.body["paths"].get(path).is_some(),
+            "{path} missing from the spec"
+        );
+    }
+    let docs = crate::router(h.state.clone())
+        .oneshot(Request::builder().uri("/docs").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn users_edit_themselves_and_nobody_else() {
+    let h = Harness::new();
+    let (ivy, token, _) = h.user("ivy").await;
+    let (jim, _, _) = h.user("jim").await;
+    let edit = json!({"user_name": "ivy_2", "first_name": "Ivy", "last_name": "Lee", "birth_day": "1990-05-17", "mobile_phone": "+4930111222"});
+    let reply = h
+        .call(
+            "PUT",
+            &format!("/v1/users/{ivy}"),
+            Some(&token),
+            Some(edit.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["birth_day"], "1990-05-17");
+    h.call(
+        "PUT",
+        &format!("/v1/users/{jim}"),
+        Some(&token),
+        Some(edit.clone()),
+    )
+    .await
+    .assert_problem(404);
+    h.call("GET", &format!("/v1/users/{jim}"), Some(&token), None)
+        .await
+        .assert_problem(404);
+    let mut taken = edit.clone();
+    taken["user_name"] = json!("jim");
+    h.call(
+        "PUT",
+        &format!("/v1/users/{ivy}"),
+        Some(&token),
+        Some(taken),
+    )
+    .await
+    .assert_problem(409);
+    let mut bad = edit;
+    bad["birth_day"] = json!("2999-01-01");
+    h.call("PUT", &format!("/v1/users/{ivy}"), Some(&token), Some(bad))
+        .await
+        .assert_problem(422);
+}
+
+#[tokio::test]
+async fn wait_returns_the_decision_when_it_comes_in_time() {
+    use boxoffice_avro::OrderEvent;
+    use boxoffice_avro::records::{OrderRejected, RejectReason};
+
+    let h = Harness::new();
+    let (user, token, _) = h.user("kim").await;
+    let event = h.event();
+    let live = Arc::clone(&h.state.live);
+    let bus = h.bus.clone();
+    // Plays the booking processor: rejects the order as soon as its request was produced.
+    let processor = tokio::spawn(async move {
+        for _ in 0..200 {
+            let produced = bus.commands.lock().unwrap().iter().find_map(|c| match c {
+                BookingCommand::BookingRequested(r) => Some(r.clone()),
+                _ => None,
+            });
+            if let Some(r) = produced {
+                live.publish_order(OrderEvent::OrderRejected(OrderRejected {
+                    record_id: format!("rejected-{}", r.order_id),
+                    order_id: r.order_id,
+                    event_id: r.event_id,
+                    user_id: r.user_id,
+                    number_slot: r.number_slot,
+                    reason: RejectReason::SoldOut,
+                    detail: None,
+                    occurred_at: 1,
+                }));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let reply = h
+        .call(
+            "POST",
+            "/v1/orders?wait=5",
+            Some(&token),
+            Some(json!({"event_id": event, "number_slot": 1})),
+        )
+        .await;
+    processor.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "REJECTED");
+    assert_eq!(reply.body["reason"], "SOLD_OUT");
+    assert_eq!(reply.body["user_id"], user.as_str());
+    h.call(
+        "POST",
+        "/v1/orders?wait=11",
+        Some(&token),
+        Some(json!({"event_id": event, "number_slot": 1})),
+    )
+    .await
+    .assert_problem(422);
+}
+
+#[tokio::test]
+async fn a_logged_out_session_cannot_order_and_leaves_no_order_behind() {
+    let h = Harness::new();
+    let (user, token, _) = h.user("lou").await;
+    let event = h.event();
+    assert_eq!(
+        h.call("POST", "/v1/logout", Some(&token), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    // A fresh cache, as on a replica that did not handle the logout.
+    let other_replica = crate::state(
+        &settings(SECRET),
+        h.memory.stores(),
+        Arc::new(h.bus.clone()),
+        Arc::new(Live::new()),
+    );
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/orders")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"event_id": event, "number_slot": 1}).to_string(),
+        ))
+        .unwrap();
+    let response = crate::router(other_replica).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        h.bus.commands.lock().unwrap().is_empty(),
+        "nothing produced"
+    );
+    let page = crate::stores::OrderStore::list_orders(
+        &h.memory,
+        &user,
+        &crate::stores::PageRequest {
+            cursor: None,
+            direction: crate::stores::Direction::Next,
+            limit: 10,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        page.items.is_empty(),
+        "the order written alongside the check was removed"
+    );
+}

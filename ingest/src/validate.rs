@@ -1,0 +1,317 @@
+//! Field validation shared by the handlers: every rule returns the field's error message, and
+//! [`Checks`] collects them so one response names every bad field. Texts refuse control and
+//! bidirectional-override characters; ids must be UUIDs; times are RFC 3339.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+
+use crate::error::{ApiError, FieldError};
+use crate::stores::Millis;
+
+/// Collects field errors.
+#[derive(Debug, Default)]
+pub struct Checks {
+    errors: Vec<FieldError>,
+}
+
+impl Checks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `result`'s error against `field`, returning the value when valid.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.errors.push(FieldError::new(field, message));
+                None
+            }
+        }
+    }
+
+    pub fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    /// `Err` with every recorded error, if any.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::fields(self.errors))
+        }
+    }
+}
+
+/// Characters no text field may contain: controls (newlines included), bidi overrides and
+/// isolates, zero-width joiners used to spoof names, and the BOM.
+fn forbidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}'..='\u{200F}' | '\u{FEFF}')
+}
+
+/// A trimmed single-line text of `min..=max` characters.
+pub fn text(value: &str, min: usize, max: usize) -> Result<String, String> {
+    let trimmed = value.trim();
+    let len = trimmed.chars().count();
+    if len < min {
+        return Err(if min == 1 {
+            "must not be empty".to_owned()
+        } else {
+            format!("must be at least {min} characters")
+        });
+    }
+    if len > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if trimmed.chars().any(forbidden) {
+        return Err("must not contain control or invisible formatting characters".to_owned());
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A multi-line text (descriptions): newlines and tabs allowed, other controls not.
+pub fn long_text(value: &str, max: usize) -> Result<String, String> {
+    let trimmed = value.trim();
+    if trimmed.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if trimmed
+        .chars()
+        .any(|c| forbidden(c) && c != '\n' && c != '\t')
+    {
+        return Err("must not contain control or invisible formatting characters".to_owned());
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// An email address, lower-cased: `local@domain.tld`, printable ASCII, at most 254 characters.
+pub fn email(value: &str) -> Result<String, String> {
+    let value = value.trim().to_ascii_lowercase();
+    let bad = || Err("must be an email address like name@example.com".to_owned());
+    if value.len() > 254
+        || !value.is_ascii()
+        || value
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+    {
+        return bad();
+    }
+    let Some((local, domain)) = value.split_once('@') else {
+        return bad();
+    };
+    if local.is_empty() || local.len() > 64 || domain.contains('@') {
+        return bad();
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2
+        || labels.iter().any(|l| {
+            l.is_empty()
+                || l.starts_with('-')
+                || l.ends_with('-')
+                || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+    {
+        return bad();
+    }
+    Ok(value)
+}
+
+/// A user name, lower-cased: 3 to 32 of `a-z 0-9 _ . -`, starting with a letter or digit.
+pub fn user_name(value: &str) -> Result<String, String> {
+    let value = value.trim().to_ascii_lowercase();
+    let valid = (3..=32).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(value)
+    } else {
+        Err(
+            "must be 3 to 32 characters of a-z, 0-9, _, . and -, starting with a letter or digit"
+                .to_owned(),
+        )
+    }
+}
+
+/// A person's name: 1 to 64 characters, any script.
+pub fn person_name(value: &str) -> Result<String, String> {
+    text(value, 1, 64)
+}
+
+/// A phone number: an optional `+`, then 7 to 15 digits, with spaces, dashes, dots and
+/// parentheses allowed between them; stored as `+` and digits when it had a `+`.
+pub fn phone(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let bad = || Err("must be a phone number: optional +, then 7 to 15 digits".to_owned());
+    let (plus, rest) = match value.strip_prefix('+') {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    if !rest
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')'))
+    {
+        return bad();
+    }
+    let digits: String = rest.chars().filter(char::is_ascii_digit).collect();
+    if !(7..=15).contains(&digits.len()) {
+        return bad();
+    }
+    Ok(if plus { format!("+{digits}") } else { digits })
+}
+
+/// A password: 10 to 128 characters, no control characters.
+pub fn password(value: &str) -> Result<String, String> {
+    let len = value.chars().count();
+    if len < 10 {
+        return Err("must be at least 10 characters".to_owned());
+    }
+    if len > 128 {
+        return Err("must be at most 128 characters".to_owned());
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// A birth day `YYYY-MM-DD`, from 1900-01-01 to today.
+pub fn birth_day(value: &str) -> Result<NaiveDate, String> {
+    let date = NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d")
+        .map_err(|_| "must be a date YYYY-MM-DD".to_owned())?;
+    let earliest = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or_default();
+    if date < earliest || date > Utc::now().date_naive() {
+        return Err("must be between 1900-01-01 and today".to_owned());
+    }
+    Ok(date)
+}
+
+/// A UUID id (any case), returned in the canonical lower-case hyphenated form.
+pub fn id(value: &str) -> Result<String, String> {
+    uuid::Uuid::parse_str(value.trim())
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| "must be an id (UUID)".to_owned())
+}
+
+/// An ISO 4217 currency code: three upper-case letters.
+pub fn currency(value: &str) -> Result<String, String> {
+    if value.len() == 3 && value.chars().all(|c| c.is_ascii_uppercase()) {
+        Ok(value.to_owned())
+    } else {
+        Err("must be an ISO 4217 code of three upper-case letters (EUR, USD, ...)".to_owned())
+    }
+}
+
+/// Earliest and latest times accepted anywhere (years 2000 to 2199).
+const EARLIEST: Millis = 946_684_800_000;
+const LATEST: Millis = 7_258_118_400_000;
+
+/// An RFC 3339 time, in milliseconds since the epoch.
+pub fn time(value: &str) -> Result<Millis, String> {
+    let at = DateTime::parse_from_rfc3339(value.trim())
+        .map_err(|_| "must be an RFC 3339 time like 2030-05-17T20:00:00Z".to_owned())?
+        .timestamp_millis();
+    if !(EARLIEST..=LATEST).contains(&at) {
+        return Err("must be between the years 2000 and 2199".to_owned());
+    }
+    Ok(at)
+}
+
+/// A number in `min..=max`.
+pub fn range<T: PartialOrd + std::fmt::Display + Copy>(
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, String> {
+    if value < min || value > max {
+        Err(format!("must be between {min} and {max}"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Milliseconds as RFC 3339 UTC text.
+pub fn rfc3339(at: Millis) -> String {
+    DateTime::<Utc>::from_timestamp_millis(at)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// An `Idempotency-Key`: 1 to 128 visible ASCII characters.
+pub fn idempotency_key(value: &str) -> Result<String, String> {
+    if (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(value.to_owned())
+    } else {
+        Err("must be 1 to 128 visible ASCII characters".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(email(" Ann@Example.COM ").unwrap(), "ann@example.com");
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.c",
+            "a@@b.c",
+            "a b@c.d",
+            "a@b..c",
+            "ä@b.c",
+            "a@-b.c",
+            "x'; DROP TABLE users;--@a.b",
+        ] {
+            assert!(email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_names_and_people() {
+        assert_eq!(user_name("Ann_1").unwrap(), "ann_1");
+        for bad in [
+            "ab",
+            "_ann",
+            "ann smith",
+            "ann@x",
+            &"a".repeat(33),
+            "' OR 1=1 --",
+        ] {
+            assert!(user_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(person_name(" Zoë ").unwrap(), "Zoë");
+        assert!(person_name("李小龍").is_ok());
+        assert!(person_name("").is_err());
+        assert!(person_name("a\u{202E}b").is_err());
+        assert!(person_name("a\nb").is_err());
+        assert!(person_name("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn phones_passwords_dates_and_times() {
+        assert_eq!(phone("+49 (30) 123-4567").unwrap(), "+49301234567");
+        assert!(phone("12345").is_err());
+        assert!(phone("+49 abc 1234567").is_err());
+        assert!(password("short").is_err());
+        assert!(password("long enough password").is_ok());
+        assert!(password(&"p".repeat(129)).is_err());
+        assert!(birth_day("1990-02-30").is_err());
+        assert!(birth_day("1850-01-01").is_err());
+        assert!(birth_day("1990-05-17").is_ok());
+        assert_eq!(time("2030-01-01T00:00:00Z").unwrap(), 1_893_456_000_000);
+        assert!(time("yesterday").is_err());
+        assert!(time("1970-01-01T00:00:00Z").is_err());
+        assert_eq!(rfc3339(1_893_456_000_000), "2030-01-01T00:00:00.000Z");
+        assert!(id("not-a-uuid").is_err());
+        assert!(currency("eur").is_err());
+        assert!(idempotency_key("key 1").is_err());
+    }
+}
