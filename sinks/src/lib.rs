@@ -3,6 +3,7 @@
 //! pipeline lands, the other stores and the notification channels.
 
 pub mod inventory;
+pub mod notify;
 pub mod payments;
 pub mod schema;
 pub mod scylla;

@@ -1,0 +1,331 @@
+//! The notifier: consumes `notifications` (key `user_id`) and delivers every
+//! `NotificationRequested` on independent channels:
+//!
+//! - `inapp`: the user's list in the `notifications` table (idempotent upsert keyed by the
+//!   notification id and its `occurred_at`); ingest serves it and, separately, follows the
+//!   topic itself for the live SSE stream;
+//! - `email`: a plain-text email per kind over SMTP ([`templates`]), `Message-ID` =
+//!   `<notification id@boxoffice>`;
+//! - `webhook`: a signed POST to each of the user's enabled endpoints ([`webhook`]).
+//!
+//! Each channel is its own consumer group (`<group prefix>inapp`, `...email`, `...webhook`),
+//! so a slow or failing channel never holds up another one, nor the booking path (which only
+//! produces to the topic). Within a channel, records are spread over `--lanes` workers by user
+//! id (the topic's key): one user's records go to one worker, one at a time, in partition
+//! order, so a user's notifications (and so each order's) are delivered in the order the
+//! booking processor decided them: never "confirmed" before "reserved". The committed offset
+//! is the lowest record not yet final in any worker.
+//!
+//! ## Delivery guarantee (per channel, per target)
+//!
+//! Before a send the delivery row (`notification_deliveries`) is written `PENDING` with the
+//! attempt counted; after it, `SENT` (or `DEAD`, `DISABLED`, `SKIPPED`). The consumer offset is
+//! stored only after the row is final. So:
+//!
+//! - a redelivered record whose row is final is skipped: no second send;
+//! - a crash after the send and before `SENT` sends **again, with the same id** (email
+//!   `Message-ID`, webhook `X-Boxoffice-Delivery-Id`): delivery is at-least-once and a reader
+//!   that deduplicates on that id sees exactly one. The window is the send in flight (one per
+//!   lane, see `--lanes`);
+//! - nothing is lost: a record is only passed once its row is final.
+//!
+//! Failures: a channel-wide outage (SMTP server unreachable, CQL down) is retried with capped
+//! exponential backoff and jitter without using up attempts (it would fail every user alike);
+//! a per-target failure (webhook 5xx/408/429/network error, SMTP 4xx) is retried up to
+//! `--max-attempts` times (counted across restarts), then the record goes to the dead-letter
+//! topic with the reason; a refusal (SMTP 5xx, webhook 4xx) is dead-lettered at once; a
+//! webhook 410 disables the endpoint. A failing target holds up only the users of its worker,
+//! for at most its retry budget.
+
+pub mod email;
+pub mod runner;
+pub mod store;
+pub mod templates;
+pub mod webhook;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use boxoffice_avro::Codec;
+use boxoffice_avro::records::topic;
+use boxoffice_topics::kafka::KafkaArgs;
+
+pub use store::NotifyStore;
+
+/// Why a send did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The whole channel is unreachable: retry without counting an attempt.
+    #[error("channel unavailable: {0}")]
+    Unavailable(String),
+    /// This target failed; worth another attempt.
+    #[error("retryable failure: {0}")]
+    Retryable(String),
+    /// This target refused for good.
+    #[error("refused: {0}")]
+    Permanent(String),
+    /// The webhook endpoint is gone (410): disable it.
+    #[error("gone: {0}")]
+    Gone(String),
+}
+
+/// A delivery channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Channel {
+    Inapp,
+    Email,
+    Webhook,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Inapp, Channel::Email, Channel::Webhook];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Inapp => "inapp",
+            Channel::Email => "email",
+            Channel::Webhook => "webhook",
+        }
+    }
+}
+
+/// The notifier's settings (flags and environment variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NotifierSettings {
+    /// Prefix of every topic name (empty in production; tests and side-by-side deployments).
+    #[arg(
+        long = "topic-prefix",
+        env = "BOXOFFICE_TOPIC_PREFIX",
+        default_value = ""
+    )]
+    pub topic_prefix: String,
+
+    /// Prefix of the per-channel consumer groups (`<prefix>inapp`, `<prefix>email`,
+    /// `<prefix>webhook`).
+    #[arg(
+        long = "group-prefix",
+        env = "NOTIFIER_GROUP_PREFIX",
+        default_value = "notifier-"
+    )]
+    pub group_prefix: String,
+
+    /// Channels this instance runs (comma-separated).
+    #[arg(
+        long = "channels",
+        env = "NOTIFIER_CHANNELS",
+        value_delimiter = ',',
+        default_value = "inapp,email,webhook"
+    )]
+    pub channels: Vec<Channel>,
+
+    /// Workers per channel. A user's records always go to the same one, in order; a user
+    /// whose target keeps failing holds up only the users sharing its worker, for at most the
+    /// retry budget.
+    #[arg(long = "lanes", env = "NOTIFIER_LANES", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub lanes: u16,
+
+    /// SMTP server host (plain SMTP; a local relay handles TLS and onward delivery).
+    #[arg(
+        long = "smtp-host",
+        env = "NOTIFIER_SMTP_HOST",
+        default_value = "127.0.0.1"
+    )]
+    pub smtp_host: String,
+
+    /// SMTP server port.
+    #[arg(long = "smtp-port", env = "NOTIFIER_SMTP_PORT", default_value_t = 2525)]
+    pub smtp_port: u16,
+
+    /// How long one SMTP conversation may take (e.g. `10s`).
+    #[arg(long = "smtp-timeout", env = "NOTIFIER_SMTP_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub smtp_timeout: Duration,
+
+    /// The sender of notification emails.
+    #[arg(
+        long = "email-from",
+        env = "NOTIFIER_EMAIL_FROM",
+        default_value = "boxoffice <notifications@boxoffice.local>"
+    )]
+    pub email_from: String,
+
+    /// How long one webhook POST may take (e.g. `10s`).
+    #[arg(long = "webhook-timeout", env = "NOTIFIER_WEBHOOK_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Attempts per target (webhook endpoint, email) before the record is dead-lettered.
+    #[arg(long = "max-attempts", env = "NOTIFIER_MAX_ATTEMPTS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// First retry delay; doubles per attempt, with jitter (e.g. `500ms`).
+    #[arg(long = "retry-base", env = "NOTIFIER_RETRY_BASE", default_value = "500ms",
+          value_parser = humantime::parse_duration)]
+    pub retry_base: Duration,
+
+    /// Longest retry delay (e.g. `30s`).
+    #[arg(long = "retry-max", env = "NOTIFIER_RETRY_MAX", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+}
+
+impl NotifierSettings {
+    pub fn notifications_topic(&self) -> String {
+        format!("{}{}", self.topic_prefix, topic::NOTIFICATIONS)
+    }
+
+    pub fn dead_letters_topic(&self) -> String {
+        format!("{}{}", self.topic_prefix, topic::DEAD_LETTERS)
+    }
+
+    pub fn group_id(&self, channel: Channel) -> String {
+        format!("{}{}", self.group_prefix, channel.name())
+    }
+
+    /// The delay before retry `attempt` (1-based): `base * 2^(attempt-1)` capped at `max`,
+    /// then "equal jitter" (half fixed, half random) so retries of many targets spread out.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.retry_max);
+        let half = exp / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        let jitter = if jitter_ms == 0 {
+            0
+        } else {
+            rand::random_range(0..=jitter_ms)
+        };
+        half + Duration::from_millis(jitter)
+    }
+}
+
+/// Counters, per process (all channels).
+#[derive(Debug, Default)]
+pub struct NotifierMetrics {
+    pub records: AtomicU64,
+    pub in_app_stored: AtomicU64,
+    pub emails_sent: AtomicU64,
+    pub webhooks_sent: AtomicU64,
+    /// Records whose delivery row was already final (redeliveries).
+    pub already_delivered: AtomicU64,
+    /// Sends repeated because a PENDING row was found (a crash or rebalance mid-send).
+    pub resent_pending: AtomicU64,
+    pub retries: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub endpoints_disabled: AtomicU64,
+    pub skipped_no_address: AtomicU64,
+}
+
+/// What the notifier needs from the outside world.
+pub struct NotifierDeps {
+    pub kafka: KafkaArgs,
+    pub codec: Arc<Codec>,
+    pub store: Arc<NotifyStore>,
+    pub settings: NotifierSettings,
+    pub metrics: Arc<NotifierMetrics>,
+}
+
+impl std::fmt::Debug for NotifierDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifierDeps")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the notifier stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifierError {
+    #[error(
+        "Kafka client could not be created (check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS): {0}"
+    )]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Settings(String),
+    #[error("channel {channel} stopped: {reason}")]
+    Channel {
+        channel: &'static str,
+        reason: String,
+    },
+}
+
+/// Runs every configured channel until `shutdown` resolves; each finishes the record in hand
+/// (or gives it back uncommitted) and leaves its group.
+pub async fn run(
+    deps: NotifierDeps,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NotifierError> {
+    let deps = Arc::new(deps);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut channels: Vec<Channel> = Vec::new();
+    for channel in &deps.settings.channels {
+        if !channels.contains(channel) {
+            channels.push(*channel);
+        }
+    }
+    for channel in channels {
+        let runner = runner::ChannelRunner::new(deps.clone(), channel)?;
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { runner.run(stop).await });
+    }
+    tokio::pin!(shutdown);
+    let mut result = Ok(());
+    tokio::select! {
+        _ = &mut shutdown => {}
+        Some(first) = tasks.join_next() => {
+            result = flatten(first);
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = flatten(done)
+            && result.is_ok()
+        {
+            result = Err(e);
+        }
+    }
+    result
+}
+
+fn flatten(
+    joined: Result<Result<(), NotifierError>, tokio::task::JoinError>,
+) -> Result<(), NotifierError> {
+    joined.map_err(|e| NotifierError::Channel {
+        channel: "?",
+        reason: e.to_string(),
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: NotifierSettings,
+    }
+
+    #[test]
+    fn defaults_and_backoff() {
+        let cli = Cli::try_parse_from(["x", "--channels", "email,webhook"]).unwrap();
+        let s = cli.settings;
+        assert_eq!(s.channels, vec![Channel::Email, Channel::Webhook]);
+        assert_eq!(s.group_id(Channel::Email), "notifier-email");
+        assert_eq!(s.smtp_port, 2525);
+        for attempt in 1..30 {
+            let d = s.backoff(attempt);
+            assert!(d <= s.retry_max, "{attempt}: {d:?}");
+        }
+        let first = s.backoff(1);
+        assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
+        assert!(s.backoff(10) >= Duration::from_secs(15));
+    }
+}

@@ -1,0 +1,687 @@
+//! One channel's consumer loop: its own consumer group on `notifications`, records handled one
+//! at a time in partition order, each offset stored for commit only once every target of the
+//! record is final (see the module docs of [`super`] for the guarantee).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use boxoffice_avro::records::{DeadLetter, DeadLetterErrorKind, NotificationRequested, Record};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::email::EmailSender;
+use super::store::{Delivery, DeliveryState, WebhookEndpoint};
+use super::webhook::WebhookSender;
+use super::{Channel, NotifierDeps, NotifierError, SendError};
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Records waiting per lane before the consumer waits for the lane.
+const LANE_CAPACITY: usize = 256;
+
+/// The lane of a record: by its key (the user id), so one user's records share a lane.
+pub fn lane_of(key: &[u8], lanes: usize) -> usize {
+    // FNV-1a: stable across runs and processes.
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % lanes.max(1) as u64).unwrap_or(0)
+}
+
+/// Per partition, the offsets handed to lanes and not yet final.
+#[derive(Debug, Default)]
+struct Watermarks {
+    partitions: HashMap<i32, PartitionMarks>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionMarks {
+    in_flight: BTreeSet<i64>,
+    highest_done: Option<i64>,
+}
+
+impl Watermarks {
+    fn started(&mut self, partition: i32, offset: i64) {
+        let marks = self.partitions.entry(partition).or_default();
+        // A record seen again after a rebalance starts over.
+        marks.in_flight.insert(offset);
+    }
+
+    /// Marks `offset` final; returns the offset to store (`store_offset` commits it + 1):
+    /// everything at or below it is final.
+    fn done(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        let marks = self.partitions.get_mut(&partition)?;
+        marks.in_flight.remove(&offset);
+        marks.highest_done = marks.highest_done.max(Some(offset));
+        match marks.in_flight.first() {
+            Some(lowest) => (*lowest > 0)
+                .then(|| lowest - 1)
+                .filter(|c| marks.highest_done.is_some_and(|h| h >= *c)),
+            None => marks.highest_done,
+        }
+    }
+}
+
+/// The notifier stopped while a record was in hand: it stays uncommitted.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// Where one record goes on this channel.
+enum Target {
+    Email(String),
+    Webhook(WebhookEndpoint),
+}
+
+impl Target {
+    /// The delivery row's `target`: one email per notification whatever the address; one
+    /// webhook per endpoint.
+    fn key(&self) -> &str {
+        match self {
+            Target::Email(_) => "email",
+            Target::Webhook(endpoint) => &endpoint.endpoint_id,
+        }
+    }
+}
+
+/// One channel's consumer and senders.
+pub struct ChannelRunner {
+    deps: Arc<NotifierDeps>,
+    channel: Channel,
+    group_id: String,
+    topic: String,
+    consumer: StreamConsumer,
+    dead_letters: FutureProducer,
+    email: Option<EmailSender>,
+    webhook: Option<WebhookSender>,
+}
+
+impl std::fmt::Debug for ChannelRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelRunner")
+            .field("channel", &self.channel)
+            .field("group_id", &self.group_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelRunner {
+    pub fn new(deps: Arc<NotifierDeps>, channel: Channel) -> Result<Self, NotifierError> {
+        let settings = &deps.settings;
+        let group_id = settings.group_id(channel);
+        let consumer: StreamConsumer = deps
+            .kafka
+            .client_config()
+            .set("group.id", &group_id)
+            .set("auto.offset.reset", "earliest")
+            // Offsets are stored by hand once a record is final, committed in the background.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "500")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            // A target may be retried for a while; stay in the group meanwhile.
+            .set("max.poll.interval.ms", "900000")
+            .create()?;
+        let dead_letters: FutureProducer = deps.kafka.durable_producer_config().create()?;
+        let email = match channel {
+            Channel::Email => Some(
+                EmailSender::new(
+                    &settings.smtp_host,
+                    settings.smtp_port,
+                    settings.smtp_timeout,
+                    &settings.email_from,
+                )
+                .map_err(NotifierError::Settings)?,
+            ),
+            _ => None,
+        };
+        let webhook = match channel {
+            Channel::Webhook => Some(
+                WebhookSender::new(settings.webhook_timeout).map_err(NotifierError::Settings)?,
+            ),
+            _ => None,
+        };
+        Ok(ChannelRunner {
+            topic: settings.notifications_topic(),
+            deps,
+            channel,
+            group_id,
+            consumer,
+            dead_letters,
+            email,
+            webhook,
+        })
+    }
+
+    /// Consumes until `stop` turns true. Records are spread over `--lanes` workers by user
+    /// id: one user's records always go to the same lane, in log order, so per-user order
+    /// holds, while a user whose target is failing holds up only the users sharing its lane.
+    /// The offset stored for commit is the lowest one still in a lane (a watermark), so a
+    /// restart resumes at the first record not yet final.
+    pub async fn run(self, stop: watch::Receiver<bool>) -> Result<(), NotifierError> {
+        let this = Arc::new(self);
+        this.consumer.subscribe(&[&this.topic])?;
+        info!(channel = this.channel.name(), group = %this.group_id, topic = %this.topic,
+              lanes = this.deps.settings.lanes, "notifier channel joined its group");
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
+        let mut lanes = Vec::new();
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..this.deps.settings.lanes.max(1) {
+            let (tx, mut rx) = mpsc::channel::<OwnedMessage>(LANE_CAPACITY);
+            lanes.push(tx);
+            let (runner, done, mut stop) = (this.clone(), done_tx.clone(), stop.clone());
+            workers.spawn(async move {
+                while let Some(message) = rx.recv().await {
+                    match runner.handle(&message, &mut stop).await {
+                        Ok(()) => {
+                            let _ = done.send((message.partition(), message.offset()));
+                        }
+                        Err(Stopped) => break,
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut watermarks = Watermarks::default();
+        let mut stop_main = stop.clone();
+        let mut stop_send = stop.clone();
+        enum Event {
+            Stop,
+            Done(i32, i64),
+            Message(OwnedMessage),
+            Skip,
+        }
+        loop {
+            let event = tokio::select! {
+                _ = stop_main.wait_for(|s| *s) => Event::Stop,
+                Some((partition, offset)) = done_rx.recv() => Event::Done(partition, offset),
+                message = this.consumer.recv() => match message {
+                    Ok(message) => Event::Message(message.detach()),
+                    Err(e) => {
+                        warn!(channel = this.channel.name(), error = %e, "consumer error");
+                        Event::Skip
+                    }
+                },
+            };
+            match event {
+                Event::Stop => break,
+                Event::Skip => {}
+                Event::Done(partition, offset) => {
+                    if let Some(commit) = watermarks.done(partition, offset)
+                        && let Err(e) = this.consumer.store_offset(&this.topic, partition, commit)
+                    {
+                        // The partition was revoked meanwhile: its new owner starts from the
+                        // last committed offset and finds the finished rows final.
+                        debug!(channel = this.channel.name(), partition, error = %e,
+                               "storing the offset failed");
+                    }
+                }
+                Event::Message(message) => {
+                    this.deps.metrics.records.fetch_add(1, Ordering::Relaxed);
+                    watermarks.started(message.partition(), message.offset());
+                    let lane = lane_of(message.key().unwrap_or_default(), lanes.len());
+                    let sent = tokio::select! {
+                        _ = stop_send.wait_for(|s| *s) => false,
+                        sent = lanes[lane].send(message) => sent.is_ok(),
+                    };
+                    if !sent {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(lanes);
+        while workers.join_next().await.is_some() {}
+        while let Ok((partition, offset)) = done_rx.try_recv() {
+            if let Some(commit) = watermarks.done(partition, offset) {
+                let _ = this.consumer.store_offset(&this.topic, partition, commit);
+            }
+        }
+        if let Err(e) = this.consumer.commit_consumer_state(CommitMode::Sync) {
+            debug!(channel = this.channel.name(), error = %e, "final commit");
+        }
+        this.consumer.unsubscribe();
+        info!(channel = this.channel.name(), "notifier channel stopped");
+        Ok(())
+    }
+
+    /// Sleeps `pause` unless asked to stop first.
+    async fn pause(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        pause: Duration,
+    ) -> Result<(), Stopped> {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => Err(Stopped),
+            _ = tokio::time::sleep(pause) => Ok(()),
+        }
+    }
+
+    /// Runs a store call until it succeeds (CQL outages are waited out, never skipped).
+    async fn store_retry<T, F, Fut>(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        what: &str,
+        mut call: F,
+    ) -> Result<T, Stopped>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, super::store::NotifyStoreError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    attempt += 1;
+                    warn!(channel = self.channel.name(), attempt, error = %e, "{what} failed; retrying");
+                    self.pause(stop, self.deps.settings.backoff(attempt))
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        message: &OwnedMessage,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Stopped> {
+        let Some(payload) = message.payload() else {
+            return self
+                .dead_letter(
+                    message,
+                    "",
+                    DeadLetterErrorKind::InvalidRecord,
+                    "record has no value",
+                    stop,
+                )
+                .await;
+        };
+        let mut attempt = 0;
+        let notification = loop {
+            match self
+                .deps
+                .codec
+                .decode_as::<NotificationRequested>(payload)
+                .await
+            {
+                Ok(n) => break n,
+                Err(e) if e.is_retryable() => {
+                    attempt += 1;
+                    warn!(attempt, error = %e, "registry unavailable while decoding; retrying");
+                    self.pause(stop, self.deps.settings.backoff(attempt))
+                        .await?;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    return self
+                        .dead_letter(message, "", e.dead_letter_kind(), &reason, stop)
+                        .await;
+                }
+            }
+        };
+        let store = &self.deps.store;
+        let metrics = &self.deps.metrics;
+        match self.channel {
+            Channel::Inapp => {
+                self.store_retry(stop, "storing the in-app notification", || {
+                    store.store_in_app(&notification)
+                })
+                .await?;
+                metrics.in_app_stored.fetch_add(1, Ordering::Relaxed);
+            }
+            Channel::Email => {
+                let address = self
+                    .store_retry(stop, "reading the email address", || {
+                        store.email_address(&notification.user_id)
+                    })
+                    .await?;
+                match address {
+                    Some(address) => {
+                        self.deliver(message, &notification, Target::Email(address), stop)
+                            .await?;
+                    }
+                    None => {
+                        let id = notification.notification_id();
+                        let existing = self
+                            .store_retry(stop, "reading the delivery", || {
+                                store.delivery(id, "email", "email")
+                            })
+                            .await?;
+                        if existing.is_none() {
+                            metrics.skipped_no_address.fetch_add(1, Ordering::Relaxed);
+                            let skipped = Delivery {
+                                state: DeliveryState::Skipped,
+                                attempts: 0,
+                                detail: "the user has no email address".to_owned(),
+                            };
+                            self.store_retry(stop, "recording the skipped email", || {
+                                store.set_delivery(id, "email", "email", &skipped)
+                            })
+                            .await?;
+                        }
+                    }
+                }
+            }
+            Channel::Webhook => {
+                let endpoints = self
+                    .store_retry(stop, "reading webhook endpoints", || {
+                        store.webhook_endpoints(&notification.user_id)
+                    })
+                    .await?;
+                for endpoint in endpoints.into_iter().filter(|e| !e.disabled) {
+                    self.deliver(message, &notification, Target::Webhook(endpoint), stop)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, n: &NotificationRequested, target: &Target) -> Result<(), SendError> {
+        match (target, &self.email, &self.webhook) {
+            (Target::Email(address), Some(sender), _) => sender.send(address, n).await,
+            (Target::Webhook(endpoint), _, Some(sender)) => {
+                sender.send(endpoint, n, now_millis() / 1000).await
+            }
+            _ => Err(SendError::Permanent("channel has no sender".to_owned())),
+        }
+    }
+
+    /// Delivers to one target until its row is final.
+    async fn deliver(
+        &self,
+        message: &OwnedMessage,
+        n: &NotificationRequested,
+        target: Target,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Stopped> {
+        let store = &self.deps.store;
+        let metrics = &self.deps.metrics;
+        let settings = &self.deps.settings;
+        let channel = self.channel.name();
+        let id = n.notification_id();
+        let key = target.key().to_owned();
+        let max_attempts = i32::try_from(settings.max_attempts).unwrap_or(i32::MAX);
+        let mut outage = 0u32;
+        let mut first = true;
+        loop {
+            let current = self
+                .store_retry(stop, "reading the delivery", || {
+                    store.delivery(id, channel, &key)
+                })
+                .await?;
+            let attempts = match &current {
+                Some(d) if d.state.is_final() => {
+                    if first {
+                        metrics.already_delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(());
+                }
+                Some(d) => {
+                    if first {
+                        // A send may have happened before a crash: this one repeats it, with
+                        // the same id.
+                        metrics.resent_pending.fetch_add(1, Ordering::Relaxed);
+                    }
+                    d.attempts
+                }
+                None => 0,
+            };
+            first = false;
+            if attempts >= max_attempts {
+                let reason = format!(
+                    "{channel} delivery to {key} failed {attempts} times: {}",
+                    current.map(|d| d.detail).unwrap_or_default()
+                );
+                return self.give_up(message, n, &key, attempts, reason, stop).await;
+            }
+            let pending = Delivery {
+                state: DeliveryState::Pending,
+                attempts: attempts + 1,
+                detail: String::new(),
+            };
+            self.store_retry(stop, "recording the attempt", || {
+                store.set_delivery(id, channel, &key, &pending)
+            })
+            .await?;
+            let result = self.send(n, &target).await;
+            let (state, detail) = match result {
+                Ok(()) => {
+                    match self.channel {
+                        Channel::Email => metrics.emails_sent.fetch_add(1, Ordering::Relaxed),
+                        _ => metrics.webhooks_sent.fetch_add(1, Ordering::Relaxed),
+                    };
+                    (DeliveryState::Sent, String::new())
+                }
+                Err(SendError::Unavailable(detail)) => {
+                    // Not this target's fault: give the attempt back and wait.
+                    outage += 1;
+                    warn!(channel, notification_id = id, outage, detail = %detail,
+                          "channel unavailable; waiting");
+                    let restored = Delivery {
+                        state: DeliveryState::Pending,
+                        attempts,
+                        detail: detail.clone(),
+                    };
+                    self.store_retry(stop, "recording the outage", || {
+                        store.set_delivery(id, channel, &key, &restored)
+                    })
+                    .await?;
+                    metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    self.pause(stop, settings.backoff(outage)).await?;
+                    continue;
+                }
+                Err(SendError::Retryable(detail)) => {
+                    let failed = Delivery {
+                        state: DeliveryState::Pending,
+                        attempts: attempts + 1,
+                        detail: detail.clone(),
+                    };
+                    self.store_retry(stop, "recording the failure", || {
+                        store.set_delivery(id, channel, &key, &failed)
+                    })
+                    .await?;
+                    if attempts + 1 >= max_attempts {
+                        continue; // the loop gives up at the top
+                    }
+                    metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    let pause = settings.backoff(u32::try_from(attempts + 1).unwrap_or(1));
+                    debug!(channel, notification_id = id, target = %key, attempt = attempts + 1,
+                           ?pause, detail = %detail, "delivery failed; retrying");
+                    self.pause(stop, pause).await?;
+                    continue;
+                }
+                Err(SendError::Permanent(detail)) => {
+                    let reason = format!("{channel} delivery to {key} refused: {detail}");
+                    return self
+                        .give_up(message, n, &key, attempts + 1, reason, stop)
+                        .await;
+                }
+                Err(SendError::Gone(detail)) => {
+                    if let Target::Webhook(endpoint) = &target {
+                        self.store_retry(stop, "disabling the endpoint", || {
+                            store.disable_endpoint(
+                                &endpoint.user_id,
+                                &endpoint.endpoint_id,
+                                &detail,
+                            )
+                        })
+                        .await?;
+                        metrics.endpoints_disabled.fetch_add(1, Ordering::Relaxed);
+                        info!(endpoint_id = %endpoint.endpoint_id, url = %endpoint.url,
+                              "webhook endpoint answered 410 Gone; disabled");
+                    }
+                    (DeliveryState::Disabled, detail)
+                }
+            };
+            let done = Delivery {
+                state,
+                attempts: attempts + 1,
+                detail,
+            };
+            self.store_retry(stop, "recording the delivery", || {
+                store.set_delivery(id, channel, &key, &done)
+            })
+            .await?;
+            return Ok(());
+        }
+    }
+
+    /// Dead-letters the record for one target, then marks the target `DEAD`.
+    async fn give_up(
+        &self,
+        message: &OwnedMessage,
+        n: &NotificationRequested,
+        key: &str,
+        attempts: i32,
+        reason: String,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Stopped> {
+        warn!(channel = self.channel.name(), notification_id = n.notification_id(), target = key,
+              reason = %reason, "dead-lettering the notification");
+        self.dead_letter(message, key, DeadLetterErrorKind::Other, &reason, stop)
+            .await?;
+        let dead = Delivery {
+            state: DeliveryState::Dead,
+            attempts,
+            detail: reason,
+        };
+        let store = &self.deps.store;
+        let channel = self.channel.name();
+        self.store_retry(stop, "recording the dead letter", || {
+            store.set_delivery(n.notification_id(), channel, key, &dead)
+        })
+        .await
+    }
+
+    /// Produces the dead letter for `message` (one per target: the target is part of the
+    /// consumer name, so the id is deterministic per record and target).
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        target: &str,
+        kind: DeadLetterErrorKind,
+        reason: &str,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Stopped> {
+        let consumer = if target.is_empty() {
+            self.group_id.clone()
+        } else {
+            format!("{}/{target}", self.group_id)
+        };
+        let now = now_millis();
+        let record = DeadLetter {
+            record_id: DeadLetter::record_id_for(
+                &consumer,
+                message.topic(),
+                message.partition(),
+                message.offset(),
+            ),
+            source_topic: message.topic().to_owned(),
+            source_partition: message.partition(),
+            source_offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            reason: reason.to_owned(),
+            error_kind: kind,
+            consumer,
+            failed_at: now,
+            occurred_at: message.timestamp().to_millis().unwrap_or(now),
+        };
+        let topic = self.deps.settings.dead_letters_topic();
+        let mut attempt = 0;
+        loop {
+            let payload = match self.deps.codec.encode(&topic, &record).await {
+                Ok(payload) => payload,
+                Err(e) => {
+                    attempt += 1;
+                    warn!(attempt, error = %e, "encoding a dead letter failed; retrying");
+                    self.pause(stop, self.deps.settings.backoff(attempt))
+                        .await?;
+                    continue;
+                }
+            };
+            let kind_name = format!("{kind:?}");
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "dlq.reason",
+                    value: Some(reason),
+                })
+                .insert(Header {
+                    key: "dlq.error_kind",
+                    value: Some(kind_name.as_str()),
+                })
+                .insert(Header {
+                    key: "record_id",
+                    value: Some(record.record_id.as_str()),
+                });
+            let mut out = FutureRecord::to(&topic).payload(&payload).headers(headers);
+            if let Some(key) = record.kafka_key() {
+                out = out.key(key);
+            }
+            match self.dead_letters.send(out, Duration::from_secs(30)).await {
+                Ok(_) => {
+                    self.deps
+                        .metrics
+                        .dead_lettered
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err((e, _)) => {
+                    attempt += 1;
+                    warn!(attempt, error = %e, "producing a dead letter failed; retrying");
+                    self.pause(stop, self.deps.settings.backoff(attempt))
+                        .await?;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_is_below_the_lowest_record_in_flight() {
+        let mut marks = Watermarks::default();
+        for offset in 10..15 {
+            marks.started(0, offset);
+        }
+        // 12 and 13 finish first (other lanes): nothing below 10 is final yet beyond 9.
+        assert_eq!(marks.done(0, 12), Some(9));
+        assert_eq!(marks.done(0, 13), Some(9));
+        assert_eq!(marks.done(0, 10), Some(10));
+        assert_eq!(marks.done(0, 11), Some(13));
+        assert_eq!(marks.done(0, 14), Some(14));
+        // Unknown partitions store nothing.
+        assert_eq!(marks.done(7, 1), None);
+        marks.started(1, 0);
+        marks.started(1, 1);
+        assert_eq!(marks.done(1, 1), None, "offset 0 still in flight");
+        assert_eq!(marks.done(1, 0), Some(1));
+    }
+
+    #[test]
+    fn a_user_always_gets_the_same_lane() {
+        assert_eq!(lane_of(b"user-1", 16), lane_of(b"user-1", 16));
+        assert!(lane_of(b"user-2", 16) < 16);
+        assert_eq!(lane_of(b"anything", 1), 0);
+        let lanes: std::collections::HashSet<usize> = (0..200)
+            .map(|i| lane_of(format!("u{i}").as_bytes(), 16))
+            .collect();
+        assert_eq!(lanes.len(), 16, "keys spread over every lane");
+    }
+}

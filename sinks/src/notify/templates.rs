@@ -1,0 +1,229 @@
+//! The text of every notification: a subject and a plain-text body per kind, from the record's
+//! `params` (strings written by the booking processor, see `processors/src/booking/render.rs`).
+//! Pure: no I/O, no clock; a missing parameter renders as a neutral phrase, never a panic.
+
+use boxoffice_avro::records::{NotificationKind, NotificationRequested};
+
+/// The Avro symbol of a kind (`ORDER_RESERVED`, ...): what the in-app table and webhooks carry.
+pub fn kind_name(kind: NotificationKind) -> &'static str {
+    match kind {
+        NotificationKind::OrderReserved => "ORDER_RESERVED",
+        NotificationKind::OrderConfirmed => "ORDER_CONFIRMED",
+        NotificationKind::OrderRejected => "ORDER_REJECTED",
+        NotificationKind::OrderExpired => "ORDER_EXPIRED",
+        NotificationKind::OrderCancelled => "ORDER_CANCELLED",
+        NotificationKind::OrderRefunded => "ORDER_REFUNDED",
+        NotificationKind::LatePaymentReallocated => "LATE_PAYMENT_REALLOCATED",
+    }
+}
+
+/// An email's subject and text body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailText {
+    pub subject: String,
+    pub body: String,
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC (`2026-11-26T09:00:00Z`).
+pub fn format_millis(text: &str) -> Option<String> {
+    let millis: i64 = text.trim().parse().ok()?;
+    let at = chrono::DateTime::from_timestamp_millis(millis)?;
+    Some(at.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+/// Minor units as a decimal amount with the currency (`1250`, `EUR` → `12.50 EUR`).
+pub fn format_amount(minor: &str, currency: &str) -> Option<String> {
+    let minor: i64 = minor.trim().parse().ok()?;
+    let sign = if minor < 0 { "-" } else { "" };
+    let minor = minor.unsigned_abs();
+    Some(
+        format!("{sign}{}.{:02} {currency}", minor / 100, minor % 100)
+            .trim()
+            .to_owned(),
+    )
+}
+
+fn reason_text(reason: &str) -> String {
+    match reason {
+        "SoldOut" | "SOLD_OUT" => "the event is sold out".to_owned(),
+        "NotOnSale" | "NOT_ON_SALE" => "the event is not on sale".to_owned(),
+        "LimitExceeded" | "LIMIT_EXCEEDED" => "the order is over the ticket limit".to_owned(),
+        "UnknownEvent" | "UNKNOWN_EVENT" => "the event does not exist".to_owned(),
+        "InvalidRequest" | "INVALID_REQUEST" => "the request was not valid".to_owned(),
+        "UserRequested" | "USER_REQUESTED" => "you cancelled it".to_owned(),
+        "PaymentFailed" | "PAYMENT_FAILED" => "the payment failed".to_owned(),
+        "OrderCancelled" | "ORDER_CANCELLED" => "the order was cancelled".to_owned(),
+        "LatePaymentSoldOut" | "LATE_PAYMENT_SOLD_OUT" => {
+            "the payment arrived after the hold expired and the event sold out".to_owned()
+        }
+        "" => "no reason was given".to_owned(),
+        other => other.to_lowercase().replace('_', " "),
+    }
+}
+
+/// The email for `n`.
+pub fn email(n: &NotificationRequested) -> EmailText {
+    let p = |key: &str| n.params.get(key).map(String::as_str).unwrap_or_default();
+    let event = match p("event_name") {
+        "" => "your event".to_owned(),
+        name => format!("\"{name}\""),
+    };
+    let slots = match p("number_slot") {
+        "" => "your slots".to_owned(),
+        "1" => "1 slot".to_owned(),
+        n => format!("{n} slots"),
+    };
+    let amount = format_amount(p("amount_minor"), p("currency"));
+    let order = n.order_id.as_deref().unwrap_or("-");
+    let (subject, lines): (String, Vec<String>) = match n.kind {
+        NotificationKind::OrderReserved => {
+            let deadline =
+                format_millis(p("hold_expires_at")).unwrap_or_else(|| "the hold deadline".into());
+            let mut lines = vec![format!(
+                "{slots} for {event} are held for you until {deadline}."
+            )];
+            if let Some(amount) = &amount {
+                lines.push(format!(
+                    "Pay {amount} before then to confirm the order; unpaid, the hold is released."
+                ));
+            }
+            (format!("Reserved: {event} (pay by {deadline})"), lines)
+        }
+        NotificationKind::OrderConfirmed | NotificationKind::LatePaymentReallocated => {
+            let tickets: Vec<&str> = p("ticket_ids")
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect();
+            let mut lines = Vec::new();
+            if n.kind == NotificationKind::LatePaymentReallocated {
+                lines.push(
+                    "Your payment arrived after the hold expired; slots were still free, so \
+                     they are yours."
+                        .to_owned(),
+                );
+            }
+            lines.push(format!("Your order for {event} is confirmed ({slots})."));
+            if tickets.is_empty() {
+                lines.push("Your tickets are in your account.".to_owned());
+            } else {
+                lines.push("Tickets:".to_owned());
+                lines.extend(tickets.iter().map(|t| format!("  - {t}")));
+            }
+            (format!("Confirmed: {event}"), lines)
+        }
+        NotificationKind::OrderRejected => (
+            format!("Not booked: {event}"),
+            vec![format!(
+                "Your order for {event} was not accepted: {}.",
+                reason_text(p("reason"))
+            )],
+        ),
+        NotificationKind::OrderExpired => (
+            format!("Hold expired: {event}"),
+            vec![format!(
+                "The hold on {slots} for {event} expired before payment; the slots were released."
+            )],
+        ),
+        NotificationKind::OrderCancelled => {
+            let mut lines = vec![format!(
+                "Your order for {event} was cancelled: {}.",
+                reason_text(p("reason"))
+            )];
+            if p("refund") == "true" {
+                lines.push("The payment will be refunded.".to_owned());
+            }
+            (format!("Cancelled: {event}"), lines)
+        }
+        NotificationKind::OrderRefunded => {
+            let what = amount.clone().unwrap_or_else(|| "your payment".to_owned());
+            (
+                format!("Refunded: {event}"),
+                vec![format!(
+                    "We are refunding {what} for {event}: {}.",
+                    reason_text(p("reason"))
+                )],
+            )
+        }
+    };
+    let mut body = lines.join("\n");
+    body.push_str(&format!(
+        "\n\nOrder: {order}\nNotification: {}\n",
+        n.notification_id()
+    ));
+    EmailText { subject, body }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn notification(kind: NotificationKind, params: &[(&str, &str)]) -> NotificationRequested {
+        NotificationRequested {
+            record_id: "n-1".into(),
+            user_id: "u-1".into(),
+            order_id: Some("o-1".into()),
+            event_id: Some("e-1".into()),
+            kind,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            occurred_at: 0,
+        }
+    }
+
+    #[test]
+    fn reserved_names_the_hold_deadline_and_amount() {
+        let text = email(&notification(
+            NotificationKind::OrderReserved,
+            &[
+                ("event_name", "Gig"),
+                ("number_slot", "2"),
+                ("hold_expires_at", "1764147600000"),
+                ("amount_minor", "1250"),
+                ("currency", "EUR"),
+            ],
+        ));
+        assert!(text.subject.contains("Reserved"), "{text:?}");
+        assert!(text.body.contains("2025-11-26 09:00 UTC"), "{text:?}");
+        assert!(text.body.contains("12.50 EUR"), "{text:?}");
+        assert!(text.body.contains("2 slots"), "{text:?}");
+    }
+
+    #[test]
+    fn confirmed_lists_the_tickets_and_rejected_the_reason() {
+        let text = email(&notification(
+            NotificationKind::OrderConfirmed,
+            &[("ticket_ids", "t-1,t-2")],
+        ));
+        assert!(text.body.contains("  - t-1\n  - t-2"), "{text:?}");
+        let text = email(&notification(
+            NotificationKind::OrderRejected,
+            &[("reason", "SoldOut")],
+        ));
+        assert!(text.body.contains("sold out"), "{text:?}");
+    }
+
+    #[test]
+    fn every_kind_renders_without_params() {
+        for kind in [
+            NotificationKind::OrderReserved,
+            NotificationKind::OrderConfirmed,
+            NotificationKind::OrderRejected,
+            NotificationKind::OrderExpired,
+            NotificationKind::OrderCancelled,
+            NotificationKind::OrderRefunded,
+            NotificationKind::LatePaymentReallocated,
+        ] {
+            let text = email(&notification(kind, &[]));
+            assert!(!text.subject.is_empty());
+            assert!(text.body.contains("Notification: n-1"));
+            assert!(!kind_name(kind).is_empty());
+        }
+        assert_eq!(format_amount("-5", "EUR").as_deref(), Some("-0.05 EUR"));
+        assert_eq!(format_millis("x"), None);
+    }
+}
