@@ -13,8 +13,9 @@ use boxoffice_ingest::config::{IngestSettings, Topics};
 use boxoffice_ingest::live::Live;
 use boxoffice_ingest::stores::cql::{CqlStores, ensure_columns};
 use boxoffice_ingest::{Deps, Follow, ensure_admin};
-use boxoffice_sinks::schema::{SchemaArgs, ensure_schema};
+use boxoffice_sinks::schema::SchemaArgs;
 use boxoffice_sinks::scylla::ScyllaArgs;
+use boxoffice_sinks::startup::{connect_services, init_tracing, shutdown_signal};
 use boxoffice_topics::kafka::KafkaArgs;
 use clap::{Parser, Subcommand};
 use tracing::info;
@@ -94,33 +95,12 @@ async fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,scylla=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn start(cli: Cli) -> anyhow::Result<()> {
-    let summary = cli.kafka.check().await?;
-    info!(brokers = summary.brokers, servers = %cli.kafka.bootstrap_servers, "Kafka reachable");
-    cli.registry.check().await?;
-    info!(url = %cli.registry.url, "schema registry reachable");
-    let session = Arc::new(cli.scylla.connect().await?);
     let schema = cli.schema.settings();
-    ensure_schema(&session, &schema)
-        .await
-        .context("creating the CQL schema")?;
+    let session = connect_services(&cli.kafka, &cli.registry, &cli.scylla, &schema).await?;
     ensure_columns(&session, &schema.keyspace)
         .await
         .context("adding ingest's columns")?;
-    info!(uri = %cli.scylla.uri, keyspace = %schema.keyspace, "CQL store ready");
     let stores = CqlStores::new(session, &schema.keyspace)
         .await?
         .into_stores();
@@ -181,26 +161,6 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
     boxoffice_ingest::run(deps, listener, shutdown_signal()).await?;
     info!("stopped");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    info!("shutdown requested");
 }
 
 #[cfg(test)]

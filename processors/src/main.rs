@@ -12,8 +12,9 @@ use boxoffice_processors::booking::audit::verify_event;
 use boxoffice_processors::booking::runtime::{BookingDeps, BookingSettings, run};
 use boxoffice_processors::metrics::BookingMetrics;
 use boxoffice_sinks::inventory::InventoryStore;
-use boxoffice_sinks::schema::{SchemaArgs, ensure_schema};
+use boxoffice_sinks::schema::SchemaArgs;
 use boxoffice_sinks::scylla::ScyllaArgs;
+use boxoffice_sinks::startup::{connect_services, init_tracing, shutdown_signal};
 use boxoffice_topics::kafka::KafkaArgs;
 use clap::{Parser, Subcommand};
 use tracing::info;
@@ -109,31 +110,9 @@ async fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,scylla=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
-    let summary = cli.kafka.check().await?;
-    info!(brokers = summary.brokers, servers = %cli.kafka.bootstrap_servers, "Kafka reachable");
-    cli.registry.check().await?;
-    info!(url = %cli.registry.url, "schema registry reachable");
-    let session = Arc::new(cli.scylla.connect().await?);
     let settings = cli.schema.settings();
-    ensure_schema(&session, &settings)
-        .await
-        .context("creating the CQL schema")?;
-    info!(uri = %cli.scylla.uri, keyspace = %settings.keyspace.as_str(), "CQL store ready");
+    let session = connect_services(&cli.kafka, &cli.registry, &cli.scylla, &settings).await?;
     let codec = Arc::new(Codec::new(&cli.registry)?);
     let payments_session = Arc::clone(&session);
     let store = Arc::new(InventoryStore::new(session, &settings.keyspace).await?);
@@ -269,26 +248,6 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    info!("shutdown requested");
 }
 
 #[cfg(test)]

@@ -89,16 +89,14 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use scylla::client::session::Session;
-use scylla::errors::{
-    DbError, ExecutionError, NextPageError, NextRowError, PagerExecutionError, PrepareError,
-    RequestAttemptError, RequestError,
-};
+use scylla::errors::{ExecutionError, NextRowError, PagerExecutionError, PrepareError};
 use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
 use crate::schema::Keyspace;
+use crate::scylla::{execution_is_transient, next_page_is_transient, prepare_is_transient};
 
 /// Order rows fetched per page when loading an event.
 pub const ORDER_PAGE_SIZE: i32 = 5_000;
@@ -113,9 +111,6 @@ pub const LOAD_ATTEMPTS: usize = 3;
 const NO_TEXT: &str = "";
 /// The stored form of an absent hold deadline.
 const NO_MILLIS: i64 = 0;
-/// Protocol v5 error code `CAS_WRITE_UNKNOWN`: a lightweight transaction may or may not have
-/// been applied.
-const CAS_WRITE_UNKNOWN: i32 = 0x1700;
 
 /// Where an order stands (the lifecycle in ARCHITECTURE.md, without `PENDING`, which only
 /// ingest knows).
@@ -356,62 +351,6 @@ impl StoreError {
             operation,
             source: e.into(),
         }
-    }
-}
-
-fn db_is_transient(e: &DbError) -> bool {
-    match e {
-        DbError::Unavailable { .. }
-        | DbError::Overloaded
-        | DbError::IsBootstrapping
-        | DbError::ReadTimeout { .. }
-        | DbError::WriteTimeout { .. }
-        | DbError::ReadFailure { .. }
-        | DbError::WriteFailure { .. }
-        | DbError::RateLimitReached { .. }
-        | DbError::TruncateError => true,
-        DbError::Other(code) => *code == CAS_WRITE_UNKNOWN,
-        _ => false,
-    }
-}
-
-fn attempt_is_transient(e: &RequestAttemptError) -> bool {
-    match e {
-        RequestAttemptError::UnableToAllocStreamId
-        | RequestAttemptError::BrokenConnectionError(_) => true,
-        RequestAttemptError::DbError(db, _) => db_is_transient(db),
-        _ => false,
-    }
-}
-
-fn execution_is_transient(e: &ExecutionError) -> bool {
-    match e {
-        ExecutionError::ConnectionPoolError(_)
-        | ExecutionError::RequestTimeout(_)
-        | ExecutionError::SchemaAgreementError(_)
-        | ExecutionError::MetadataError(_) => true,
-        ExecutionError::LastAttemptError(a) => attempt_is_transient(a),
-        ExecutionError::PrepareError(p) => prepare_is_transient(p),
-        _ => false,
-    }
-}
-
-fn prepare_is_transient(e: &PrepareError) -> bool {
-    match e {
-        PrepareError::ConnectionPoolError(_) => true,
-        PrepareError::AllAttemptsFailed { first_attempt } => attempt_is_transient(first_attempt),
-        _ => false,
-    }
-}
-
-fn next_page_is_transient(e: &NextPageError) -> bool {
-    match e {
-        NextPageError::RequestFailure(r) => match r {
-            RequestError::ConnectionPoolError(_) | RequestError::RequestTimeout(_) => true,
-            RequestError::LastAttemptError(a) => attempt_is_transient(a),
-            _ => false,
-        },
-        _ => false,
     }
 }
 
@@ -1070,6 +1009,8 @@ impl InventoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scylla::CAS_WRITE_UNKNOWN;
+    use scylla::errors::{DbError, RequestAttemptError};
 
     fn order(id: &str) -> StoredOrder {
         StoredOrder {

@@ -1,9 +1,11 @@
 //! boxoffice sinks: how every binary reaches the CQL store (`scylla`), the CQL schema
-//! (`schema`), the booking processor's per-event state store (`inventory`), and, as the
-//! pipeline lands, the other stores and the notification channels.
+//! (`schema`), the booking processor's per-event state store (`inventory`), the payment store
+//! (`payments`), the notifier (`notify`), and what every binary does at start and stop
+//! (`startup`).
 
 pub mod inventory;
 pub mod notify;
 pub mod payments;
 pub mod schema;
 pub mod scylla;
+pub mod startup;

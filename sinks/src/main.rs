@@ -5,12 +5,12 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use boxoffice_avro::Codec;
 use boxoffice_avro::registry::RegistryArgs;
 use boxoffice_sinks::notify::{NotifierDeps, NotifierMetrics, NotifierSettings, NotifyStore, run};
-use boxoffice_sinks::schema::{SchemaArgs, ensure_schema};
+use boxoffice_sinks::schema::SchemaArgs;
 use boxoffice_sinks::scylla::ScyllaArgs;
+use boxoffice_sinks::startup::{connect_services, init_tracing, shutdown_signal};
 use boxoffice_topics::kafka::KafkaArgs;
 use clap::Parser;
 use tracing::info;
@@ -51,31 +51,9 @@ async fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,scylla=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn start(cli: Cli) -> anyhow::Result<()> {
-    let summary = cli.kafka.check().await?;
-    info!(brokers = summary.brokers, servers = %cli.kafka.bootstrap_servers, "Kafka reachable");
-    cli.registry.check().await?;
-    info!(url = %cli.registry.url, "schema registry reachable");
-    let session = Arc::new(cli.scylla.connect().await?);
     let schema = cli.schema.settings();
-    ensure_schema(&session, &schema)
-        .await
-        .context("creating the CQL schema")?;
-    info!(uri = %cli.scylla.uri, keyspace = %schema.keyspace.as_str(), "CQL store ready");
+    let session = connect_services(&cli.kafka, &cli.registry, &cli.scylla, &schema).await?;
     let deps = NotifierDeps {
         kafka: cli.kafka,
         codec: Arc::new(Codec::new(&cli.registry)?),
@@ -87,27 +65,4 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
           "notifier starting");
     run(deps, shutdown_signal()).await?;
     Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -35,14 +35,13 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use scylla::client::session::Session;
-use scylla::errors::{
-    DbError, ExecutionError, PagerExecutionError, PrepareError, RequestAttemptError,
-};
+use scylla::errors::{ExecutionError, PagerExecutionError};
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 use crate::schema::Keyspace;
+use crate::scylla::{execution_is_transient, prepare_is_transient};
 
 /// One payment as stored. Absent texts are `""`, absent numbers `0`.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -261,50 +260,6 @@ impl PaymentStoreError {
             operation,
             source: e.into(),
         }
-    }
-}
-
-/// Protocol v5 `CAS_WRITE_UNKNOWN`.
-const CAS_WRITE_UNKNOWN: i32 = 0x1700;
-
-fn attempt_is_transient(e: &RequestAttemptError) -> bool {
-    match e {
-        RequestAttemptError::UnableToAllocStreamId
-        | RequestAttemptError::BrokenConnectionError(_) => true,
-        RequestAttemptError::DbError(db, _) => {
-            matches!(
-                db,
-                DbError::Unavailable { .. }
-                    | DbError::Overloaded
-                    | DbError::IsBootstrapping
-                    | DbError::ReadTimeout { .. }
-                    | DbError::WriteTimeout { .. }
-                    | DbError::ReadFailure { .. }
-                    | DbError::WriteFailure { .. }
-                    | DbError::RateLimitReached { .. }
-            ) || matches!(db, DbError::Other(code) if *code == CAS_WRITE_UNKNOWN)
-        }
-        _ => false,
-    }
-}
-
-fn execution_is_transient(e: &ExecutionError) -> bool {
-    match e {
-        ExecutionError::ConnectionPoolError(_)
-        | ExecutionError::RequestTimeout(_)
-        | ExecutionError::SchemaAgreementError(_)
-        | ExecutionError::MetadataError(_) => true,
-        ExecutionError::LastAttemptError(a) => attempt_is_transient(a),
-        ExecutionError::PrepareError(p) => prepare_is_transient(p),
-        _ => false,
-    }
-}
-
-fn prepare_is_transient(e: &PrepareError) -> bool {
-    match e {
-        PrepareError::ConnectionPoolError(_) => true,
-        PrepareError::AllAttemptsFailed { first_attempt } => attempt_is_transient(first_attempt),
-        _ => false,
     }
 }
 

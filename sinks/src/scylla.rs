@@ -1,11 +1,15 @@
 //! CQL store settings shared by every binary (flags + environment variables, defaulting to the
-//! local stack) and the session builder whose errors name the setting to fix.
+//! local stack), the session builder whose errors name the setting to fix, and which CQL
+//! failures are transient (the stores retry those).
 
 use std::time::Duration;
 
 use boxoffice_topics::kafka::parse_host_port_list;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{
+    DbError, ExecutionError, NextPageError, PrepareError, RequestAttemptError, RequestError,
+};
 
 /// The local stack's CQL port (Cassandra 5 here, ScyllaDB for users with Docker).
 pub const DEFAULT_SCYLLA_URI: &str = "127.0.0.1:9042";
@@ -67,6 +71,70 @@ impl ScyllaArgs {
                 humantime::format_duration(self.timeout)
             ))),
         }
+    }
+}
+
+// Transient failures: what the stores retry (with backoff) instead of reporting as bad data.
+
+/// Protocol v5 error code `CAS_WRITE_UNKNOWN`: a lightweight transaction may or may not have
+/// been applied.
+pub(crate) const CAS_WRITE_UNKNOWN: i32 = 0x1700;
+
+pub(crate) fn db_is_transient(e: &DbError) -> bool {
+    match e {
+        DbError::Unavailable { .. }
+        | DbError::Overloaded
+        | DbError::IsBootstrapping
+        | DbError::ReadTimeout { .. }
+        | DbError::WriteTimeout { .. }
+        | DbError::ReadFailure { .. }
+        | DbError::WriteFailure { .. }
+        | DbError::RateLimitReached { .. }
+        | DbError::TruncateError => true,
+        DbError::Other(code) => *code == CAS_WRITE_UNKNOWN,
+        _ => false,
+    }
+}
+
+pub(crate) fn attempt_is_transient(e: &RequestAttemptError) -> bool {
+    match e {
+        RequestAttemptError::UnableToAllocStreamId
+        | RequestAttemptError::BrokenConnectionError(_) => true,
+        RequestAttemptError::DbError(db, _) => db_is_transient(db),
+        _ => false,
+    }
+}
+
+/// True when a failed CQL request may succeed if retried (the store is unavailable, overloaded
+/// or timed out, or a lightweight transaction's outcome is unknown).
+pub(crate) fn execution_is_transient(e: &ExecutionError) -> bool {
+    match e {
+        ExecutionError::ConnectionPoolError(_)
+        | ExecutionError::RequestTimeout(_)
+        | ExecutionError::SchemaAgreementError(_)
+        | ExecutionError::MetadataError(_) => true,
+        ExecutionError::LastAttemptError(a) => attempt_is_transient(a),
+        ExecutionError::PrepareError(p) => prepare_is_transient(p),
+        _ => false,
+    }
+}
+
+pub(crate) fn prepare_is_transient(e: &PrepareError) -> bool {
+    match e {
+        PrepareError::ConnectionPoolError(_) => true,
+        PrepareError::AllAttemptsFailed { first_attempt } => attempt_is_transient(first_attempt),
+        _ => false,
+    }
+}
+
+pub(crate) fn next_page_is_transient(e: &NextPageError) -> bool {
+    match e {
+        NextPageError::RequestFailure(r) => match r {
+            RequestError::ConnectionPoolError(_) | RequestError::RequestTimeout(_) => true,
+            RequestError::LastAttemptError(a) => attempt_is_transient(a),
+            _ => false,
+        },
+        _ => false,
     }
 }
 

@@ -287,57 +287,67 @@ impl TopicReader {
     pub async fn read_group_until<G: RecordGroup>(
         &mut self,
         timeout: Duration,
-        mut done: impl FnMut(&[G]) -> bool,
+        done: impl FnMut(&[G]) -> bool,
     ) -> anyhow::Result<Vec<G>> {
-        let mut records: Vec<G> = Vec::new();
-        let read = async {
-            while !done(&records) {
-                let message = self.consumer.recv().await?;
-                let Some(payload) = message.payload() else {
-                    continue;
-                };
-                let record: G = self.codec.decode_group(payload).await?;
-                if self
-                    .seen
-                    .insert(record.record_id().to_owned(), ())
-                    .is_some()
-                {
-                    self.duplicates += 1;
-                    continue;
+        let codec = self.codec.clone();
+        self.read_distinct(
+            timeout,
+            done,
+            <G as RecordGroup>::record_id,
+            move |payload| {
+                let codec = codec.clone();
+                async move {
+                    codec
+                        .decode_group::<G>(&payload)
+                        .await
+                        .map_err(anyhow::Error::from)
                 }
-                records.push(record);
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(timeout, read)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "timed out after {timeout:?}; read so far: {}",
-                    records.len()
-                )
-            })
-            .and_then(|r| r)?;
-        Ok(records)
+            },
+        )
+        .await
     }
 
     /// Like `read_group_until`, for a topic of one record type.
     pub async fn read_until<R: Record>(
         &mut self,
         timeout: Duration,
-        mut done: impl FnMut(&[R]) -> bool,
+        done: impl FnMut(&[R]) -> bool,
     ) -> anyhow::Result<Vec<R>> {
-        let mut records: Vec<R> = Vec::new();
+        let codec = self.codec.clone();
+        self.read_distinct(timeout, done, <R as Record>::record_id, move |payload| {
+            let codec = codec.clone();
+            async move {
+                codec
+                    .decode_as::<R>(&payload)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .await
+    }
+
+    /// The loop behind both readers: decode, drop ids already seen, stop when `done`.
+    async fn read_distinct<T, Fut>(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&[T]) -> bool,
+        record_id: fn(&T) -> &str,
+        decode: impl Fn(Vec<u8>) -> Fut,
+    ) -> anyhow::Result<Vec<T>>
+    where
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let mut records: Vec<T> = Vec::new();
         let read = async {
             while !done(&records) {
                 let message = self.consumer.recv().await?;
                 let Some(payload) = message.payload() else {
                     continue;
                 };
-                let record: R = self.codec.decode_as(payload).await?;
+                let record = decode(payload.to_vec()).await?;
                 if self
                     .seen
-                    .insert(record.record_id().to_owned(), ())
+                    .insert(record_id(&record).to_owned(), ())
                     .is_some()
                 {
                     self.duplicates += 1;
