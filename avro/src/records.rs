@@ -143,6 +143,15 @@ pub enum PaymentFailureReason {
     Timeout,
 }
 
+/// What a provider's asynchronous event says about a charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[avro(namespace = "boxoffice")]
+pub enum ProviderChargeOutcome {
+    Captured,
+    Declined,
+}
+
 /// Why a booking request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -503,6 +512,29 @@ impl_record!(
     key = order_id
 );
 
+/// What an asynchronous payment provider reported about a charge, received by ingest on
+/// `POST v1/payments/webhook` after its signature was verified. The payment processor applies
+/// it to the payment (a provider event for a payment already final changes nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct PaymentProviderEvent {
+    pub record_id: String,
+    pub provider_event_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    pub outcome: ProviderChargeOutcome,
+    pub provider_reference: String,
+    pub failure_reason: Option<PaymentFailureReason>,
+    pub detail: Option<String>,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    PaymentProviderEvent,
+    topic = topic::PAYMENTS_REQUESTS,
+    key = order_id
+);
+
 // ---------------------------------------------------------------------------------------------
 // availability (compacted, key event_id)
 
@@ -751,7 +783,7 @@ record_group!(
 record_group!(
     /// What `payments.requests` carries: work for the payment processor.
     PaymentRequest, topic = topic::PAYMENTS_REQUESTS, {
-        PaymentRequested, PaymentSubmitted, RefundRequested,
+        PaymentRequested, PaymentSubmitted, RefundRequested, PaymentProviderEvent,
     }
 );
 

@@ -46,7 +46,7 @@ macro_rules! schema_files {
 }
 
 /// Grouped by topic, in flow order.
-static ALL: [SchemaFile; 18] = schema_files![
+static ALL: [SchemaFile; 19] = schema_files![
     // booking.commands
     "BookingRequested",
     "CancelRequested",
@@ -65,6 +65,7 @@ static ALL: [SchemaFile; 18] = schema_files![
     "PaymentRequested",
     "PaymentSubmitted",
     "RefundRequested",
+    "PaymentProviderEvent",
     // availability
     "AvailabilityChanged",
     // notifications

@@ -232,6 +232,18 @@ fn payment_requests(i: &Ids) -> Vec<PaymentRequest> {
             occurred_at: AT,
         }
         .into(),
+        PaymentProviderEvent {
+            record_id: ids::record_id_for::<PaymentProviderEvent>(&["evt_1"]),
+            provider_event_id: "evt_1".into(),
+            payment_id: i.payment.clone(),
+            order_id: i.order.clone(),
+            outcome: ProviderChargeOutcome::Declined,
+            provider_reference: "ch_1".into(),
+            failure_reason: Some(PaymentFailureReason::InsufficientFunds),
+            detail: Some("insufficient funds".into()),
+            occurred_at: AT,
+        }
+        .into(),
     ]
 }
 
@@ -372,6 +384,7 @@ async fn every_record_type_round_trips_through_the_registry() {
             PaymentRequest::PaymentRequested(r) => round_trip(&codec, &topic, r).await,
             PaymentRequest::PaymentSubmitted(r) => round_trip(&codec, &topic, r).await,
             PaymentRequest::RefundRequested(r) => round_trip(&codec, &topic, r).await,
+            PaymentRequest::PaymentProviderEvent(r) => round_trip(&codec, &topic, r).await,
         });
     }
     ids.push(
@@ -423,7 +436,7 @@ async fn every_record_type_round_trips_through_the_registry() {
     for subject in &subjects {
         assert!(registered.contains(subject), "{subject} not registered");
     }
-    assert_eq!(subjects.len(), 18);
+    assert_eq!(subjects.len(), 19);
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ macro_rules! each_record {
             $check::<PaymentRequested>(),
             $check::<PaymentSubmitted>(),
             $check::<RefundRequested>(),
+            $check::<PaymentProviderEvent>(),
             $check::<AvailabilityChanged>(),
             $check::<NotificationRequested>(),
             $check::<DeadLetter>(),
@@ -195,6 +196,7 @@ fn records_are_on_the_agreed_topics() {
         ("boxoffice.PaymentRequested", "payments.requests"),
         ("boxoffice.PaymentSubmitted", "payments.requests"),
         ("boxoffice.RefundRequested", "payments.requests"),
+        ("boxoffice.PaymentProviderEvent", "payments.requests"),
         ("boxoffice.AvailabilityChanged", "availability"),
         ("boxoffice.NotificationRequested", "notifications"),
         ("boxoffice.DeadLetter", "dead.letters"),
@@ -210,7 +212,7 @@ fn records_are_on_the_agreed_topics() {
     );
     assert_eq!(
         PaymentRequest::MEMBERS,
-        &expected[12..15].iter().map(|(n, _)| *n).collect::<Vec<_>>()[..]
+        &expected[12..16].iter().map(|(n, _)| *n).collect::<Vec<_>>()[..]
     );
     assert_eq!(BookingCommand::TOPIC, "booking.commands");
     assert_eq!(OrderEvent::TOPIC, "orders.events");
@@ -546,6 +548,7 @@ fn groups_decode_each_member_by_name() {
         group_round_trip::<PaymentRequest, PaymentRequested>(),
         group_round_trip::<PaymentRequest, PaymentSubmitted>(),
         group_round_trip::<PaymentRequest, RefundRequested>(),
+        group_round_trip::<PaymentRequest, PaymentProviderEvent>(),
     ];
     let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
     assert!(failures.is_empty(), "{failures:?}");

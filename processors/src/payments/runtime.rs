@@ -33,7 +33,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{
-    DeadLetter, DeadLetterErrorKind, PaymentRequest, RecordGroup, topic,
+    DeadLetter, DeadLetterErrorKind, PaymentFailureReason, PaymentProviderEvent, PaymentRequest,
+    ProviderChargeOutcome, RecordGroup, topic,
 };
 use boxoffice_avro::{Codec, CodecError};
 use boxoffice_sinks::payments::{HistoryEntry, PaymentSaveOutcome, PaymentStore};
@@ -48,8 +49,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::core::{self, Effect, Input, Millis, PaymentState, Policy};
 use super::gateway::{
-    ChargeRequest, Gateway, LedgerError, PaymentGateway, RefundRequest, SandboxGateway,
-    SandboxSettings,
+    ChargeOutcome, ChargeRequest, DeclineReason, Gateway, LedgerError, PaymentGateway,
+    RefundRequest, SandboxGateway, SandboxSettings,
 };
 use super::render::{Output, render};
 use super::store::{self, Stored};
@@ -481,6 +482,7 @@ impl Runtime {
             PaymentRequest::PaymentRequested(r) => Input::Requested(r.clone()),
             PaymentRequest::PaymentSubmitted(s) => Input::Submitted(s.clone()),
             PaymentRequest::RefundRequested(r) => Input::RefundRequested(r.clone()),
+            PaymentRequest::PaymentProviderEvent(e) => Input::ProviderEvent(provider_outcome(e)),
         };
         self.run_input(&mut state, &mut stored, input).await?;
         stored.applied_offset = Some(offset);
@@ -870,6 +872,26 @@ fn payment_id_of(request: &PaymentRequest) -> &str {
         PaymentRequest::PaymentRequested(r) => &r.payment_id,
         PaymentRequest::PaymentSubmitted(r) => &r.payment_id,
         PaymentRequest::RefundRequested(r) => &r.payment_id,
+        PaymentRequest::PaymentProviderEvent(r) => &r.payment_id,
+    }
+}
+
+/// A provider's asynchronous event as the charge outcome it reports.
+fn provider_outcome(event: &PaymentProviderEvent) -> ChargeOutcome {
+    match event.outcome {
+        ProviderChargeOutcome::Captured => ChargeOutcome::Captured {
+            provider_reference: event.provider_reference.clone(),
+        },
+        ProviderChargeOutcome::Declined => ChargeOutcome::Declined {
+            reason: match event.failure_reason {
+                Some(PaymentFailureReason::InsufficientFunds) => DeclineReason::InsufficientFunds,
+                Some(PaymentFailureReason::ProviderError | PaymentFailureReason::Timeout) => {
+                    DeclineReason::ProviderError
+                }
+                Some(PaymentFailureReason::Declined) | None => DeclineReason::Declined,
+            },
+            message: event.detail.clone().unwrap_or_default(),
+        },
     }
 }
 
