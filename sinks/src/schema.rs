@@ -333,13 +333,14 @@ pub const TABLES: &[&str] = &[
     "auth_sessions",
     "payments_by_user",
     "payment_submissions",
+    "payment_provider_events",
     "notifications",
     "webhook_endpoints",
     "notification_deliveries",
 ];
 
 /// The table definitions (without keyspace): `(name, column list and key)`.
-fn table_definitions() -> [(&'static str, &'static str); 21] {
+fn table_definitions() -> [(&'static str, &'static str); 22] {
     [
         // Sign-in identities; the password is an argon2 hash, never the password.
         (
@@ -469,6 +470,15 @@ fn table_definitions() -> [(&'static str, &'static str); 21] {
             "payment_submissions",
             "payment_id text PRIMARY KEY, order_id text, user_id text, amount_minor bigint, \
              currency text, submitted_at timestamp",
+        ),
+        // ingest: asynchronous payment provider events already received on
+        // `POST v1/payments/webhook`, by the provider's event id (a provider retries deliveries
+        // and may send one event twice). `forwarded` turns true once the event is on
+        // `payments.requests`; a delivery that finds it true is acknowledged as a duplicate.
+        (
+            "payment_provider_events",
+            "provider_event_id text PRIMARY KEY, payment_id text, order_id text, \
+             event_type text, received_at timestamp, forwarded boolean",
         ),
         // In-app notifications per user, newest first (written by the notifier, read by
         // `GET v1/notifications`).
