@@ -5,6 +5,8 @@
 //! - `X-Boxoffice-Timestamp`: Unix seconds when this attempt was signed;
 //! - `X-Boxoffice-Signature`: `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 //!
+//! Endpoints may be `http://` or `https://` (rustls, certificates from the platform's store).
+//!
 //! A receiver recomputes the HMAC over the timestamp and the raw body, compares in constant
 //! time, and refuses timestamps too far from now (replay). Answers: 2xx delivered; 410 Gone
 //! disables the endpoint; 408, 429 and 5xx (and network errors) are retried; other 4xx are
@@ -68,6 +70,10 @@ pub struct WebhookSender {
 
 impl WebhookSender {
     pub fn new(timeout: Duration) -> Result<Self, String> {
+        // reqwest is built with rustls but no crypto provider chosen (so no C toolchain for
+        // aws-lc is needed); ring is the process default. A second install (several senders in
+        // one process) answers Err with the provider already there, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -131,6 +137,43 @@ mod tests {
         assert!(!verify(b"secret", 1700000001, b"{\"a\":1}", &sig));
         assert!(!verify(b"other", 1700000000, b"{\"a\":1}", &sig));
         assert!(!verify(b"secret", 1700000000, b"{\"a\":2}", &sig));
+    }
+
+    /// An `https://` endpoint is spoken to in TLS (reqwest is built with rustls): the first
+    /// bytes a loopback listener receives are a TLS handshake record, and the failed handshake
+    /// (no certificate on that side) is a retryable network error, not an unusable URL.
+    #[tokio::test]
+    async fn https_endpoints_get_a_tls_handshake() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let first_bytes = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 3];
+            socket.read_exact(&mut buf).await.unwrap();
+            buf
+        });
+        let sender = WebhookSender::new(Duration::from_secs(2)).unwrap();
+        let endpoint = WebhookEndpoint {
+            user_id: "u".into(),
+            endpoint_id: "e".into(),
+            url: format!("https://127.0.0.1:{port}/hook"),
+            secret: "s".into(),
+            disabled: false,
+        };
+        let n = NotificationRequested {
+            record_id: "r".into(),
+            user_id: "u".into(),
+            order_id: None,
+            event_id: None,
+            kind: boxoffice_avro::records::NotificationKind::OrderReserved,
+            params: Default::default(),
+            occurred_at: 0,
+        };
+        let result = sender.send(&endpoint, &n, 1_700_000_000).await;
+        // 0x16: TLS handshake content type; 0x03: TLS major version.
+        assert_eq!(&first_bytes.await.unwrap()[..2], &[0x16, 0x03]);
+        assert!(matches!(result, Err(SendError::Retryable(_))), "{result:?}");
     }
 
     #[test]
