@@ -70,10 +70,6 @@ pub struct WebhookSender {
 
 impl WebhookSender {
     pub fn new(timeout: Duration) -> Result<Self, String> {
-        // reqwest is built with rustls but no crypto provider chosen (so no C toolchain for
-        // aws-lc is needed); ring is the process default. A second install (several senders in
-        // one process) answers Err with the provider already there, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
