@@ -136,6 +136,100 @@ pub fn parse_jwt_secret(raw: &str) -> Result<JwtSecret, String> {
     JwtSecret::new(raw.as_bytes().to_vec())
 }
 
+/// The default secret of the payment provider's webhook: for local development only (the
+/// provider simulator signs with it too). A deployment sets its own.
+pub const DEV_PROVIDER_WEBHOOK_SECRET: &str = "whsec_boxoffice_local_dev_secret";
+
+/// Settings of `POST v1/payments/webhook`, the payment provider's callback.
+///
+/// Kept apart from [`IngestSettings`] (and passed with [`crate::run_with`] /
+/// [`crate::state_with`]) so code that builds `IngestSettings` field by field keeps compiling;
+/// [`crate::run`] and [`crate::state`] use [`ProviderWebhookSettings::default`].
+#[derive(Clone, clap::Args)]
+pub struct ProviderWebhookSettings {
+    /// Secret shared with the payment provider: the key of the HMAC-SHA256 signature in
+    /// `Boxoffice-Provider-Signature` (the string's bytes). The default is for local
+    /// development only.
+    #[arg(long = "payment-provider-webhook-secret", env = "PAYMENT_PROVIDER_WEBHOOK_SECRET",
+          hide_env_values = true, default_value = DEV_PROVIDER_WEBHOOK_SECRET,
+          value_parser = parse_provider_secret)]
+    pub secret: ProviderSecret,
+
+    /// Largest difference between the signature's timestamp and now (either way) that is
+    /// accepted; older or later deliveries are refused (replay protection).
+    #[arg(long = "payment-provider-webhook-tolerance", env = "PAYMENT_PROVIDER_WEBHOOK_TOLERANCE",
+          default_value = "300s", value_parser = parse_tolerance)]
+    pub tolerance: Duration,
+}
+
+impl Default for ProviderWebhookSettings {
+    fn default() -> Self {
+        ProviderWebhookSettings {
+            secret: ProviderSecret(DEV_PROVIDER_WEBHOOK_SECRET.as_bytes().to_vec()),
+            tolerance: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ProviderWebhookSettings {
+    /// Whether the secret is the local-development default (worth a warning at startup).
+    pub fn uses_dev_secret(&self) -> bool {
+        self.secret.bytes() == DEV_PROVIDER_WEBHOOK_SECRET.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for ProviderWebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderWebhookSettings")
+            .field("tolerance", &self.tolerance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The provider's webhook secret; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderSecret(Vec<u8>);
+
+impl ProviderSecret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, String> {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            return Err("the payment provider webhook secret must not be empty \
+                 (--payment-provider-webhook-secret / PAYMENT_PROVIDER_WEBHOOK_SECRET)"
+                .to_owned());
+        }
+        Ok(ProviderSecret(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ProviderSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderSecret(..)")
+    }
+}
+
+pub fn parse_provider_secret(raw: &str) -> Result<ProviderSecret, String> {
+    ProviderSecret::new(raw.as_bytes().to_vec())
+}
+
+/// A tolerance of at least one second (zero would refuse every delivery).
+pub fn parse_tolerance(raw: &str) -> Result<Duration, String> {
+    let tolerance = humantime::parse_duration(raw).map_err(|e| {
+        format!("--payment-provider-webhook-tolerance / PAYMENT_PROVIDER_WEBHOOK_TOLERANCE: {e}")
+    })?;
+    if tolerance < Duration::from_secs(1) {
+        return Err(
+            "--payment-provider-webhook-tolerance / PAYMENT_PROVIDER_WEBHOOK_TOLERANCE must be at least 1s"
+                .to_owned(),
+        );
+    }
+    Ok(tolerance)
+}
+
 /// The topics ingest writes and follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
@@ -171,6 +265,22 @@ mod tests {
             format!("{:?}", parse_jwt_secret(&"s".repeat(40)).unwrap()),
             "JwtSecret(..)"
         );
+    }
+
+    #[test]
+    fn provider_webhook_settings_check_their_values_and_hide_the_secret() {
+        assert!(parse_provider_secret("").is_err());
+        let secret = parse_provider_secret("whsec_x").unwrap();
+        assert_eq!(secret.bytes(), b"whsec_x");
+        assert_eq!(format!("{secret:?}"), "ProviderSecret(..)");
+        assert_eq!(parse_tolerance("5m").unwrap(), Duration::from_secs(300));
+        let err = parse_tolerance("0s").unwrap_err();
+        assert!(err.contains("PAYMENT_PROVIDER_WEBHOOK_TOLERANCE"), "{err}");
+        assert!(parse_tolerance("soon").is_err());
+        let defaults = ProviderWebhookSettings::default();
+        assert!(defaults.uses_dev_secret());
+        assert_eq!(defaults.tolerance, Duration::from_secs(300));
+        assert!(!format!("{defaults:?}").contains("whsec"));
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     InvalidPageToken(String),
+    /// A signed delivery (the payment provider's webhook) whose signature header is missing,
+    /// malformed, stale or wrong. The detail says which, never what was expected.
+    #[error("{0}")]
+    InvalidSignature(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -137,6 +141,11 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid-page-token",
                 "The pagination token is not valid",
+            ),
+            ApiError::InvalidSignature(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-signature",
+                "The signature is not valid",
             ),
             ApiError::Unauthorized(_) => (
                 StatusCode::UNAUTHORIZED,

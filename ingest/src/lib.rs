@@ -5,8 +5,9 @@
 //! problems), `validate` (field rules), `auth` (passwords, tokens, rate limits, caller
 //! extractors), `stores` (storage traits and their CQL implementations), `bus` (the Kafka
 //! producer), `catalogue` (cached events and search), `pagination` (signed page tokens),
-//! `live` (topic followers and fan-out), `routes` (handlers), `openapi` (the API description),
-//! `state` (what handlers share). [`run`] serves it all until shutdown.
+//! `live` (topic followers and fan-out), `provider` (the payment provider's webhook signature
+//! and events), `routes` (handlers), `openapi` (the API description), `state` (what handlers
+//! share). [`run`] serves it all until shutdown.
 
 pub mod auth;
 pub mod bus;
@@ -17,6 +18,7 @@ pub mod extract;
 pub mod live;
 pub mod openapi;
 pub mod pagination;
+pub mod provider;
 pub mod routes;
 pub mod state;
 pub mod stores;
@@ -44,7 +46,7 @@ use utoipa_scalar::Servable;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::limiter::RateLimiter;
 use crate::bus::Bus;
-use crate::config::{IngestSettings, Topics};
+use crate::config::{IngestSettings, ProviderWebhookSettings, Topics};
 use crate::error::{ApiError, problem_response};
 use crate::live::Live;
 use crate::pagination::Pager;
@@ -86,9 +88,27 @@ pub struct Follow {
     pub codec: Arc<Codec>,
 }
 
-/// The shared state for `settings`.
+/// The shared state for `settings`, with the payment provider webhook's local-development
+/// defaults ([`state_with`] takes them).
 pub fn state(
     settings: &IngestSettings,
+    stores: Stores,
+    bus: Arc<dyn Bus>,
+    live: Arc<Live>,
+) -> SharedState {
+    state_with(
+        settings,
+        &ProviderWebhookSettings::default(),
+        stores,
+        bus,
+        live,
+    )
+}
+
+/// The shared state for `settings` and `provider_webhook`.
+pub fn state_with(
+    settings: &IngestSettings,
+    provider_webhook: &ProviderWebhookSettings,
     stores: Stores,
     bus: Arc<dyn Bus>,
     live: Arc<Live>,
@@ -112,6 +132,7 @@ pub fn state(
         catalogue: catalogue::Catalogue::default(),
         live,
         refresh_ttl: settings.refresh_token_ttl,
+        provider_webhook: provider_webhook.clone(),
         stopping: tokio::sync::watch::channel(false).0,
     })
 }
@@ -249,14 +270,31 @@ pub async fn ensure_admin(
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, ends the live
-/// streams, finishes the requests in flight and returns.
+/// streams, finishes the requests in flight and returns. The payment provider's webhook uses
+/// the local-development defaults ([`run_with`] takes them).
 pub async fn run(
     deps: Deps,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with(deps, ProviderWebhookSettings::default(), listener, shutdown).await
+}
+
+/// [`run`] with the payment provider webhook's settings.
+pub async fn run_with(
+    deps: Deps,
+    provider_webhook: ProviderWebhookSettings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let live = Arc::new(Live::new());
-    let state = state(&deps.settings, deps.stores, deps.bus, Arc::clone(&live));
+    let state = state_with(
+        &deps.settings,
+        &provider_webhook,
+        deps.stores,
+        deps.bus,
+        Arc::clone(&live),
+    );
     let stopping = state.stopping.subscribe();
     if let Some(follow) = deps.follow {
         let topics = Topics::with_prefix(&deps.settings.topic_prefix);

@@ -9,9 +9,9 @@ use anyhow::Context;
 use boxoffice_avro::Codec;
 use boxoffice_avro::registry::RegistryArgs;
 use boxoffice_ingest::bus::KafkaBus;
-use boxoffice_ingest::config::{IngestSettings, Topics};
+use boxoffice_ingest::config::{IngestSettings, ProviderWebhookSettings, Topics};
 use boxoffice_ingest::live::Live;
-use boxoffice_ingest::stores::cql::{CqlStores, ensure_columns};
+use boxoffice_ingest::stores::cql::CqlStores;
 use boxoffice_ingest::{Deps, Follow, ensure_admin};
 use boxoffice_sinks::schema::SchemaArgs;
 use boxoffice_sinks::scylla::ScyllaArgs;
@@ -25,6 +25,8 @@ use tracing::info;
 struct Cli {
     #[command(flatten)]
     settings: IngestSettings,
+    #[command(flatten)]
+    provider_webhook: ProviderWebhookSettings,
     #[command(flatten)]
     kafka: KafkaArgs,
     #[command(flatten)]
@@ -98,11 +100,10 @@ async fn main() -> ExitCode {
 async fn start(cli: Cli) -> anyhow::Result<()> {
     let schema = cli.schema.settings();
     let session = connect_services(&cli.kafka, &cli.registry, &cli.scylla, &schema).await?;
-    ensure_columns(&session, &schema.keyspace)
-        .await
-        .context("adding ingest's columns")?;
+    // Adds ingest's columns to an older keyspace, then prepares the statements.
     let stores = CqlStores::new(session, &schema.keyspace)
-        .await?
+        .await
+        .context("preparing ingest's CQL statements")?
         .into_stores();
     let codec = Arc::new(Codec::new(&cli.registry)?);
     let topics = Topics::with_prefix(&cli.settings.topic_prefix);
@@ -149,6 +150,12 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         }
         (None, None) => {}
     }
+    if cli.provider_webhook.uses_dev_secret() {
+        tracing::warn!(
+            "POST /v1/payments/webhook uses the local-development secret: set \
+             PAYMENT_PROVIDER_WEBHOOK_SECRET (--payment-provider-webhook-secret) in production"
+        );
+    }
     let deps = Deps {
         settings: cli.settings,
         stores,
@@ -158,7 +165,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
             codec,
         }),
     };
-    boxoffice_ingest::run(deps, listener, shutdown_signal()).await?;
+    boxoffice_ingest::run_with(deps, cli.provider_webhook, listener, shutdown_signal()).await?;
     info!("stopped");
     Ok(())
 }
@@ -180,5 +187,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("INGEST_JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn the_provider_webhook_settings_have_local_defaults() {
+        let cli =
+            Cli::try_parse_from(["boxoffice-ingest", "--jwt-secret", &"s".repeat(40)]).unwrap();
+        assert!(cli.provider_webhook.uses_dev_secret());
+        assert_eq!(
+            cli.provider_webhook.tolerance,
+            std::time::Duration::from_secs(300)
+        );
+        let cli = Cli::try_parse_from([
+            "boxoffice-ingest",
+            "--jwt-secret",
+            &"s".repeat(40),
+            "--payment-provider-webhook-secret",
+            "whsec_production",
+            "--payment-provider-webhook-tolerance",
+            "2m",
+        ])
+        .unwrap();
+        assert_eq!(cli.provider_webhook.secret.bytes(), b"whsec_production");
+        assert_eq!(
+            cli.provider_webhook.tolerance,
+            std::time::Duration::from_secs(120)
+        );
+        let err = Cli::try_parse_from([
+            "boxoffice-ingest",
+            "--jwt-secret",
+            &"s".repeat(40),
+            "--payment-provider-webhook-tolerance",
+            "0s",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("PAYMENT_PROVIDER_WEBHOOK_TOLERANCE"), "{err}");
     }
 }

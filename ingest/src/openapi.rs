@@ -5,12 +5,15 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{FieldError, Problem};
-use crate::routes::{auth, health, live, notifications, orders, payments, tickets, users, views};
+use crate::routes::{
+    auth, health, live, notifications, orders, payments, provider_webhook, tickets, users, views,
+    webhooks,
+};
 
 /// The API description.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "boxoffice ingest API", description = "Ticket booking: accounts, events, orders, payments, live streams. Errors are application/problem+json."),
+    info(title = "boxoffice ingest API", description = "Ticket booking: accounts, events, orders, payments, notifications and webhooks, live streams. Errors are application/problem+json."),
     paths(
         health::healthz, health::readyz,
         auth::register, auth::login, auth::refresh_tokens, auth::logout,
@@ -19,7 +22,10 @@ use crate::routes::{auth, health, live, notifications, orders, payments, tickets
         tickets::list_categories, tickets::create_category, tickets::update_category,
         orders::create_order, orders::list_orders, orders::get_order, orders::cancel_order,
         payments::create_payment, payments::list_payments, payments::get_payment,
+        provider_webhook::receive_provider_event,
         notifications::list_notifications,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
+        webhooks::delete_webhook, webhooks::enable_webhook, webhooks::rotate_webhook_secret,
         live::availability_stream, live::order_stream, live::notification_stream,
     ),
     components(schemas(
@@ -32,8 +38,9 @@ use crate::routes::{auth, health, live, notifications, orders, payments, tickets
         (name = "users", description = "User profiles"),
         (name = "events", description = "The catalogue (the seed's tickets) and categories"),
         (name = "orders", description = "Booking"),
-        (name = "payments", description = "Paying reserved orders"),
+        (name = "payments", description = "Paying reserved orders; the payment provider's callback"),
         (name = "notifications", description = "In-app notifications"),
+        (name = "webhooks", description = "Signed webhook endpoints the notifier delivers to"),
         (name = "live", description = "Server-sent event streams"),
         (name = "health", description = "Probes"),
     )

@@ -9,6 +9,7 @@ use crate::auth::jwt::TokenKeys;
 use crate::auth::limiter::RateLimiter;
 use crate::bus::Bus;
 use crate::catalogue::Catalogue;
+use crate::config::ProviderWebhookSettings;
 use crate::live::Live;
 use crate::pagination::Pager;
 use crate::stores::{StoreResult, Stores};
@@ -32,6 +33,8 @@ pub struct AppState {
     pub catalogue: Catalogue,
     pub live: Arc<Live>,
     pub refresh_ttl: Duration,
+    /// The payment provider's webhook: shared secret and timestamp tolerance.
+    pub provider_webhook: ProviderWebhookSettings,
     /// Set to `true` when the server shuts down: streams end so connections can close.
     pub stopping: tokio::sync::watch::Sender<bool>,
 }

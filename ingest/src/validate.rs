@@ -251,9 +251,153 @@ pub fn idempotency_key(value: &str) -> Result<String, String> {
     }
 }
 
+/// Longest webhook URL accepted.
+pub const MAX_WEBHOOK_URL_LEN: usize = 2048;
+
+/// A webhook endpoint URL: absolute `http` or `https`, with a host, without user info, at most
+/// [`MAX_WEBHOOK_URL_LEN`] characters; returned trimmed.
+///
+/// The host must be a DNS name (ASCII labels of letters, digits, `-` and `_`; international
+/// names in their `xn--` form), an IPv4 address or a bracketed IPv6 address: stricter than
+/// the URL standard, so that every accepted URL is one the notifier's HTTP client takes too
+/// (a URL it refused would fail every delivery). Private and loopback addresses are allowed
+/// (local development; see the README).
+pub fn webhook_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if value.len() > MAX_WEBHOOK_URL_LEN {
+        return Err(format!("must be at most {MAX_WEBHOOK_URL_LEN} characters"));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "must be ASCII without spaces or control characters (percent-encode the rest; \
+             international domain names as xn--)"
+                .to_owned(),
+        );
+    }
+    let uri: axum::http::Uri = value
+        .parse()
+        .map_err(|_| "must be an absolute http or https URL".to_owned())?;
+    let scheme = uri.scheme_str().unwrap_or_default();
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return Err("must be an absolute http or https URL".to_owned());
+    }
+    let Some(authority) = uri.authority() else {
+        return Err("must be an absolute http or https URL".to_owned());
+    };
+    if authority.as_str().contains('@') {
+        return Err("must not contain user info (user:password@)".to_owned());
+    }
+    if let Some((_, port)) = authority.as_str().rsplit_once(':')
+        && !port.ends_with(']')
+        && !port.is_empty()
+        && port.parse::<u16>().is_err()
+    {
+        return Err("must have a port from 0 to 65535".to_owned());
+    }
+    webhook_host(authority.host())?;
+    Ok(value.to_owned())
+}
+
+/// See [`webhook_url`].
+fn webhook_host(host: &str) -> Result<(), String> {
+    let bad = |what: &str| Err(format!("must have a valid host: {what}"));
+    if host.is_empty() {
+        return bad("it is empty");
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner
+            .strip_suffix(']')
+            .map(str::parse::<std::net::Ipv6Addr>)
+        {
+            Some(Ok(_)) => Ok(()),
+            _ => bad("not an IPv6 address"),
+        };
+    }
+    if host.len() > 253 {
+        return bad("longer than 253 characters");
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let labels: Vec<&str> = name.split('.').collect();
+    // The URL standard reads a host whose last label is a number as an IPv4 address.
+    if labels
+        .last()
+        .is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return match name.parse::<std::net::Ipv4Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => bad("not an IPv4 address"),
+        };
+    }
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if labels.iter().all(label_ok) {
+        Ok(())
+    } else {
+        bad("DNS labels are 1 to 63 letters, digits, - or _")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_urls() {
+        for good in [
+            "https://example.com/hooks/boxoffice",
+            "http://127.0.0.1:8080/x?y=1",
+            "http://localhost/",
+            "HTTPS://Example.COM",
+            "http://[::1]:9000/hook",
+            "https://my_service.internal:443/a/b",
+            "https://xn--bcher-kva.example/",
+            "https://example.com./trailing-dot",
+        ] {
+            assert!(webhook_url(good).is_ok(), "{good}: {:?}", webhook_url(good));
+        }
+        assert_eq!(
+            webhook_url("  https://example.com/h ").unwrap(),
+            "https://example.com/h"
+        );
+        for bad in [
+            "",
+            "example.com/hook",
+            "/relative/path",
+            "ftp://example.com/",
+            "javascript:alert(1)",
+            "file:///etc/passwd",
+            "https://user:pass@example.com/",
+            "https://user@example.com/",
+            "https:///nohost",
+            "http://:80/",
+            "https://exa mple.com/",
+            "https://exa\nmple.com/",
+            "https://bücher.example/",
+            "https://example.com:99999/",
+            "https://999.1.1.1/",
+            "https://1.2.3/",
+            "https://[::1/",
+            "https://[zz::1]/",
+            "https://a..b/",
+            "https://-dash!.com/",
+        ] {
+            assert!(webhook_url(bad).is_err(), "{bad:?} was accepted");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_WEBHOOK_URL_LEN));
+        assert!(webhook_url(&long).unwrap_err().contains("2048"));
+        let limit = format!(
+            "https://example.com/{}",
+            "a".repeat(MAX_WEBHOOK_URL_LEN - 20)
+        );
+        assert_eq!(limit.len(), MAX_WEBHOOK_URL_LEN);
+        assert!(webhook_url(&limit).is_ok());
+    }
 
     #[test]
     fn emails() {

@@ -272,6 +272,8 @@ pub async fn notification_stream(
                 order_id: n.order_id.clone(),
                 event_id: n.event_id.clone(),
                 params: n.params.clone(),
+                // Just happened: nobody has read it.
+                read: false,
                 created_at: n.occurred_at,
             };
             let message = json_event("notification", &record.id, &NotificationView::from(&record));

@@ -7,9 +7,11 @@ pub mod live;
 pub mod notifications;
 pub mod orders;
 pub mod payments;
+pub mod provider_webhook;
 pub mod tickets;
 pub mod users;
 pub mod views;
+pub mod webhooks;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -65,9 +67,27 @@ pub fn api() -> Router<SharedState> {
             "/v1/payments",
             get(payments::list_payments).post(payments::create_payment),
         )
+        // A static segment: matched before `{id}` (GET here answers 405, not a payment lookup).
+        .route(
+            "/v1/payments/webhook",
+            post(provider_webhook::receive_provider_event),
+        )
         .route("/v1/payments/{id}", get(payments::get_payment))
         .route("/v1/notifications", get(notifications::list_notifications))
         .route("/v1/notifications/stream", get(live::notification_stream))
+        .route(
+            "/v1/webhooks",
+            get(webhooks::list_webhooks).post(webhooks::create_webhook),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_webhook).delete(webhooks::delete_webhook),
+        )
+        .route("/v1/webhooks/{id}/enable", post(webhooks::enable_webhook))
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_webhook_secret),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -1,5 +1,6 @@
-//! What the API answers with: JSON views of users, events, categories, orders, payments and
-//! notifications (times as RFC 3339 UTC text, money in minor units), and page envelopes.
+//! What the API answers with: JSON views of users, events, categories, orders, payments,
+//! notifications and webhook endpoints (times as RFC 3339 UTC text, money in minor units), and
+//! page envelopes.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::stores::{
     CategoryRecord, EventRecord, NotificationRecord, OrderDecision, OrderRecord,
-    PaymentHistoryEntry, PaymentRecord, Role, UserRecord,
+    PaymentHistoryEntry, PaymentRecord, Role, UserRecord, WebhookEndpointRecord,
 };
 use crate::validate::rfc3339;
 
@@ -287,6 +288,8 @@ pub struct NotificationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
     pub params: BTreeMap<String, String>,
+    /// Whether the user has read it (`false` until marked read).
+    pub read: bool,
     pub created_at: String,
 }
 
@@ -298,7 +301,67 @@ impl From<&NotificationRecord> for NotificationView {
             order_id: n.order_id.clone(),
             event_id: n.event_id.clone(),
             params: n.params.clone(),
+            read: n.read,
             created_at: rfc3339(n.created_at),
         }
     }
+}
+
+/// A webhook endpoint (never its secret).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookView {
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub created_at: String,
+    /// No deliveries while true: the endpoint answered 410 Gone. `POST
+    /// v1/webhooks/{id}/enable` turns deliveries back on.
+    pub disabled: bool,
+    /// Why it was disabled (only while disabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// When it was disabled (only while disabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<String>,
+}
+
+impl From<&WebhookEndpointRecord> for WebhookView {
+    fn from(e: &WebhookEndpointRecord) -> Self {
+        WebhookView {
+            id: e.id.clone(),
+            url: e.url.clone(),
+            description: e.description.clone(),
+            created_at: rfc3339(e.created_at),
+            disabled: e.disabled,
+            disabled_reason: e.disabled_reason.clone().filter(|_| e.disabled),
+            disabled_at: e.disabled_at.filter(|_| e.disabled).map(rfc3339),
+        }
+    }
+}
+
+/// A webhook endpoint with its signing secret: the answer of registering and of rotating the
+/// secret, the only times the secret is shown.
+#[derive(Clone, Serialize, ToSchema)]
+pub struct WebhookWithSecretView {
+    #[serde(flatten)]
+    pub endpoint: WebhookView,
+    /// The HMAC-SHA256 key of `X-Boxoffice-Signature` (its UTF-8 bytes, as written). Shown
+    /// only now: store it.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookWithSecretView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookWithSecretView")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The caller's webhook endpoints, oldest first (at most a handful: no pages).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookList {
+    pub items: Vec<WebhookView>,
 }

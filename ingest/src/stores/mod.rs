@@ -1,6 +1,7 @@
 //! What ingest keeps and reads, as traits: accounts and sessions, the catalogue, orders,
-//! payments, notifications. The real implementations are the CQL ones (`cql`); the router only
-//! sees the traits, so its pure tests can run on in-memory fakes.
+//! payments, notifications, webhook endpoints and the payment provider's events. The real
+//! implementations are the CQL ones (`cql`); the router only sees the traits, so its pure tests
+//! can run on in-memory fakes.
 
 pub mod cql;
 
@@ -363,6 +364,8 @@ pub struct NotificationRecord {
     pub order_id: Option<String>,
     pub event_id: Option<String>,
     pub params: std::collections::BTreeMap<String, String>,
+    /// Whether the user has read it; a row whose `read` was never written is unread.
+    pub read: bool,
     pub created_at: Millis,
 }
 
@@ -373,6 +376,93 @@ pub trait NotificationStore: Send + Sync + 'static {
         user_id: &str,
         page: &PageRequest,
     ) -> StoreResult<Page<NotificationRecord>>;
+}
+
+/// A user's webhook endpoint (`webhook_endpoints`; the notifier delivers to it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookEndpointRecord {
+    pub id: String,
+    pub user_id: String,
+    pub url: String,
+    pub description: Option<String>,
+    /// The HMAC key, as text (the notifier signs with its bytes).
+    pub secret: String,
+    pub disabled: bool,
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<Millis>,
+    pub created_at: Millis,
+}
+
+impl std::fmt::Debug for WebhookEndpointRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpointRecord")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("url", &self.url)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user's webhook endpoints. Every call is scoped to the user: another user's endpoint id
+/// is simply not found.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    async fn list_endpoints(&self, user_id: &str) -> StoreResult<Vec<WebhookEndpointRecord>>;
+    async fn get_endpoint(
+        &self,
+        user_id: &str,
+        endpoint_id: &str,
+    ) -> StoreResult<Option<WebhookEndpointRecord>>;
+    /// Writes a new endpoint (enabled).
+    async fn insert_endpoint(&self, endpoint: &WebhookEndpointRecord) -> StoreResult<()>;
+    /// Removes it; `false` when there was none.
+    async fn delete_endpoint(&self, user_id: &str, endpoint_id: &str) -> StoreResult<bool>;
+    /// Enables it again (clears the reason and time it was disabled); `false` when there is
+    /// none. Never creates a row.
+    async fn enable_endpoint(&self, user_id: &str, endpoint_id: &str) -> StoreResult<bool>;
+    /// Replaces its secret; `false` when there is none. Never creates a row.
+    async fn set_endpoint_secret(
+        &self,
+        user_id: &str,
+        endpoint_id: &str,
+        secret: &str,
+    ) -> StoreResult<bool>;
+}
+
+/// A payment provider event received on `POST v1/payments/webhook`
+/// (`payment_provider_events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderEventRecord {
+    pub provider_event_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    pub event_type: String,
+    /// When ingest first accepted it (the record's `occurred_at`, on every retry).
+    pub received_at: Millis,
+    /// Whether its record is on `payments.requests` (the broker acknowledged it).
+    pub forwarded: bool,
+}
+
+/// What claiming a provider event id found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderEventClaim {
+    /// First delivery: the row was written (not forwarded yet).
+    New,
+    /// Seen before: the stored row.
+    Existing(ProviderEventRecord),
+}
+
+/// Deduplication of the provider's events by its event id.
+#[async_trait]
+pub trait ProviderEventStore: Send + Sync + 'static {
+    /// Writes `event` unless its id is known (`INSERT ... IF NOT EXISTS`).
+    async fn claim_provider_event(
+        &self,
+        event: &ProviderEventRecord,
+    ) -> StoreResult<ProviderEventClaim>;
+    /// Records that the event's record is on Kafka.
+    async fn mark_provider_event_forwarded(&self, provider_event_id: &str) -> StoreResult<()>;
 }
 
 /// Readiness of the CQL store.
@@ -389,6 +479,8 @@ pub struct Stores {
     pub orders: std::sync::Arc<dyn OrderStore>,
     pub payments: std::sync::Arc<dyn PaymentStore>,
     pub notifications: std::sync::Arc<dyn NotificationStore>,
+    pub webhooks: std::sync::Arc<dyn WebhookStore>,
+    pub provider_events: std::sync::Arc<dyn ProviderEventStore>,
     pub probe: std::sync::Arc<dyn StoreProbe>,
 }
 

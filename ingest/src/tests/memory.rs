@@ -24,6 +24,10 @@ struct Data {
     orders: HashMap<String, OrderRecord>,
     decisions: HashMap<String, OrderDecision>,
     payments: HashMap<String, PaymentRecord>,
+    notifications: Vec<NotificationRecord>,
+    /// By (user id, endpoint id).
+    endpoints: HashMap<(String, String), WebhookEndpointRecord>,
+    provider_events: HashMap<String, ProviderEventRecord>,
 }
 
 /// Every store, in memory.
@@ -41,6 +45,8 @@ impl Memory {
             orders: all.clone(),
             payments: all.clone(),
             notifications: all.clone(),
+            webhooks: all.clone(),
+            provider_events: all.clone(),
             probe: all,
         }
     }
@@ -51,6 +57,37 @@ impl Memory {
             .unwrap()
             .decisions
             .insert(order_id.to_owned(), decision);
+    }
+
+    pub fn put_notification(&self, notification: NotificationRecord) {
+        self.data.lock().unwrap().notifications.push(notification);
+    }
+
+    /// What the notifier does on a 410 Gone.
+    pub fn disable_endpoint(&self, user_id: &str, endpoint_id: &str, reason: &str, at: Millis) {
+        let mut d = self.data.lock().unwrap();
+        if let Some(e) = d
+            .endpoints
+            .get_mut(&(user_id.to_owned(), endpoint_id.to_owned()))
+        {
+            e.disabled = true;
+            e.disabled_reason = Some(reason.to_owned());
+            e.disabled_at = Some(at);
+        }
+    }
+
+    /// The stored endpoint, secret included.
+    pub fn endpoint(&self, user_id: &str, endpoint_id: &str) -> Option<WebhookEndpointRecord> {
+        self.data
+            .lock()
+            .unwrap()
+            .endpoints
+            .get(&(user_id.to_owned(), endpoint_id.to_owned()))
+            .cloned()
+    }
+
+    pub fn provider_event(&self, id: &str) -> Option<ProviderEventRecord> {
+        self.data.lock().unwrap().provider_events.get(id).cloned()
     }
 
     pub fn put_event_now(&self, event: EventRecord) {
@@ -361,13 +398,108 @@ impl PaymentStore for Memory {
 impl NotificationStore for Memory {
     async fn list_notifications(
         &self,
-        _: &str,
-        _: &PageRequest,
+        user: &str,
+        page: &PageRequest,
     ) -> StoreResult<Page<NotificationRecord>> {
-        Ok(Page {
-            items: Vec::new(),
-            more: false,
+        let d = self.data.lock().unwrap();
+        let items = d
+            .notifications
+            .iter()
+            .filter(|n| n.user_id == user)
+            .map(|n| {
+                (
+                    TimeCursor {
+                        at: n.created_at,
+                        id: n.id.clone(),
+                    },
+                    n.clone(),
+                )
+            })
+            .collect();
+        Ok(newest_first(items, page))
+    }
+}
+
+#[async_trait]
+impl WebhookStore for Memory {
+    async fn list_endpoints(&self, user: &str) -> StoreResult<Vec<WebhookEndpointRecord>> {
+        let d = self.data.lock().unwrap();
+        Ok(d.endpoints
+            .values()
+            .filter(|e| e.user_id == user)
+            .cloned()
+            .collect())
+    }
+    async fn get_endpoint(
+        &self,
+        user: &str,
+        id: &str,
+    ) -> StoreResult<Option<WebhookEndpointRecord>> {
+        Ok(self.endpoint(user, id))
+    }
+    async fn insert_endpoint(&self, e: &WebhookEndpointRecord) -> StoreResult<()> {
+        self.data
+            .lock()
+            .unwrap()
+            .endpoints
+            .insert((e.user_id.clone(), e.id.clone()), e.clone());
+        Ok(())
+    }
+    async fn delete_endpoint(&self, user: &str, id: &str) -> StoreResult<bool> {
+        let mut d = self.data.lock().unwrap();
+        Ok(d.endpoints
+            .remove(&(user.to_owned(), id.to_owned()))
+            .is_some())
+    }
+    async fn enable_endpoint(&self, user: &str, id: &str) -> StoreResult<bool> {
+        let mut d = self.data.lock().unwrap();
+        Ok(
+            match d.endpoints.get_mut(&(user.to_owned(), id.to_owned())) {
+                Some(e) => {
+                    e.disabled = false;
+                    e.disabled_reason = None;
+                    e.disabled_at = None;
+                    true
+                }
+                None => false,
+            },
+        )
+    }
+    async fn set_endpoint_secret(&self, user: &str, id: &str, secret: &str) -> StoreResult<bool> {
+        let mut d = self.data.lock().unwrap();
+        Ok(
+            match d.endpoints.get_mut(&(user.to_owned(), id.to_owned())) {
+                Some(e) => {
+                    e.secret = secret.to_owned();
+                    true
+                }
+                None => false,
+            },
+        )
+    }
+}
+
+#[async_trait]
+impl ProviderEventStore for Memory {
+    async fn claim_provider_event(
+        &self,
+        e: &ProviderEventRecord,
+    ) -> StoreResult<ProviderEventClaim> {
+        let mut d = self.data.lock().unwrap();
+        Ok(match d.provider_events.get(&e.provider_event_id) {
+            Some(existing) => ProviderEventClaim::Existing(existing.clone()),
+            None => {
+                d.provider_events
+                    .insert(e.provider_event_id.clone(), e.clone());
+                ProviderEventClaim::New
+            }
         })
+    }
+    async fn mark_provider_event_forwarded(&self, id: &str) -> StoreResult<()> {
+        if let Some(e) = self.data.lock().unwrap().provider_events.get_mut(id) {
+            e.forwarded = true;
+        }
+        Ok(())
     }
 }
 

@@ -1137,3 +1137,719 @@ async fn a_logged_out_session_cannot_order_and_leaves_no_order_behind() {
         "the order written alongside the check was removed"
     );
 }
+
+// ------------------------------------------------------------------------ webhook endpoints
+
+fn secret_is_well_formed(secret: &str) -> bool {
+    secret.strip_prefix("whsec_").is_some_and(|rest| {
+        rest.len() == 43
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+#[tokio::test]
+async fn webhook_endpoints_are_registered_with_a_secret_shown_once() {
+    let h = Harness::new();
+    let (user, token, _) = h.user("wendy").await;
+    let created = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&token),
+            Some(json!({"url": "https://example.com/hooks/boxoffice", "description": "ops"})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    assert!(secret_is_well_formed(&secret), "{secret}");
+    assert_eq!(created.body["url"], "https://example.com/hooks/boxoffice");
+    assert_eq!(created.body["description"], "ops");
+    assert_eq!(created.body["disabled"], false);
+    assert!(created.body["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        created.headers.get("location").unwrap(),
+        &format!("/v1/webhooks/{id}")
+    );
+    assert_eq!(created.headers.get("cache-control").unwrap(), "no-store");
+    // Stored as shown: the notifier signs with exactly this string.
+    let stored = h.memory.endpoint(&user, &id).unwrap();
+    assert_eq!(stored.secret, secret);
+    assert!(!stored.disabled);
+
+    // Never again: not in the list, not in the endpoint.
+    let list = h.call("GET", "/v1/webhooks", Some(&token), None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    assert!(
+        list.body["items"][0].get("secret").is_none(),
+        "{}",
+        list.body
+    );
+    assert!(!list.body.to_string().contains(&secret));
+    let one = h
+        .call("GET", &format!("/v1/webhooks/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.body["id"], id.as_str());
+    assert!(!one.body.to_string().contains(&secret));
+
+    // A second endpoint gets another secret.
+    let other = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&token),
+            Some(json!({"url": "http://127.0.0.1:9/hook"})),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.body);
+    assert_ne!(other.body["secret"], created.body["secret"]);
+    assert!(other.body.get("description").is_none());
+}
+
+#[tokio::test]
+async fn webhook_urls_and_descriptions_are_checked() {
+    let h = Harness::new();
+    let (_, token, _) = h.user("xavi").await;
+    let long_url = format!("https://example.com/{}", "a".repeat(2048));
+    for body in [
+        json!({"url": "ftp://example.com/x"}),
+        json!({"url": "https://user:pw@example.com/x"}),
+        json!({"url": "/relative"}),
+        json!({"url": "https://"}),
+        json!({"url": "https://exa mple.com"}),
+        json!({"url": long_url}),
+        json!({"url": ""}),
+        json!({"url": "https://example.com", "description": "a\u{202E}b"}),
+        json!({"url": "https://example.com", "description": "d".repeat(257)}),
+        json!({"url": 5}),
+        json!({"url": "https://example.com", "secret": "mine"}),
+        json!({}),
+    ] {
+        let reply = h
+            .call("POST", "/v1/webhooks", Some(&token), Some(body.clone()))
+            .await;
+        reply.assert_problem(422);
+        assert!(
+            !reply.body["errors"].as_array().unwrap().is_empty(),
+            "{body}"
+        );
+    }
+    h.call(
+        "POST",
+        "/v1/webhooks",
+        None,
+        Some(json!({"url": "https://example.com"})),
+    )
+    .await
+    .assert_problem(401);
+    h.call("GET", "/v1/webhooks", None, None)
+        .await
+        .assert_problem(401);
+    let list = h.call("GET", "/v1/webhooks", Some(&token), None).await;
+    assert_eq!(list.body["items"], json!([]));
+}
+
+#[tokio::test]
+async fn at_most_ten_webhook_endpoints_per_user() {
+    let h = Harness::new();
+    let (_, token, _) = h.user("yara").await;
+    let (_, other, _) = h.user("zack").await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let reply = h
+            .call(
+                "POST",
+                "/v1/webhooks",
+                Some(&token),
+                Some(json!({"url": format!("https://example.com/{i}")})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        ids.push(reply.body["id"].as_str().unwrap().to_owned());
+    }
+    let eleventh = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&token),
+            Some(json!({"url": "https://example.com/11"})),
+        )
+        .await;
+    eleventh.assert_problem(409);
+    assert!(
+        eleventh.body["detail"].as_str().unwrap().contains("10"),
+        "{}",
+        eleventh.body
+    );
+    // Per user: someone else still can.
+    let theirs = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&other),
+            Some(json!({"url": "https://example.com/z"})),
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::CREATED);
+    // Deleting one makes room again.
+    let deleted = h
+        .call(
+            "DELETE",
+            &format!("/v1/webhooks/{}", ids[0]),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let again = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&token),
+            Some(json!({"url": "https://example.com/11"})),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    let list = h.call("GET", "/v1/webhooks", Some(&token), None).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn other_users_webhook_endpoints_do_not_exist_for_you() {
+    let h = Harness::new();
+    let (owner, token, _) = h.user("olga").await;
+    let (_, mallory, _) = h.user("mallory").await;
+    let admin = h.admin().await;
+    let created = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&token),
+            Some(json!({"url": "https://example.com/olga"})),
+        )
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    for caller in [&mallory, &admin] {
+        for (method, path) in [
+            ("GET", format!("/v1/webhooks/{id}")),
+            ("DELETE", format!("/v1/webhooks/{id}")),
+            ("POST", format!("/v1/webhooks/{id}/enable")),
+            ("POST", format!("/v1/webhooks/{id}/rotate-secret")),
+        ] {
+            h.call(method, &path, Some(caller), None)
+                .await
+                .assert_problem(404);
+        }
+        let list = h.call("GET", "/v1/webhooks", Some(caller), None).await;
+        assert_eq!(list.body["items"], json!([]));
+    }
+    // Untouched by all that.
+    let stored = h.memory.endpoint(&owner, &id).unwrap();
+    assert_eq!(stored.secret, secret);
+    for bad in ["not-an-id", "%00", &uuid::Uuid::new_v4().to_string()] {
+        h.call("GET", &format!("/v1/webhooks/{bad}"), Some(&token), None)
+            .await
+            .assert_problem(404);
+        h.call("DELETE", &format!("/v1/webhooks/{bad}"), Some(&token), None)
+            .await
+            .assert_problem(404);
+    }
+    let deleted = h
+        .call("DELETE", &format!("/v1/webhooks/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(h.memory.endpoint(&owner, &id).is_none());
+    h.call("DELETE", &format!("/v1/webhooks/{id}"), Some(&token), None)
+        .await
+        .assert_problem(404);
+    h.call("GET", &format!("/v1/webhooks/{id}"), Some(&token), None)
+        .await
+        .assert_problem(404);
+}
+
+#[tokio::test]
+async fn disabled_endpoints_show_why_and_can_be_enabled_again() {
+    let h = Harness::new();
+    let (user, token, _) = h.user("gone_user").await;
+    let created = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&token),
+            Some(json!({"url": "https://example.com/gone"})),
+        )
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    h.memory
+        .disable_endpoint(&user, &id, "endpoint answered 410 Gone", 1_700_000_000_000);
+    let shown = h
+        .call("GET", &format!("/v1/webhooks/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(shown.body["disabled"], true);
+    assert_eq!(shown.body["disabled_reason"], "endpoint answered 410 Gone");
+    assert_eq!(shown.body["disabled_at"], "2023-11-14T22:13:20.000Z");
+    let listed = h.call("GET", "/v1/webhooks", Some(&token), None).await;
+    assert_eq!(listed.body["items"][0]["disabled"], true);
+
+    let enabled = h
+        .call(
+            "POST",
+            &format!("/v1/webhooks/{id}/enable"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
+    assert_eq!(enabled.body["disabled"], false);
+    assert!(enabled.body.get("disabled_reason").is_none());
+    assert!(enabled.body.get("secret").is_none());
+    let stored = h.memory.endpoint(&user, &id).unwrap();
+    assert_eq!(
+        (stored.disabled, stored.disabled_reason, stored.disabled_at),
+        (false, None, None)
+    );
+    // Enabling an enabled endpoint is fine.
+    let again = h
+        .call(
+            "POST",
+            &format!("/v1/webhooks/{id}/enable"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rotating_a_secret_replaces_it_and_shows_the_new_one_once() {
+    let h = Harness::new();
+    let (user, token, _) = h.user("rita").await;
+    let created = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&token),
+            Some(json!({"url": "https://example.com/r"})),
+        )
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let first = created.body["secret"].as_str().unwrap().to_owned();
+    let rotated = h
+        .call(
+            "POST",
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    assert_eq!(rotated.headers.get("cache-control").unwrap(), "no-store");
+    let second = rotated.body["secret"].as_str().unwrap().to_owned();
+    assert!(secret_is_well_formed(&second));
+    assert_ne!(first, second);
+    assert_eq!(rotated.body["id"], id.as_str());
+    assert_eq!(h.memory.endpoint(&user, &id).unwrap().secret, second);
+    let shown = h
+        .call("GET", &format!("/v1/webhooks/{id}"), Some(&token), None)
+        .await;
+    assert!(shown.body.get("secret").is_none());
+}
+
+#[tokio::test]
+async fn notifications_show_read_and_an_unset_read_as_false() {
+    let h = Harness::new();
+    let (user, token, _) = h.user("nina").await;
+    for (id, read, at) in [("n-old", true, 1_000), ("n-new", false, 2_000)] {
+        h.memory
+            .put_notification(crate::stores::NotificationRecord {
+                id: id.into(),
+                user_id: user.clone(),
+                kind: "ORDER_RESERVED".into(),
+                order_id: None,
+                event_id: None,
+                params: Default::default(),
+                read,
+                created_at: at,
+            });
+    }
+    let page = h.call("GET", "/v1/notifications", Some(&token), None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let items = page.body["items"].as_array().unwrap();
+    assert_eq!(items[0]["id"], "n-new");
+    assert_eq!(items[0]["read"], json!(false));
+    assert_eq!(items[1]["read"], json!(true));
+}
+
+// ---------------------------------------------------------------- payment provider webhook
+
+const PROVIDER_SECRET: &str = "whsec_router_test_provider";
+const PAYMENT_ID: &str = "0c3f7a52-1e4b-4c9d-8f00-000000000001";
+const ORDER_ID: &str = "0c3f7a52-1e4b-4c9d-8f00-0000000000aa";
+
+impl Harness {
+    fn with_provider_secret() -> Self {
+        let memory = Memory::default();
+        let bus = RecordingBus::default();
+        let provider = crate::config::ProviderWebhookSettings {
+            secret: crate::config::ProviderSecret::new(PROVIDER_SECRET.as_bytes().to_vec())
+                .unwrap(),
+            tolerance: Duration::from_secs(300),
+        };
+        let state = crate::state_with(
+            &settings(SECRET),
+            &provider,
+            memory.stores(),
+            Arc::new(bus.clone()),
+            Arc::new(Live::new()),
+        );
+        Harness { state, memory, bus }
+    }
+
+    async fn deliver(&self, body: &[u8], signature: Option<&str>) -> Reply {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/v1/payments/webhook")
+            .header("content-type", "application/json");
+        if let Some(signature) = signature {
+            request = request.header("Boxoffice-Provider-Signature", signature);
+        }
+        self.raw(request.body(Body::from(body.to_vec())).unwrap())
+            .await
+    }
+
+    fn provider_events(&self) -> Vec<boxoffice_avro::records::PaymentProviderEvent> {
+        self.bus
+            .payments
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|p| match p {
+                PaymentRequest::PaymentProviderEvent(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn now_secs() -> i64 {
+    crate::now_millis() / 1000
+}
+
+/// The provider's signature, written here independently of `crate::provider`.
+fn v1(secret: &str, t: i64, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn signed(t: i64, body: &[u8]) -> String {
+    format!("t={t},v1={}", v1(PROVIDER_SECRET, t, body))
+}
+
+fn provider_event(id: &str, kind: &str, payment_id: &str, failure_code: Option<&str>) -> Vec<u8> {
+    json!({
+        "id": id, "type": kind, "created": now_secs(),
+        "data": {"object": {
+            "id": "ch_router_1", "idempotency_key": PAYMENT_ID,
+            "status": if kind == "charge.failed" { "failed" } else { "succeeded" },
+            "amount_minor": 9000, "currency": "EUR",
+            "failure_code": failure_code,
+            "failure_message": failure_code.map(|_| "Insufficient funds."),
+            "metadata": {"payment_id": payment_id, "order_id": ORDER_ID}
+        }}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_signed_charge_event_is_produced_once_and_acknowledged() {
+    use boxoffice_avro::records::{PaymentFailureReason, ProviderChargeOutcome};
+
+    let h = Harness::with_provider_secret();
+    let body = provider_event("evt_ok_1", "charge.succeeded", PAYMENT_ID, None);
+    let before = crate::now_millis();
+    let reply = h.deliver(&body, Some(&signed(now_secs(), &body))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, json!({"received": true, "duplicate": false}));
+    let events = h.provider_events();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(
+        e.record_id,
+        boxoffice_avro::ids::record_id_for::<boxoffice_avro::records::PaymentProviderEvent>(&[
+            "evt_ok_1"
+        ])
+    );
+    assert_eq!(
+        (
+            e.provider_event_id.as_str(),
+            e.payment_id.as_str(),
+            e.order_id.as_str(),
+            e.provider_reference.as_str()
+        ),
+        ("evt_ok_1", PAYMENT_ID, ORDER_ID, "ch_router_1")
+    );
+    assert_eq!(e.outcome, ProviderChargeOutcome::Captured);
+    assert_eq!((e.failure_reason, e.detail.as_deref()), (None, None));
+    assert!(e.occurred_at >= before && e.occurred_at <= crate::now_millis());
+    let row = h.memory.provider_event("evt_ok_1").unwrap();
+    assert!(row.forwarded);
+    assert_eq!(row.event_type, "charge.succeeded");
+
+    // The same event again (a provider retry, freshly signed): acknowledged, nothing produced.
+    let again = h.deliver(&body, Some(&signed(now_secs(), &body))).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body, json!({"received": true, "duplicate": true}));
+    assert_eq!(h.provider_events().len(), 1);
+
+    // A declined charge.
+    let failed = provider_event(
+        "evt_fail_1",
+        "charge.failed",
+        PAYMENT_ID,
+        Some("insufficient_funds"),
+    );
+    let reply = h.deliver(&failed, Some(&signed(now_secs(), &failed))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let events = h.provider_events();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].outcome, ProviderChargeOutcome::Declined);
+    assert_eq!(
+        events[1].failure_reason,
+        Some(PaymentFailureReason::InsufficientFunds)
+    );
+    assert_eq!(events[1].detail.as_deref(), Some("Insufficient funds."));
+}
+
+#[tokio::test]
+async fn bad_signatures_are_400_problems_that_reveal_nothing() {
+    let h = Harness::with_provider_secret();
+    let body = provider_event("evt_bad_1", "charge.succeeded", PAYMENT_ID, None);
+    let now = now_secs();
+    let expected = v1(PROVIDER_SECRET, now, &body);
+    let mut tampered = body.clone();
+    let at = tampered.len() - 3;
+    tampered[at] = b' ';
+    let cases: Vec<(&str, Vec<u8>, Option<String>)> = vec![
+        (
+            "wrong secret",
+            body.clone(),
+            Some(format!("t={now},v1={}", v1("whsec_wrong", now, &body))),
+        ),
+        (
+            "tampered body",
+            tampered,
+            Some(format!("t={now},v1={expected}")),
+        ),
+        ("stale", body.clone(), Some(signed(now - 301, &body))),
+        ("future", body.clone(), Some(signed(now + 301, &body))),
+        ("missing", body.clone(), None),
+        ("no t", body.clone(), Some(format!("v1={expected}"))),
+        ("no v1", body.clone(), Some(format!("t={now}"))),
+        ("garbage", body.clone(), Some("sha256=abc".to_owned())),
+        (
+            "upper-case hex",
+            body.clone(),
+            Some(format!("t={now},v1={}", expected.to_uppercase())),
+        ),
+        (
+            "timestamp not the signed one",
+            body.clone(),
+            Some(format!("t={},v1={expected}", now + 1)),
+        ),
+    ];
+    for (what, body, header) in cases {
+        let reply = h.deliver(&body, header.as_deref()).await;
+        reply.assert_problem(400);
+        assert_eq!(
+            reply.problem_type(),
+            "https://boxoffice.dev/problems/invalid-signature",
+            "{what}: {}",
+            reply.body
+        );
+        let text = reply.body.to_string();
+        assert!(!text.contains(PROVIDER_SECRET), "{what}: {text}");
+        assert!(!text.contains(&expected), "{what}: {text}");
+    }
+    assert!(h.provider_events().is_empty());
+    assert!(h.memory.provider_event("evt_bad_1").is_none());
+    // A header that is not ASCII text.
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/payments/webhook")
+        .header(
+            "Boxoffice-Provider-Signature",
+            axum::http::HeaderValue::from_bytes(b"t=1,v1=\xff").unwrap(),
+        )
+        .body(Body::from(body_of_len(10)))
+        .unwrap();
+    h.raw(request).await.assert_problem(400);
+    assert!(h.provider_events().is_empty());
+    // Just inside the tolerance passes.
+    let edge_body = body_ok("evt_edge");
+    let reply = h
+        .deliver(&edge_body, Some(&signed(now_secs() - 299, &edge_body)))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+}
+
+fn body_ok(id: &str) -> Vec<u8> {
+    provider_event(id, "charge.succeeded", PAYMENT_ID, None)
+}
+
+fn body_of_len(n: usize) -> Vec<u8> {
+    vec![b'x'; n]
+}
+
+#[tokio::test]
+async fn any_of_several_v1_signatures_may_match_during_a_rotation() {
+    let h = Harness::with_provider_secret();
+    let body = body_ok("evt_rot_1");
+    let now = now_secs();
+    let header = format!(
+        "t={now},v1={},v1={}",
+        v1("whsec_previous_secret", now, &body),
+        v1(PROVIDER_SECRET, now, &body)
+    );
+    let reply = h.deliver(&body, Some(&header)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(h.provider_events().len(), 1);
+}
+
+#[tokio::test]
+async fn other_event_types_are_acknowledged_and_ignored() {
+    let h = Harness::with_provider_secret();
+    let body = json!({"id": "evt_other", "type": "charge.refund.updated", "created": 1, "data": {"object": {}}})
+        .to_string()
+        .into_bytes();
+    let reply = h.deliver(&body, Some(&signed(now_secs(), &body))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, json!({"received": true, "ignored": true}));
+    assert!(h.bus.payments.lock().unwrap().is_empty());
+    assert!(h.memory.provider_event("evt_other").is_none());
+}
+
+#[tokio::test]
+async fn signed_but_unusable_bodies_are_refused() {
+    let h = Harness::with_provider_secret();
+    let other_payment = "0c3f7a52-1e4b-4c9d-8f00-0000000000ff";
+    let mismatch = provider_event("evt_mismatch", "charge.succeeded", other_payment, None);
+    let reply = h
+        .deliver(&mismatch, Some(&signed(now_secs(), &mismatch)))
+        .await;
+    reply.assert_problem(422);
+    assert_eq!(
+        reply.body["errors"][0]["field"],
+        "data.object.metadata.payment_id"
+    );
+    let not_ids = provider_event("evt_not_ids", "charge.failed", "payment-7", None);
+    h.deliver(&not_ids, Some(&signed(now_secs(), &not_ids)))
+        .await
+        .assert_problem(422);
+    for malformed in [
+        b"{not json".to_vec(),
+        br#"{"id":"evt_x","type":"charge.succeeded"}"#.to_vec(),
+        br#"{"id":"evt_x","type":"charge.succeeded","data":{"object":{"id":"ch_1"}}}"#.to_vec(),
+        b"[]".to_vec(),
+    ] {
+        h.deliver(&malformed, Some(&signed(now_secs(), &malformed)))
+            .await
+            .assert_problem(400);
+    }
+    assert!(h.bus.payments.lock().unwrap().is_empty());
+    // Too large: 413 before anything else.
+    let big = vec![b' '; 65 * 1024];
+    h.deliver(&big, Some(&signed(now_secs(), &big)))
+        .await
+        .assert_problem(413);
+}
+
+#[tokio::test]
+async fn kafka_down_answers_503_and_the_retry_forwards_the_same_record() {
+    let h = Harness::with_provider_secret();
+    let body = body_ok("evt_retry_1");
+    h.bus.down.store(true, Ordering::SeqCst);
+    let refused = h.deliver(&body, Some(&signed(now_secs(), &body))).await;
+    refused.assert_problem(503);
+    assert!(refused.headers.get("retry-after").is_some());
+    let row = h.memory.provider_event("evt_retry_1").unwrap();
+    assert!(!row.forwarded, "claimed, not forwarded");
+    h.bus.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let retried = h.deliver(&body, Some(&signed(now_secs(), &body))).await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+    assert_eq!(retried.body["duplicate"], false);
+    let events = h.provider_events();
+    assert_eq!(events.len(), 1);
+    // The first accept time: the retry's record is the one the first attempt would have been.
+    assert_eq!(events[0].occurred_at, row.received_at);
+    assert!(h.memory.provider_event("evt_retry_1").unwrap().forwarded);
+    let third = h.deliver(&body, Some(&signed(now_secs(), &body))).await;
+    assert_eq!(third.body["duplicate"], true);
+    assert_eq!(h.provider_events().len(), 1);
+}
+
+#[tokio::test]
+async fn a_reused_event_id_for_another_payment_is_refused() {
+    let h = Harness::with_provider_secret();
+    let first = body_ok("evt_reused");
+    assert_eq!(
+        h.deliver(&first, Some(&signed(now_secs(), &first)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let other = "0c3f7a52-1e4b-4c9d-8f00-0000000000bb";
+    let body = json!({
+        "id": "evt_reused", "type": "charge.succeeded", "created": now_secs(),
+        "data": {"object": {"id": "ch_2", "idempotency_key": other, "status": "succeeded",
+            "metadata": {"payment_id": other, "order_id": ORDER_ID}}}
+    })
+    .to_string()
+    .into_bytes();
+    h.deliver(&body, Some(&signed(now_secs(), &body)))
+        .await
+        .assert_problem(409);
+    assert_eq!(h.provider_events().len(), 1);
+}
+
+#[tokio::test]
+async fn the_spec_describes_webhooks_and_the_provider_callback() {
+    let h = Harness::new();
+    let spec = h.call("GET", "/openapi.json", None, None).await;
+    let paths = &spec.body["paths"];
+    for (path, method) in [
+        ("/v1/webhooks", "post"),
+        ("/v1/webhooks", "get"),
+        ("/v1/webhooks/{id}", "get"),
+        ("/v1/webhooks/{id}", "delete"),
+        ("/v1/webhooks/{id}/enable", "post"),
+        ("/v1/webhooks/{id}/rotate-secret", "post"),
+        ("/v1/payments/webhook", "post"),
+    ] {
+        assert!(paths[path].get(method).is_some(), "{method} {path} missing");
+    }
+    let provider = &paths["/v1/payments/webhook"]["post"];
+    assert!(provider.get("security").is_none(), "no bearer token there");
+    assert_eq!(
+        provider["parameters"][0]["name"],
+        "Boxoffice-Provider-Signature"
+    );
+    assert!(
+        spec.body["components"]["schemas"]["NotificationView"]["properties"]
+            .get("read")
+            .is_some()
+    );
+}

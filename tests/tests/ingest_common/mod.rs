@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boxoffice_ingest::bus::KafkaBus;
-use boxoffice_ingest::config::{IngestSettings, JwtSecret, Topics};
+use boxoffice_ingest::config::{IngestSettings, JwtSecret, ProviderWebhookSettings, Topics};
 use boxoffice_ingest::live::Live;
 use boxoffice_ingest::stores::cql::CqlStores;
 use boxoffice_ingest::{Deps, Follow};
@@ -63,6 +63,32 @@ impl Ingest {
 
     /// Starts ingest producing through `kafka` (a dead address makes Kafka "down").
     pub async fn start_on(pipeline: Pipeline, kafka: KafkaArgs, processor: bool) -> Ingest {
+        Self::start_on_with(
+            pipeline,
+            kafka,
+            processor,
+            ProviderWebhookSettings::default(),
+        )
+        .await
+    }
+
+    /// Starts ingest on a fresh pipeline with the payment provider webhook's `provider`
+    /// settings (no processor).
+    pub async fn start_with_provider(name: &str, provider: ProviderWebhookSettings) -> Ingest {
+        let pipeline = Pipeline::create(services().await, name)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let kafka = pipeline.services.kafka();
+        Self::start_on_with(pipeline, kafka, false, provider).await
+    }
+
+    /// [`Ingest::start_on`] with the payment provider webhook's `provider` settings.
+    pub async fn start_on_with(
+        pipeline: Pipeline,
+        kafka: KafkaArgs,
+        processor: bool,
+        provider: ProviderWebhookSettings,
+    ) -> Ingest {
         let keyspace = Keyspace::new(&pipeline.keyspace).unwrap_or_else(|e| panic!("{e}"));
         let stores = CqlStores::new(pipeline.session.clone(), &keyspace)
             .await
@@ -106,9 +132,14 @@ impl Ingest {
                 codec: pipeline.codec.clone(),
             }),
         };
-        let server = tokio::spawn(boxoffice_ingest::run(deps, listener, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(boxoffice_ingest::run_with(
+            deps,
+            provider,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let processor = if processor {
             Some(
                 pipeline

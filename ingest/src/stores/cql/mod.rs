@@ -1,13 +1,17 @@
 //! The CQL implementations of every store trait, on one session with statements prepared once
 //! at startup. Split by concern: `accounts` (profiles, uniqueness claims, refresh tokens),
 //! `catalog` (events, categories, inventory counters), `orders`, `payments`,
-//! `notifications`. Absent texts are written as `''` rather than `null` (no tombstones).
+//! `notifications`, `webhooks` (users' endpoints), `provider_events` (the payment provider's
+//! deliveries, deduplicated). Absent texts are written as `''` rather than `null` (no
+//! tombstones).
 
 mod accounts;
 mod catalog;
 mod notifications;
 mod orders;
 mod payments;
+mod provider_events;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -28,6 +32,9 @@ use super::{Direction, Page, PageRequest, StoreError, StoreProbe, StoreResult, S
 pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("orders", "request_fingerprint", "text"),
     ("orders", "idempotency_key", "text"),
+    // `POST v1/webhooks` takes an optional description; the table (sinks/src/schema.rs) was
+    // defined without one.
+    ("webhook_endpoints", "description", "text"),
 ];
 
 /// Adds [`ADDED_COLUMNS`] that an existing keyspace lacks (`CREATE TABLE IF NOT EXISTS` does
@@ -126,15 +133,30 @@ struct Statements {
     payments_page: PageStatements,
     // notifications
     notifications_page: PageStatements,
+    // webhooks
+    list_endpoints: PreparedStatement,
+    read_endpoint: PreparedStatement,
+    insert_endpoint: PreparedStatement,
+    delete_endpoint: PreparedStatement,
+    enable_endpoint: PreparedStatement,
+    set_endpoint_secret: PreparedStatement,
+    // provider events
+    claim_provider_event: PreparedStatement,
+    read_provider_event_serial: PreparedStatement,
+    mark_provider_event_forwarded: PreparedStatement,
 }
 
 /// Bucket of the single `users_by_created` partition.
 const USERS_BUCKET: i32 = 0;
 
 impl CqlStores {
-    /// Prepares every statement. The schema must exist (`ensure_schema`, then
-    /// [`ensure_columns`]).
+    /// Adds [`ADDED_COLUMNS`] the keyspace lacks, then prepares every statement. The tables
+    /// must exist (`ensure_schema`).
     pub async fn new(session: Arc<Session>, keyspace: &Keyspace) -> StoreResult<Self> {
+        // Here rather than only at startup: statements below name the added columns, and
+        // every way of building the stores (the binary, the test harness, the load
+        // generator) must find them.
+        ensure_columns(&session, keyspace).await?;
         let t = |name: &str| keyspace.table(name);
         let p = Preparer { session: &session };
         let page = |table: String, columns: &str, key: &str, at: &str, id: &str| {
@@ -171,7 +193,7 @@ impl CqlStores {
         );
         let notifications_page = page(
             t("notifications"),
-            "notification_id, kind, order_id, event_id, params, created_at",
+            "notification_id, kind, order_id, event_id, params, created_at, read",
             "user_id",
             "created_at",
             "notification_id",
@@ -180,6 +202,13 @@ impl CqlStores {
             .prepare(format!("{ORDER_SELECT} FROM {} WHERE id = ?", t("orders")))
             .await?;
         read_order_serial.set_consistency(Consistency::LocalSerial);
+        let mut read_provider_event_serial = p
+            .prepare(format!(
+                "SELECT {PROVIDER_EVENT_COLUMNS} FROM {} WHERE provider_event_id = ?",
+                t("payment_provider_events")
+            ))
+            .await?;
+        read_provider_event_serial.set_consistency(Consistency::LocalSerial);
         let s = Statements {
             ping: p.prepare("SELECT now() FROM system.local".to_owned()).await?,
             claim_email: p
@@ -353,6 +382,60 @@ impl CqlStores {
                 .await?,
             payments_page: p.page(payments_page).await?,
             notifications_page: p.page(notifications_page).await?,
+            list_endpoints: p
+                .prepare(format!("SELECT {ENDPOINT_COLUMNS} FROM {} WHERE user_id = ?", t("webhook_endpoints")))
+                .await?,
+            read_endpoint: p
+                .prepare(format!(
+                    "SELECT {ENDPOINT_COLUMNS} FROM {} WHERE user_id = ? AND endpoint_id = ?",
+                    t("webhook_endpoints")
+                ))
+                .await?,
+            // `disabled_at` is left unset (no tombstone); `''` is "no reason".
+            insert_endpoint: p
+                .prepare(format!(
+                    "INSERT INTO {} (user_id, endpoint_id, url, description, secret, disabled, disabled_reason, \
+                     created_at) VALUES (?, ?, ?, ?, ?, false, '', ?)",
+                    t("webhook_endpoints")
+                ))
+                .await?,
+            // Lightweight transactions from here on: an UPDATE without `IF EXISTS` would
+            // recreate a row deleted meanwhile, without URL or secret, and the notifier would
+            // then fail every delivery to it.
+            delete_endpoint: p
+                .prepare(format!(
+                    "DELETE FROM {} WHERE user_id = ? AND endpoint_id = ? IF EXISTS",
+                    t("webhook_endpoints")
+                ))
+                .await?,
+            enable_endpoint: p
+                .prepare(format!(
+                    "UPDATE {} SET disabled = false, disabled_reason = '', disabled_at = null \
+                     WHERE user_id = ? AND endpoint_id = ? IF EXISTS",
+                    t("webhook_endpoints")
+                ))
+                .await?,
+            set_endpoint_secret: p
+                .prepare(format!(
+                    "UPDATE {} SET secret = ? WHERE user_id = ? AND endpoint_id = ? IF EXISTS",
+                    t("webhook_endpoints")
+                ))
+                .await?,
+            claim_provider_event: p
+                .prepare(format!(
+                    "INSERT INTO {} ({PROVIDER_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, false) IF NOT EXISTS",
+                    t("payment_provider_events")
+                ))
+                .await?,
+            read_provider_event_serial,
+            // An LWT like the claim: mixing Paxos and plain writes on one row can order them
+            // wrongly when clocks disagree.
+            mark_provider_event_forwarded: p
+                .prepare(format!(
+                    "UPDATE {} SET forwarded = true WHERE provider_event_id = ? IF EXISTS",
+                    t("payment_provider_events")
+                ))
+                .await?,
         };
         Ok(CqlStores { session, s })
     }
@@ -366,6 +449,8 @@ impl CqlStores {
             orders: all.clone(),
             payments: all.clone(),
             notifications: all.clone(),
+            webhooks: all.clone(),
+            provider_events: all.clone(),
             probe: all,
         }
     }
@@ -527,6 +612,12 @@ fn applied(result: QueryResult, operation: &'static str) -> StoreResult<bool> {
 
 const EVENT_COLUMNS: &str = "id, name, description, venue, category_id, starts_at, price_minor, currency, \
     capacity, sale_starts_at, sale_ends_at, hold_seconds, max_per_order, max_per_user, created_at, updated_at";
+
+const ENDPOINT_COLUMNS: &str = "endpoint_id, url, description, secret, disabled, disabled_reason, \
+    disabled_at, created_at";
+
+const PROVIDER_EVENT_COLUMNS: &str =
+    "provider_event_id, payment_id, order_id, event_type, received_at, forwarded";
 
 const ORDER_INSERT: &str = "INSERT INTO";
 const ORDER_VALUES: &str = " (id, event_id, user_id, number_slot, status, created_at, updated_at, \
