@@ -1,5 +1,6 @@
 //! `boxoffice-processor`: parses configuration, starts tracing, builds the clients and runs the
-//! booking processor (or audits one event). Everything else lives in the library.
+//! booking processor or the payment processor (or audits one event). Everything else lives in
+//! the library.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -43,6 +44,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at startup; boxing would only obscure the clap definitions"
+)]
 enum Command {
     /// Run the booking processor: consume booking.commands, decide, produce, persist.
     Booking {
@@ -61,6 +66,8 @@ enum Command {
     Payments {
         #[command(flatten)]
         settings: boxoffice_processors::payments::runtime::PaymentSettings,
+        #[command(flatten)]
+        provider: boxoffice_processors::payments::provider::ProviderSettings,
         /// Where `/metrics` (Prometheus text) and `/healthz` answer.
         #[arg(
             long = "metrics-addr",
@@ -145,11 +152,21 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Payments {
             settings: payment_settings,
+            provider,
             metrics_addr,
         } => {
+            use boxoffice_processors::payments::gateway::Gateway;
             use boxoffice_processors::payments::runtime::{
                 self as payments, PaymentDeps, PaymentMetrics,
             };
+            let gateway = payment_settings
+                .gateway_with(&provider)
+                .context("starting the payment gateway")?;
+            if let Gateway::Provider(http) = &gateway {
+                // A wrong URL or key stops startup here rather than failing every payment.
+                http.check().await?;
+                info!(provider_url = %provider.url, "payment provider reachable; API key accepted");
+            }
             let metrics = Arc::new(PaymentMetrics::default());
             let listener = tokio::net::TcpListener::bind(metrics_addr)
                 .await
@@ -161,16 +178,13 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
             let payment_store =
                 boxoffice_sinks::payments::PaymentStore::new(payments_session, &settings.keyspace)
                     .await?;
-            let gateway = payment_settings
-                .gateway()
-                .context("starting the payment gateway")?;
             let deps = PaymentDeps {
                 kafka: cli.kafka,
                 codec,
                 store: Arc::new(payment_store),
                 gateway: Arc::new(gateway),
                 settings: payment_settings,
-                policy: Default::default(),
+                policy: provider.policy(),
                 metrics,
             };
             payments::run(deps, shutdown_signal()).await?;
@@ -271,5 +285,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--bootstrap-servers"), "{err}");
+    }
+
+    #[test]
+    fn bad_provider_settings_are_refused_naming_the_flag() {
+        for (flag, value) in [
+            ("--gateway", "stripe"),
+            ("--provider-url", "ftp://api.example.com"),
+            ("--provider-url", "not a url"),
+            ("--provider-api-key", ""),
+            ("--provider-timeout", "0s"),
+            ("--provider-pending-check", "soon"),
+        ] {
+            let err = Cli::try_parse_from(["boxoffice-processor", "payments", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag), "{flag} {value}: {err}");
+        }
+        let ok = Cli::try_parse_from([
+            "boxoffice-processor",
+            "payments",
+            "--gateway",
+            "provider",
+            "--provider-url",
+            "http://127.0.0.1:9/",
+            "--provider-pending-check",
+            "2s",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! The payment processor's state in the CQL store: one row per payment in `payments` (the
-//! seed's table, with the processor's columns added) and an append-only `payment_histories`
-//! with one row per state change.
+//! seed's table, with the processor's columns added), an append-only `payment_histories`
+//! with one row per state change, and `payment_timers`: when each unsettled payment must be
+//! looked at again, by the `payments.requests` partition that owns it.
 //!
 //! # Writing: history first, then the fenced payment row
 //!
@@ -25,6 +26,17 @@
 //! The row holds the provider's payment method token only while the payment is waiting for its
 //! request or being charged (a charge the provider never saw is retried with it); the processor
 //! writes `''` once the payment is settled. Card numbers never reach the processor.
+//!
+//! # Timers
+//!
+//! `payment_timers` has one row per payment that waits for something outside the log (a
+//! provider that completes later, a lost answer, a fan who never pays), keyed
+//! `((topic, kafka_partition), payment_id)` so the processor that is given a partition loads
+//! that partition's timers with one query. Plain upserts and deletes: the payment row (fenced
+//! by its revision) is the truth, a timer only says when to look at it. The processor writes
+//! a timer before the payment row that needs it and deletes it after the row that settles the
+//! payment, so a crash leaves at worst a timer for a settled payment, which wakes it for
+//! nothing and is deleted then.
 //!
 //! # No nulls
 //!
@@ -207,6 +219,13 @@ pub struct HistoryEntry {
     pub detail: String,
 }
 
+/// When a payment must be looked at again (milliseconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentTimer {
+    pub payment_id: String,
+    pub due_at: i64,
+}
+
 /// What a save did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentSaveOutcome {
@@ -269,6 +288,9 @@ struct Statements {
     save: PreparedStatement,
     history: PreparedStatement,
     read_history: PreparedStatement,
+    schedule: PreparedStatement,
+    unschedule: PreparedStatement,
+    timers: PreparedStatement,
 }
 
 /// Loads and saves payments and appends their history. Cheap to clone.
@@ -286,6 +308,7 @@ impl PaymentStore {
     ) -> Result<Self, PaymentStoreError> {
         let payments = keyspace.table("payments");
         let histories = keyspace.table("payment_histories");
+        let timers = keyspace.table("payment_timers");
         let assignments: Vec<String> = PAYMENT_COLUMNS
             .split(", ")
             .map(str::trim)
@@ -302,6 +325,15 @@ impl PaymentStore {
                 "INSERT INTO {histories} (payment_id, at, seq, status, detail) VALUES (?, ?, ?, ?, ?)"
             ),
             format!("SELECT at, seq, status, detail FROM {histories} WHERE payment_id = ?"),
+            format!(
+                "INSERT INTO {timers} (topic, kafka_partition, payment_id, due_at) VALUES (?, ?, ?, ?)"
+            ),
+            format!(
+                "DELETE FROM {timers} WHERE topic = ? AND kafka_partition = ? AND payment_id = ?"
+            ),
+            format!(
+                "SELECT payment_id, due_at FROM {timers} WHERE topic = ? AND kafka_partition = ?"
+            ),
         ];
         let mut prepared = Vec::with_capacity(texts.len());
         for text in texts {
@@ -319,12 +351,22 @@ impl PaymentStore {
                 }
             })?);
         }
-        let [mut load, save, mut history, read_history]: [PreparedStatement; 4] = prepared
+        let [
+            mut load,
+            save,
+            mut history,
+            read_history,
+            mut schedule,
+            mut unschedule,
+            timers,
+        ]: [PreparedStatement; 7] = prepared
             .try_into()
             .map_err(|_| PaymentStoreError::unusable("preparing statements", "statement count"))?;
         // Finishes a lightweight transaction a crashed processor left half-done before reading.
         load.set_consistency(Consistency::LocalSerial);
         history.set_is_idempotent(true);
+        schedule.set_is_idempotent(true);
+        unschedule.set_is_idempotent(true);
         Ok(PaymentStore {
             session,
             statements: Arc::new(Statements {
@@ -332,6 +374,9 @@ impl PaymentStore {
                 save,
                 history,
                 read_history,
+                schedule,
+                unschedule,
+                timers,
             }),
         })
     }
@@ -466,5 +511,62 @@ impl PaymentStore {
             .try_collect()
             .await
             .map_err(|e| PaymentStoreError::unusable(OPERATION, e))
+    }
+
+    /// Sets the payment's timer in `topic`'s `partition` (replacing an earlier one).
+    pub async fn schedule(
+        &self,
+        topic: &str,
+        partition: i32,
+        payment_id: &str,
+        due_at: i64,
+    ) -> Result<(), PaymentStoreError> {
+        self.session
+            .execute_unpaged(
+                &self.statements.schedule,
+                (topic, partition, payment_id, due_at),
+            )
+            .await
+            .map_err(|e| PaymentStoreError::execution("schedule payment timer", e))?;
+        Ok(())
+    }
+
+    /// Removes the payment's timer (nothing when it has none).
+    pub async fn unschedule(
+        &self,
+        topic: &str,
+        partition: i32,
+        payment_id: &str,
+    ) -> Result<(), PaymentStoreError> {
+        self.session
+            .execute_unpaged(&self.statements.unschedule, (topic, partition, payment_id))
+            .await
+            .map_err(|e| PaymentStoreError::execution("delete payment timer", e))?;
+        Ok(())
+    }
+
+    /// Every timer of `topic`'s `partition`.
+    pub async fn timers(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Vec<PaymentTimer>, PaymentStoreError> {
+        const OPERATION: &str = "read payment timers";
+        self.session
+            .execute_iter(self.statements.timers.clone(), (topic, partition))
+            .await
+            .map_err(|e: PagerExecutionError| PaymentStoreError::Unavailable {
+                operation: OPERATION,
+                source: e.into(),
+            })?
+            .rows_stream::<(String, i64)>()
+            .map_err(|e| PaymentStoreError::unusable(OPERATION, e))?
+            .map_ok(|(payment_id, due_at)| PaymentTimer { payment_id, due_at })
+            .try_collect()
+            .await
+            .map_err(|e| PaymentStoreError::Unavailable {
+                operation: OPERATION,
+                source: e.into(),
+            })
     }
 }

@@ -326,6 +326,7 @@ pub const TABLES: &[&str] = &[
     "orders_by_user",
     "payments",
     "payment_histories",
+    "payment_timers",
     "event_inventory",
     "partition_events",
     "users_by_created",
@@ -340,7 +341,7 @@ pub const TABLES: &[&str] = &[
 ];
 
 /// The table definitions (without keyspace): `(name, column list and key)`.
-fn table_definitions() -> [(&'static str, &'static str); 22] {
+fn table_definitions() -> [(&'static str, &'static str); 23] {
     [
         // Sign-in identities; the password is an argon2 hash, never the password.
         (
@@ -413,6 +414,14 @@ fn table_definitions() -> [(&'static str, &'static str); 22] {
             "payment_histories",
             "payment_id text, at timestamp, seq int, status text, detail text, \
              PRIMARY KEY ((payment_id), at, seq)",
+        ),
+        // The payment processor's timers: when an unsettled payment (pending at the provider,
+        // an answer lost, never submitted) must be looked at again, by the `payments.requests`
+        // partition that owns it, so a processor given a partition loads them with one query.
+        (
+            "payment_timers",
+            "topic text, kafka_partition int, payment_id text, due_at bigint, \
+             PRIMARY KEY ((topic, kafka_partition), payment_id)",
         ),
         // The booking processor's state, one partition per event: event-level state in static
         // columns (one copy per partition), one row per decided order. Written only by the
@@ -493,9 +502,9 @@ fn table_definitions() -> [(&'static str, &'static str); 22] {
         // secret keys the HMAC-SHA256 signature; a 410 answer sets `disabled`.
         (
             "webhook_endpoints",
-            "user_id text, endpoint_id text, url text, secret text, disabled boolean, \
-             disabled_reason text, disabled_at timestamp, created_at timestamp, \
-             PRIMARY KEY ((user_id), endpoint_id)",
+            "user_id text, endpoint_id text, url text, secret text, description text, \
+             disabled boolean, disabled_reason text, disabled_at timestamp, \
+             created_at timestamp, PRIMARY KEY ((user_id), endpoint_id)",
         ),
         // The notifier's per-channel delivery state: one row per notification, channel
         // (`email`, `webhook`) and target (`email`: the address; `webhook`: the endpoint id).

@@ -1,6 +1,7 @@
 //! The payment decision core: `apply(state, input, now) -> effects`, one payment at a time.
 //! Pure: no clock (`now` is an input), no I/O; the runtime carries out the effects (calls the
-//! gateway, writes the store, produces records) and feeds the gateway's answers back in.
+//! gateway, writes the store, keeps the payment's timer, produces records) and feeds the
+//! gateway's answers back in.
 //!
 //! ```text
 //!            Submitted(before the request)         Requested
@@ -8,11 +9,38 @@
 //!    │ Requested                                             │ (parked submission checked)
 //!    ▼                    Submitted (amount, currency,       ▼
 //!  PENDING ─────────────────────────  user must match) ──▶ CHARGING ──Captured──▶ CAPTURED
-//!    │ Expire (never submitted)                              │  ▲                    │ RefundRequested
-//!    ▼                                      Unknown: Query   │  │ NotFound: charge   ▼
-//!  EXPIRED                        Pending ─▶ PROVIDER_PENDING   │ again, same key  REFUNDING ─▶ REFUNDED
-//!                                 Declined ─▶ FAILED ───────────┘                       └──▶ REFUND_FAILED
+//!    │ Wake past the deadline                                │  ▲                    │ RefundRequested
+//!    ▼                                 Unknown: query /      │  │ NotFound: charge   ▼
+//!  EXPIRED                              check later          │  │ again, same key  REFUNDING ─▶ REFUNDED
+//!                                 Pending ─▶ PROVIDER_PENDING ──┘ (event or check)      └──▶ REFUND_FAILED
+//!                                 Declined ─▶ FAILED
 //! ```
+//!
+//! # Timers: nothing waits inside a record
+//!
+//! A payment that waits for something outside the log (the provider completing a charge, an
+//! answer that was lost, a fan who never pays) is never waited for in place: the core asks for
+//! a timer with [`Effect::Schedule`] and the runtime feeds [`Input::Wake`] back at that time
+//! (the runtime keeps one timer per payment, stored so it outlives a restart). Every state
+//! that is neither terminal nor `NEW` has a timer, so every payment reaches a terminal state
+//! without another record:
+//!
+//! - `PENDING` / `AWAITING_REQUEST`: at the expiry deadline ([`PaymentState::expires_at`]);
+//!   woken then, the payment expires.
+//! - `CHARGING` / `REFUNDING`: a check [`Policy::pending_check_ms`] after the call, in case the
+//!   answer is lost (a crash, a timeout): woken, the core queries the provider.
+//! - `PROVIDER_PENDING`: the provider's event (`Input::ProviderEvent`) normally settles it;
+//!   the check is the fallback for an event that never comes.
+//!
+//! A check that finds nothing settled checks again later, backing off with the time the
+//! payment has been waiting (the delay is the time since its last state change, between the
+//! first delay and [`Policy::max_check_ms`]), so a payment pending for an hour is asked about
+//! every few minutes, not every second. A payment that becomes terminal cancels its timer
+//! ([`Effect::Unschedule`]).
+//!
+//! Within one input the gateway is called a bounded number of times: an `Unknown` answer to
+//! the first charge is queried at once (most timeouts lose only the answer); any later
+//! `Unknown` or `Pending` waits for the timer.
 //!
 //! Rules (property-tested in `tests.rs`):
 //! - **At most one capture.** A charge is asked for only when no earlier charge can have
@@ -23,7 +51,7 @@
 //! - **Refunds never exceed the capture**: a refund is asked for only on a captured payment,
 //!   once, for at most the captured amount.
 //! - **Every payment ends in a terminal state** once the provider answers: `CAPTURED`,
-//!   `FAILED`, `EXPIRED`, `REFUNDED` or `REFUND_FAILED`.
+//!   `FAILED`, `EXPIRED`, `REFUNDED` or `REFUND_FAILED`; until then it has a timer.
 //! - **Amounts come from the server**: the amount charged is the `PaymentRequested` amount
 //!   (the booking processor's); a submission with another amount, currency or user is refused.
 //! - **Every state change yields a history entry** (`Effect::History`).
@@ -211,16 +239,22 @@ pub enum Input {
     Requested(PaymentRequested),
     Submitted(PaymentSubmitted),
     RefundRequested(RefundRequested),
-    /// The answer to a `Charge` or `Query` effect.
+    /// The answer to a `Charge` effect.
     ChargeResult(ChargeOutcome),
+    /// The answer to a `Query` effect.
+    QueryResult(ChargeOutcome),
     /// An asynchronous completion pushed by the provider (webhook).
     ProviderEvent(ChargeOutcome),
-    /// The answer to a `Refund` or `QueryRefund` effect.
+    /// The answer to a `Refund` effect.
     RefundResult(RefundOutcome),
+    /// The answer to a `QueryRefund` effect.
+    RefundQueryResult(RefundOutcome),
     /// The runtime found the payment in flight (after a restart): ask what happened.
     Recover,
     /// Time passed (`now`): an unsubmitted payment past its deadline expires.
     Expire,
+    /// The payment's timer (the last [`Effect::Schedule`]) came due.
+    Wake,
 }
 
 /// The outcome the booking processor is told about.
@@ -246,6 +280,8 @@ pub enum Effect {
     /// Call the gateway's `charge` (idempotency key = payment id). The intent is stored first.
     Charge {
         payment_id: String,
+        /// Sent to the provider as metadata: its events name the order (the Kafka key).
+        order_id: String,
         amount_minor: i64,
         currency: String,
         token: Token,
@@ -269,27 +305,99 @@ pub enum Effect {
         status: &'static str,
         detail: String,
     },
+    /// Feed [`Input::Wake`] at `at` (replaces the payment's earlier timer). Stored before the
+    /// payment row, so a stored state that needs a timer always has one.
+    Schedule {
+        at: Millis,
+    },
+    /// The payment needs no timer any more (it is terminal). Removed after the payment row is
+    /// stored; a timer left behind by a crash only wakes a settled payment, which cancels it.
+    Unschedule,
     /// Nothing changed, for a reason worth logging.
     Ignored {
         reason: String,
     },
 }
 
+/// How long a payment waits for the provider before the processor asks (the first check).
+pub const DEFAULT_PENDING_CHECK_MS: Millis = 10_000;
+/// The first check after an answer that was lost (timeout, provider unreachable).
+pub const DEFAULT_UNKNOWN_CHECK_MS: Millis = 1_000;
+/// The longest time between two checks of a payment the provider has not settled.
+pub const DEFAULT_MAX_CHECK_MS: Millis = 5 * 60_000;
+
 /// The rules a core applies. Only the real ones outside tests; the seam lets the property
 /// tests prove they catch a core that retries blindly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub late_grace_ms: Millis,
+    /// First check of a charge the provider reported pending (or a call still in flight).
+    pub pending_check_ms: Millis,
+    /// First check after an unknown outcome the immediate query could not resolve.
+    pub unknown_check_ms: Millis,
+    /// Checks back off up to this interval.
+    pub max_check_ms: Millis,
     /// Test seam: a broken core charges again on `Unknown` instead of querying.
     pub retry_charge_on_unknown: bool,
+    /// Test seam: a broken core sets no check for a charge the provider reports pending.
+    pub skip_pending_check: bool,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             late_grace_ms: DEFAULT_LATE_GRACE_MS,
+            pending_check_ms: DEFAULT_PENDING_CHECK_MS,
+            unknown_check_ms: DEFAULT_UNKNOWN_CHECK_MS,
+            max_check_ms: DEFAULT_MAX_CHECK_MS,
             retry_charge_on_unknown: false,
+            skip_pending_check: false,
         }
+    }
+}
+
+/// The timer a step asks for; resolved once the step's state (and `updated_at`) is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// At this time.
+    At(Millis),
+    /// A check: `first` after the last state change, then backing off with the time waited.
+    Check { first: Millis },
+    /// No timer any more.
+    Cancel,
+}
+
+/// One `apply`: where the handlers put their effects and the timer they ask for.
+struct Step<'a> {
+    policy: &'a Policy,
+    now: Millis,
+    fx: Vec<Effect>,
+    timer: Option<Timer>,
+}
+
+impl Step<'_> {
+    fn ignored(&mut self, reason: impl Into<String>) {
+        self.fx.push(Effect::Ignored {
+            reason: reason.into(),
+        });
+    }
+
+    fn history(&mut self, status: Status, detail: impl Into<String>) {
+        self.fx.push(Effect::History {
+            status: status.name(),
+            detail: detail.into(),
+        });
+    }
+
+    fn refusal(&mut self, label: &'static str, detail: impl Into<String>) {
+        self.fx.push(Effect::History {
+            status: label,
+            detail: detail.into(),
+        });
+    }
+
+    fn check_later(&mut self, first: Millis) {
+        self.timer = Some(Timer::Check { first });
     }
 }
 
@@ -305,18 +413,31 @@ pub fn apply_with(
     input: Input,
     now: Millis,
 ) -> Vec<Effect> {
-    let mut fx = Vec::new();
+    let mut step = Step {
+        policy,
+        now,
+        fx: Vec::new(),
+        timer: None,
+    };
     let before = state.status;
     match input {
-        Input::Requested(r) => requested(state, r, now, &mut fx),
-        Input::Submitted(s) => submitted(state, s, now, &mut fx),
-        Input::RefundRequested(r) => refund_requested(state, r, &mut fx),
-        Input::ChargeResult(outcome) => charge_result(policy, state, outcome, false, &mut fx),
-        Input::ProviderEvent(outcome) => charge_result(policy, state, outcome, true, &mut fx),
-        Input::RefundResult(outcome) => refund_result(state, outcome, &mut fx),
-        Input::Recover => recover(state, &mut fx),
-        Input::Expire => expire(policy, state, now, &mut fx),
+        Input::Requested(r) => requested(&mut step, state, r),
+        Input::Submitted(s) => submitted(&mut step, state, s),
+        Input::RefundRequested(r) => refund_requested(&mut step, state, r),
+        Input::ChargeResult(outcome) => charge_answer(&mut step, state, outcome, Source::Charge),
+        Input::QueryResult(outcome) => charge_answer(&mut step, state, outcome, Source::Query),
+        Input::ProviderEvent(outcome) => charge_answer(&mut step, state, outcome, Source::Provider),
+        Input::RefundResult(outcome) => refund_answer(&mut step, state, outcome, Source::Charge),
+        Input::RefundQueryResult(outcome) => {
+            refund_answer(&mut step, state, outcome, Source::Query)
+        }
+        Input::Recover => recover(&mut step, state),
+        Input::Expire => expire(&mut step, state),
+        Input::Wake => wake(&mut step, state),
     }
+    let Step {
+        mut fx, mut timer, ..
+    } = step;
     let histories = fx
         .iter()
         .filter(|e| matches!(e, Effect::History { .. }))
@@ -338,37 +459,50 @@ pub fn apply_with(
     if state.status.is_terminal() {
         // Settled: the token is of no further use and is not kept.
         state.submission = None;
+        // Nothing left to wait for: a terminal payment never keeps a timer.
+        if before != state.status || timer.is_some() {
+            timer = Some(Timer::Cancel);
+        }
+    }
+    match timer {
+        Some(Timer::At(at)) => fx.push(Effect::Schedule { at: at.max(now) }),
+        Some(Timer::Check { first }) => fx.push(Effect::Schedule {
+            at: check_at(policy, state, now, first),
+        }),
+        Some(Timer::Cancel) => fx.push(Effect::Unschedule),
+        None => {}
     }
     fx
 }
 
-fn ignored(fx: &mut Vec<Effect>, reason: impl Into<String>) {
-    fx.push(Effect::Ignored {
-        reason: reason.into(),
-    });
+/// When to check a payment that is still waiting: `first` after its last state change, or,
+/// once it has waited longer than that, as long again as it has waited (so checks double
+/// their spacing), at most `max_check_ms` apart. `updated_at` is the last state change: every
+/// change writes history, which moves it (a step that changed the state has set it to `now`).
+fn check_at(policy: &Policy, state: &PaymentState, now: Millis, first: Millis) -> Millis {
+    let first = first.max(1);
+    let waited = now.saturating_sub(state.updated_at.clamp(0, now));
+    let cap = policy.max_check_ms.max(first);
+    now.saturating_add(waited.max(first).min(cap))
 }
 
-fn history(fx: &mut Vec<Effect>, status: Status, detail: impl Into<String>) {
-    fx.push(Effect::History {
-        status: status.name(),
-        detail: detail.into(),
-    });
+/// Who answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The answer to the call that moves money (`charge`, `refund`).
+    Charge,
+    /// The answer to a `query` / `query_refund`.
+    Query,
+    /// An event the provider pushed.
+    Provider,
 }
 
-fn refusal(fx: &mut Vec<Effect>, label: &'static str, detail: impl Into<String>) {
-    fx.push(Effect::History {
-        status: label,
-        detail: detail.into(),
-    });
-}
-
-fn requested(state: &mut PaymentState, r: PaymentRequested, now: Millis, fx: &mut Vec<Effect>) {
+fn requested(step: &mut Step<'_>, state: &mut PaymentState, r: PaymentRequested) {
     if state.requested {
-        return ignored(fx, "payment already requested");
+        return step.ignored("payment already requested");
     }
     if r.amount_minor <= 0 || !valid_currency(&r.currency) {
-        return refusal(
-            fx,
+        return step.refusal(
             "REQUEST_REFUSED",
             format!("invalid amount {} {}", r.amount_minor, r.currency),
         );
@@ -383,30 +517,33 @@ fn requested(state: &mut PaymentState, r: PaymentRequested, now: Millis, fx: &mu
     match state.status {
         Status::New => {
             state.status = Status::Pending;
-            history(
-                fx,
-                Status::Pending,
-                format!("requested {} {}", state.amount_minor, state.currency),
-            );
+            let detail = format!("requested {} {}", state.amount_minor, state.currency);
+            step.history(Status::Pending, detail);
+            expiry_timer(step, state);
         }
         Status::AwaitingRequest => {
             let parked = state.submission.take();
             state.status = Status::Pending;
-            history(
-                fx,
-                Status::Pending,
-                format!("requested {} {}", state.amount_minor, state.currency),
-            );
+            let detail = format!("requested {} {}", state.amount_minor, state.currency);
+            step.history(Status::Pending, detail);
+            expiry_timer(step, state);
             if let Some(submission) = parked {
-                start_charge(state, submission, now, fx);
+                start_charge(step, state, submission);
             }
         }
         // A request can only come first or after a parked submission.
-        _ => ignored(fx, "request for a payment already under way"),
+        _ => step.ignored("request for a payment already under way"),
     }
 }
 
-fn submitted(state: &mut PaymentState, s: PaymentSubmitted, now: Millis, fx: &mut Vec<Effect>) {
+/// An unsubmitted payment is woken at its expiry deadline.
+fn expiry_timer(step: &mut Step<'_>, state: &PaymentState) {
+    if let Some(deadline) = state.expires_at(step.policy.late_grace_ms) {
+        step.timer = Some(Timer::At(deadline));
+    }
+}
+
+fn submitted(step: &mut Step<'_>, state: &mut PaymentState, s: PaymentSubmitted) {
     let submission = Submission {
         user_id: s.user_id,
         amount_minor: s.amount_minor,
@@ -415,7 +552,7 @@ fn submitted(state: &mut PaymentState, s: PaymentSubmitted, now: Millis, fx: &mu
         submitted_at: s.occurred_at,
     };
     if submission.token.is_empty() {
-        return refusal(fx, "SUBMISSION_REFUSED", "empty payment method token");
+        return step.refusal("SUBMISSION_REFUSED", "empty payment method token");
     }
     match state.status {
         Status::New => {
@@ -424,36 +561,31 @@ fn submitted(state: &mut PaymentState, s: PaymentSubmitted, now: Millis, fx: &mu
             state.user_id = submission.user_id.clone();
             state.submission = Some(submission);
             state.status = Status::AwaitingRequest;
-            history(
-                fx,
+            step.history(
                 Status::AwaitingRequest,
                 "submitted before the payment was requested; parked",
             );
+            expiry_timer(step, state);
         }
         // A newer submission replaces the parked one (the fan tried again).
         Status::AwaitingRequest => {
             state.submission = Some(submission);
-            history(fx, Status::AwaitingRequest, "parked submission replaced");
+            step.history(Status::AwaitingRequest, "parked submission replaced");
+            expiry_timer(step, state);
         }
-        Status::Pending => start_charge(state, submission, now, fx),
-        _ => ignored(
-            fx,
-            format!("submission for a payment that is {}", state.status.name()),
-        ),
+        Status::Pending => start_charge(step, state, submission),
+        _ => step.ignored(format!(
+            "submission for a payment that is {}",
+            state.status.name()
+        )),
     }
 }
 
 /// Checks a submission against the server-side request and charges, or refuses it.
-fn start_charge(
-    state: &mut PaymentState,
-    submission: Submission,
-    _now: Millis,
-    fx: &mut Vec<Effect>,
-) {
+fn start_charge(step: &mut Step<'_>, state: &mut PaymentState, submission: Submission) {
     debug_assert_eq!(state.status, Status::Pending);
     if submission.amount_minor != state.amount_minor || submission.currency != state.currency {
-        return refusal(
-            fx,
+        return step.refusal(
             "SUBMISSION_REFUSED",
             format!(
                 "submitted amount {} {} differs from the requested {} {}",
@@ -462,67 +594,74 @@ fn start_charge(
         );
     }
     if submission.user_id != state.user_id {
-        return refusal(
-            fx,
+        return step.refusal(
             "SUBMISSION_REFUSED",
             "submitted by someone other than the order's user",
         );
     }
     let token = submission.token.clone();
     state.submission = Some(submission);
-    charge(state, token, fx);
+    charge(step, state, token);
 }
 
-fn charge(state: &mut PaymentState, token: Token, fx: &mut Vec<Effect>) {
+fn charge(step: &mut Step<'_>, state: &mut PaymentState, token: Token) {
     state.status = Status::Charging;
     state.charge_attempts += 1;
-    history(
-        fx,
+    step.history(
         Status::Charging,
         format!("charge attempt {}", state.charge_attempts),
     );
-    fx.push(Effect::Charge {
+    // Should the answer be lost (a crash mid-call), the timer asks the provider.
+    step.check_later(step.policy.pending_check_ms);
+    step.fx.push(Effect::Charge {
         payment_id: state.payment_id.clone(),
+        order_id: state.order_id.clone(),
         amount_minor: state.amount_minor,
         currency: state.currency.clone(),
         token,
     });
 }
 
-fn charge_result(
-    policy: &Policy,
+/// First check after an unknown outcome: doubles with every charge attempt already made, so a
+/// provider that keeps losing charges is not called every second.
+fn unknown_check(policy: &Policy, attempts: u32) -> Millis {
+    let doublings = attempts.saturating_sub(1).min(16);
+    policy
+        .unknown_check_ms
+        .saturating_mul(1 << doublings)
+        .min(policy.max_check_ms.max(policy.unknown_check_ms))
+}
+
+fn charge_answer(
+    step: &mut Step<'_>,
     state: &mut PaymentState,
     outcome: ChargeOutcome,
-    from_provider: bool,
-    fx: &mut Vec<Effect>,
+    source: Source,
 ) {
     if !matches!(state.status, Status::Charging | Status::ProviderPending) {
-        return ignored(
-            fx,
-            format!(
-                "charge result for a payment that is {}",
-                state.status.name()
-            ),
-        );
+        return step.ignored(format!(
+            "charge result for a payment that is {}",
+            state.status.name()
+        ));
     }
     match outcome {
         ChargeOutcome::Captured { provider_reference } => {
             state.status = Status::Captured;
             state.captured_minor = state.amount_minor;
             state.provider_reference = Some(provider_reference.clone());
-            history(
-                fx,
+            step.history(
                 Status::Captured,
                 format!("captured; provider reference {provider_reference}"),
             );
-            fx.push(Effect::Emit(Outcome::Succeeded { provider_reference }));
+            step.fx
+                .push(Effect::Emit(Outcome::Succeeded { provider_reference }));
         }
         ChargeOutcome::Declined { reason, message } => {
             let reason = reason.failure_reason();
             state.status = Status::Failed;
             state.failure = Some((reason, message.clone()));
-            history(fx, Status::Failed, format!("{reason:?}: {message}"));
-            fx.push(Effect::Emit(Outcome::Failed {
+            step.history(Status::Failed, format!("{reason:?}: {message}"));
+            step.fx.push(Effect::Emit(Outcome::Failed {
                 reason,
                 detail: message,
             }));
@@ -531,52 +670,64 @@ fn charge_result(
             state.provider_reference = Some(provider_reference);
             if state.status != Status::ProviderPending {
                 state.status = Status::ProviderPending;
-                history(
-                    fx,
+                step.history(
                     Status::ProviderPending,
                     "the provider completes the charge later",
                 );
             }
-            if !from_provider {
-                // Keep asking until the provider's event (or the query) settles it.
-                fx.push(Effect::Query {
-                    payment_id: state.payment_id.clone(),
-                });
+            // The provider's event settles it; the check is the fallback if it never comes.
+            if !step.policy.skip_pending_check {
+                step.check_later(step.policy.pending_check_ms);
             }
         }
         ChargeOutcome::Unknown { detail } => {
-            if from_provider {
-                return ignored(fx, "provider event without an outcome");
+            if source == Source::Provider {
+                return step.ignored("provider event without an outcome");
             }
-            if policy.retry_charge_on_unknown
+            if step.policy.retry_charge_on_unknown
                 && let Some(token) = state.submission.as_ref().map(|s| s.token.clone())
             {
                 // The bug the properties catch: a blind retry may capture twice.
-                return charge(state, token, fx);
+                return charge(step, state, token);
             }
-            // The money may have moved: ask, never charge blindly.
-            ignored(fx, format!("outcome unknown ({detail}); querying"));
-            fx.push(Effect::Query {
-                payment_id: state.payment_id.clone(),
-            });
-        }
-        ChargeOutcome::NotFound => {
-            if state.status == Status::ProviderPending || from_provider {
-                // The provider accepted it earlier: keep asking.
-                fx.push(Effect::Query {
+            // The money may have moved: ask, never charge blindly. The first charge's lost
+            // answer is asked for at once; anything else waits for the timer.
+            if source == Source::Charge
+                && state.status == Status::Charging
+                && state.charge_attempts <= 1
+            {
+                step.ignored(format!("outcome unknown ({detail}); querying"));
+                step.fx.push(Effect::Query {
                     payment_id: state.payment_id.clone(),
                 });
-                return;
+            } else {
+                step.ignored(format!("outcome unknown ({detail}); checking later"));
+                let first = if state.status == Status::ProviderPending {
+                    step.policy.pending_check_ms
+                } else {
+                    unknown_check(step.policy, state.charge_attempts)
+                };
+                step.check_later(first);
+            }
+        }
+        ChargeOutcome::NotFound => {
+            if source == Source::Provider {
+                return step.ignored("provider event without an outcome");
+            }
+            if state.status == Status::ProviderPending {
+                // The provider accepted it earlier: keep asking.
+                step.ignored("provider does not find a charge it accepted; checking later");
+                return step.check_later(step.policy.pending_check_ms);
             }
             // The provider never saw the charge: charging (same key) is safe.
             match state.submission.as_ref().map(|s| s.token.clone()) {
-                Some(token) => charge(state, token, fx),
+                Some(token) => charge(step, state, token),
                 None => {
                     state.status = Status::Failed;
                     let detail = "charge lost and no payment method to retry".to_owned();
                     state.failure = Some((PaymentFailureReason::ProviderError, detail.clone()));
-                    history(fx, Status::Failed, detail.clone());
-                    fx.push(Effect::Emit(Outcome::Failed {
+                    step.history(Status::Failed, detail.clone());
+                    step.fx.push(Effect::Emit(Outcome::Failed {
                         reason: PaymentFailureReason::ProviderError,
                         detail,
                     }));
@@ -586,31 +737,25 @@ fn charge_result(
     }
 }
 
-fn refund_requested(state: &mut PaymentState, r: RefundRequested, fx: &mut Vec<Effect>) {
+fn refund_requested(step: &mut Step<'_>, state: &mut PaymentState, r: RefundRequested) {
     if let Some(refund) = &state.refund {
         if refund.refund_id == r.refund_id {
-            return ignored(fx, "refund already requested");
+            return step.ignored("refund already requested");
         }
-        return refusal(fx, "REFUND_REFUSED", "the payment already has a refund");
+        return step.refusal("REFUND_REFUSED", "the payment already has a refund");
     }
     if state.status != Status::Captured {
-        return refusal(
-            fx,
+        return step.refusal(
             "REFUND_REFUSED",
             format!("nothing captured (payment is {})", state.status.name()),
         );
     }
     let Some(charge_reference) = state.provider_reference.clone() else {
-        return refusal(
-            fx,
-            "REFUND_REFUSED",
-            "captured without a provider reference",
-        );
+        return step.refusal("REFUND_REFUSED", "captured without a provider reference");
     };
     let refundable = state.captured_minor - state.refunded_minor;
     if r.amount_minor <= 0 || r.amount_minor > refundable || r.currency != state.currency {
-        return refusal(
-            fx,
+        return step.refusal(
             "REFUND_REFUSED",
             format!(
                 "refund of {} {} exceeds the {} {} refundable",
@@ -625,12 +770,13 @@ fn refund_requested(state: &mut PaymentState, r: RefundRequested, fx: &mut Vec<E
         provider_reference: None,
     });
     state.status = Status::Refunding;
-    history(
-        fx,
+    step.history(
         Status::Refunding,
         format!("refund {} {} ({:?})", r.amount_minor, r.currency, r.reason),
     );
-    fx.push(Effect::Refund {
+    // Should the answer be lost, the timer asks the provider.
+    step.check_later(step.policy.pending_check_ms);
+    step.fx.push(Effect::Refund {
         refund_id: r.refund_id,
         charge_reference,
         amount_minor: r.amount_minor,
@@ -638,15 +784,17 @@ fn refund_requested(state: &mut PaymentState, r: RefundRequested, fx: &mut Vec<E
     });
 }
 
-fn refund_result(state: &mut PaymentState, outcome: RefundOutcome, fx: &mut Vec<Effect>) {
+fn refund_answer(
+    step: &mut Step<'_>,
+    state: &mut PaymentState,
+    outcome: RefundOutcome,
+    source: Source,
+) {
     let (Status::Refunding, Some(refund)) = (state.status, state.refund.as_mut()) else {
-        return ignored(
-            fx,
-            format!(
-                "refund result for a payment that is {}",
-                state.status.name()
-            ),
-        );
+        return step.ignored(format!(
+            "refund result for a payment that is {}",
+            state.status.name()
+        ));
     };
     match outcome {
         RefundOutcome::Refunded { provider_reference } => {
@@ -654,66 +802,100 @@ fn refund_result(state: &mut PaymentState, outcome: RefundOutcome, fx: &mut Vec<
             state.refunded_minor += refund.amount_minor;
             let refund_id = refund.refund_id.clone();
             state.status = Status::Refunded;
-            history(
-                fx,
+            step.history(
                 Status::Refunded,
                 format!("refunded; provider reference {provider_reference}"),
             );
-            fx.push(Effect::Emit(Outcome::Refunded {
+            step.fx.push(Effect::Emit(Outcome::Refunded {
                 refund_id,
                 provider_reference,
             }));
         }
         RefundOutcome::Failed { message } => {
             state.status = Status::RefundFailed;
-            history(
-                fx,
+            step.history(
                 Status::RefundFailed,
                 format!("refund refused by the provider: {message}"),
             );
         }
         RefundOutcome::Unknown { detail } => {
-            ignored(fx, format!("refund outcome unknown ({detail}); querying"));
-            fx.push(Effect::QueryRefund {
-                refund_id: refund.refund_id.clone(),
-            });
+            // Refunds are not urgent for anyone waiting: every unknown answer waits for the
+            // timer, which queries (never a blind second refund).
+            let refund_id = refund.refund_id.clone();
+            step.ignored(format!(
+                "refund {refund_id} outcome unknown ({detail}); checking later"
+            ));
+            step.check_later(step.policy.unknown_check_ms);
         }
         RefundOutcome::NotFound => {
+            if source == Source::Charge {
+                // Only a query answers NotFound; from anything else it means nothing.
+                step.ignored("refund call answered not found; checking later");
+                return step.check_later(step.policy.unknown_check_ms);
+            }
             // The provider never saw it: asking again with the same key is safe.
+            let refund_id = refund.refund_id.clone();
+            let amount_minor = refund.amount_minor;
             let charge_reference = state.provider_reference.clone().unwrap_or_default();
-            fx.push(Effect::Refund {
-                refund_id: refund.refund_id.clone(),
+            step.check_later(step.policy.pending_check_ms);
+            step.fx.push(Effect::Refund {
+                refund_id,
                 charge_reference,
-                amount_minor: refund.amount_minor,
+                amount_minor,
                 currency: state.currency.clone(),
             });
         }
     }
 }
 
-fn recover(state: &mut PaymentState, fx: &mut Vec<Effect>) {
+fn recover(step: &mut Step<'_>, state: &PaymentState) {
     match (state.status, &state.refund) {
         (Status::Charging | Status::ProviderPending, _) => {
-            fx.push(Effect::Query {
+            step.fx.push(Effect::Query {
                 payment_id: state.payment_id.clone(),
             });
         }
         (Status::Refunding, Some(refund)) => {
-            fx.push(Effect::QueryRefund {
+            step.fx.push(Effect::QueryRefund {
                 refund_id: refund.refund_id.clone(),
             });
         }
-        _ => ignored(fx, "nothing in flight"),
+        _ => step.ignored("nothing in flight"),
     }
 }
 
-fn expire(policy: &Policy, state: &mut PaymentState, now: Millis, fx: &mut Vec<Effect>) {
-    match state.expires_at(policy.late_grace_ms) {
-        Some(deadline) if now >= deadline => {
+fn expire(step: &mut Step<'_>, state: &mut PaymentState) {
+    match state.expires_at(step.policy.late_grace_ms) {
+        Some(deadline) if step.now >= deadline => {
             state.status = Status::Expired;
-            history(fx, Status::Expired, "not submitted in time");
+            step.history(Status::Expired, "not submitted in time");
         }
-        _ => ignored(fx, "nothing to expire"),
+        _ => step.ignored("nothing to expire"),
+    }
+}
+
+fn wake(step: &mut Step<'_>, state: &mut PaymentState) {
+    match state.status {
+        Status::Pending | Status::AwaitingRequest => {
+            expire(step, state);
+            if !state.status.is_terminal() {
+                // Woken early (a timer from an older deadline): sleep until the real one.
+                expiry_timer(step, state);
+            }
+        }
+        Status::Charging | Status::ProviderPending | Status::Refunding => {
+            // The answers decide the next timer; until they come the current one stays.
+            recover(step, state);
+        }
+        Status::New
+        | Status::Captured
+        | Status::Failed
+        | Status::Expired
+        | Status::Refunded
+        | Status::RefundFailed => {
+            step.ignored(format!("nothing to wait for ({})", state.status.name()));
+            step.timer = Some(Timer::Cancel);
+        }
     }
 }
 

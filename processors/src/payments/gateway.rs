@@ -1,5 +1,6 @@
-//! The payment gateway: what the payment processor asks a payment provider to do, and the
-//! sandbox provider used locally and in tests.
+//! The payment gateway: what the payment processor asks a payment provider to do, the
+//! providers it can be configured with ([`Gateway`]), and the sandbox provider used locally
+//! and in tests. The HTTP provider lives in `provider`.
 //!
 //! # The trait
 //!
@@ -22,7 +23,9 @@
 //! output and logs.
 //!
 //! `async fn` in traits (Rust 1.75+) is used directly; the runtime holds a [`Gateway`] enum, so
-//! no boxing or `async_trait` is needed. A new provider is a new variant.
+//! no boxing or `async_trait` is needed. A new provider is a new variant:
+//! [`Gateway::Sandbox`] (in process) and [`Gateway::Provider`] (the HTTP provider API of
+//! `provider`, which completes charges asynchronously and reports them by webhook).
 //!
 //! # The sandbox
 //!
@@ -35,7 +38,7 @@
 //! | `tok_insufficient_funds` | declined (`INSUFFICIENT_FUNDS`) |
 //! | `tok_slow` | captured after the configured delay (default 2 s) |
 //! | `tok_timeout` | the capture is recorded, but the call answers `Unknown`; `query` reveals it |
-//! | `tok_pending` | `Pending`; `query` answers captured once the pending delay has passed |
+//! | `tok_pending` | `Pending`; `query` answers captured once the pending delay has passed (the sandbox sends no events: the processor's pending check settles it) |
 //! | anything else | declined (`DECLINED`, unknown payment method) |
 //!
 //! It keeps a ledger of charges and refunds keyed by idempotency key (in memory, or appended
@@ -53,6 +56,8 @@ use std::time::{Duration, Instant};
 use boxoffice_avro::ids;
 use boxoffice_avro::records::PaymentFailureReason;
 use serde::{Deserialize, Serialize};
+
+use super::provider::ProviderGateway;
 
 /// A provider's payment method token. Never a card number; still never printed.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -141,6 +146,8 @@ pub enum RefundOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeRequest {
     pub idempotency_key: String,
+    /// Given to the provider as metadata, so its asynchronous events name the order.
+    pub order_id: String,
     pub amount_minor: i64,
     pub currency: String,
     pub token: Token,
@@ -168,14 +175,26 @@ pub trait PaymentGateway: Send + Sync {
 #[derive(Debug)]
 pub enum Gateway {
     Sandbox(SandboxGateway),
+    Provider(ProviderGateway),
 }
 
 impl Gateway {
     /// Charge calls the provider saw for a key it had already captured (deduplicated by the
-    /// provider; the processor should never make one). Only the sandbox knows.
+    /// provider; the processor should never make one). Only the sandbox knows: a remote
+    /// provider counts them on its side (the test provider's `GET /_sim/stats`), so this is 0
+    /// for [`Gateway::Provider`].
     pub fn replays(&self) -> u64 {
         match self {
             Gateway::Sandbox(g) => g.replays(),
+            Gateway::Provider(_) => 0,
+        }
+    }
+
+    /// `sandbox` or `provider`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Gateway::Sandbox(_) => "sandbox",
+            Gateway::Provider(_) => "provider",
         }
     }
 }
@@ -184,24 +203,28 @@ impl PaymentGateway for Gateway {
     async fn charge(&self, request: &ChargeRequest) -> ChargeOutcome {
         match self {
             Gateway::Sandbox(g) => g.charge(request).await,
+            Gateway::Provider(g) => g.charge(request).await,
         }
     }
 
     async fn query(&self, idempotency_key: &str) -> ChargeOutcome {
         match self {
             Gateway::Sandbox(g) => g.query(idempotency_key).await,
+            Gateway::Provider(g) => g.query(idempotency_key).await,
         }
     }
 
     async fn refund(&self, request: &RefundRequest) -> RefundOutcome {
         match self {
             Gateway::Sandbox(g) => g.refund(request).await,
+            Gateway::Provider(g) => g.refund(request).await,
         }
     }
 
     async fn query_refund(&self, idempotency_key: &str) -> RefundOutcome {
         match self {
             Gateway::Sandbox(g) => g.query_refund(idempotency_key).await,
+            Gateway::Provider(g) => g.query_refund(idempotency_key).await,
         }
     }
 }
@@ -555,6 +578,7 @@ mod tests {
     fn charge(key: &str, token: &str) -> ChargeRequest {
         ChargeRequest {
             idempotency_key: key.into(),
+            order_id: format!("order-{key}"),
             amount_minor: 4500,
             currency: "EUR".into(),
             token: Token::new(token),

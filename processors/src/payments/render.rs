@@ -89,6 +89,14 @@ pub fn render(state: &PaymentState, outcome: &Outcome, now: Millis) -> Output {
             params.insert("refund_id".to_owned(), refund_id.clone());
             params.insert("provider_reference".to_owned(), provider_reference.clone());
             params.insert("refund_status".to_owned(), "REFUNDED".to_owned());
+            if let Some(refund) = &state.refund {
+                // Why, in the record's own words (`LATE_PAYMENT_SOLD_OUT`): the email says it.
+                let reason = serde_json::to_value(refund.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                params.insert("reason".to_owned(), reason);
+            }
             Output::Notification(NotificationRequested {
                 record_id: refund_notification_id(refund_id),
                 user_id: state.user_id.clone(),

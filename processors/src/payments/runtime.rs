@@ -1,35 +1,77 @@
 //! The payment processor's runtime: `payments.requests` in, the pure core in the middle, the
-//! gateway, ScyllaDB and `booking.commands` / `notifications` out.
+//! gateway, ScyllaDB and `booking.commands` / `notifications` out, and the payments' timers.
+//!
+//! # Records
 //!
 //! Records are processed in log order per partition (partitions concurrently). For each
-//! record the payment is loaded from ScyllaDB; a record at or below the payment's stored
-//! `applied_offset` is skipped. Then every decision step is carried out in this order:
+//! record the payment's lock is taken and the payment loaded from ScyllaDB; a record at or
+//! below the payment's stored `applied_offset` is skipped. Then every decision step is carried
+//! out in this order:
 //!
 //! 1. produce the step's outcome records (idempotent producer, deterministic record ids);
-//! 2. append the step's history entries, then write the payment row, conditional on the
-//!    revision loaded (a zombie's write is refused);
+//! 2. write the payment's timer if the step set one, append the step's history entries, then
+//!    write the payment row, conditional on the revision loaded (a zombie's write is refused);
+//!    a step that settles the payment deletes its timer after the row;
 //! 3. only then call the gateway (so a `CHARGING` intent is stored before any charge), and
 //!    feed its answer back into the core, which is step 1 again.
 //!
 //! Finally the payment is written with the record's offset as `applied_offset`.
 //!
+//! # Nothing waits inside a record
+//!
+//! A record never waits for the provider to finish: a charge the provider reports pending is
+//! stored `PROVIDER_PENDING` with a timer, and the partition goes on with its next record.
+//! The provider's event (`PaymentProviderEvent`, produced by ingest from the provider's
+//! webhook) settles it like any record. The core bounds the gateway calls of one input (an
+//! unknown answer to the first charge is queried once at once; anything else waits for the
+//! timer), so a record costs at most a few calls of `--provider-timeout` each.
+//!
+//! # Timers
+//!
+//! The core asks for a timer (`Effect::Schedule`) for every payment that is neither settled
+//! nor new: the expiry deadline of an unsubmitted payment, the pending check of a charge in
+//! flight or pending at the provider (`--provider-pending-check`, then backing off). Timers are
+//! rows of `payment_timers`, keyed by the `payments.requests` partition that owns the payment
+//! (one payment's records are all in one partition: the key is the order id), and the copy in
+//! memory is a [`TimerWheel`] of the partitions this processor owns:
+//!
+//! - **Restart and rebalance.** When the group gives this processor a partition, it loads the
+//!   partition's timer rows (one query); when it takes one away, its timers are dropped. Rows
+//!   are re-read every minute too, so a timer a previous owner wrote while handing the
+//!   partition over is not missed for long. A timer already past is due at once: a payment
+//!   left waiting across a restart is checked as soon as its partition is back.
+//! - **The timer loop** runs beside the record loop (same task, polled together) and wakes at
+//!   most [`MAX_CONCURRENT_WAKES`] payments at once, each under its own lock: it feeds
+//!   `Input::Wake` and carries out the effects exactly like a record's (a query, perhaps a
+//!   charge with the same key, the next timer). A payment's lock is held only while that one
+//!   payment is worked on: a wake waiting on a slow provider delays the records of that
+//!   payment only (and, because a partition's records are applied in order, the records behind
+//!   them in that partition, for at most one `--provider-timeout`).
+//! - **Ordering with the store**: a timer row is written before the payment row that needs it,
+//!   and deleted only after the row that settles the payment, so a crash leaves at worst a timer
+//!   for a settled payment, which wakes it for nothing and deletes itself. A timer that is lost
+//!   while a payment waits cannot happen short of a zombie's delete racing a new owner's
+//!   refund timer (both would need a partition handover during the refund call).
+//!
+//! # Crashes
+//!
 //! A crash anywhere replays the record: a payment found `CHARGING` (or waiting for the
 //! provider, or `REFUNDING`) is first resolved with `query` (same idempotency key), never with a
-//! second blind charge; an outcome already produced is produced again with the same record id,
-//! which consumers deduplicate. The booking processor ignores a second `PaymentSucceeded` or
-//! `PaymentFailed` for an order that already moved on.
+//! second blind charge, unless the record is the provider's event itself, which is the answer.
+//! An outcome already produced is produced again with the same record id, which consumers
+//! deduplicate. The booking processor ignores a second `PaymentSucceeded` or `PaymentFailed`
+//! for an order that already moved on.
 //!
 //! Outputs are produced without a Kafka transaction: every output is keyed by a deterministic
 //! id and every outcome is the gateway's answer for the payment's idempotency key, so a
-//! duplicate (from a replay or a zombie) can only repeat the same fact.
+//! duplicate (from a replay, a zombie or a wake racing a handover) can only repeat the same fact.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{
@@ -37,14 +79,18 @@ use boxoffice_avro::records::{
     ProviderChargeOutcome, RecordGroup, topic,
 };
 use boxoffice_avro::{Codec, CodecError};
+use boxoffice_sinks::metrics::{render_counters, render_gauges};
 use boxoffice_sinks::payments::{HistoryEntry, PaymentSaveOutcome, PaymentStore};
 use boxoffice_topics::kafka::KafkaArgs;
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::core::{self, Effect, Input, Millis, PaymentState, Policy};
@@ -52,8 +98,19 @@ use super::gateway::{
     ChargeOutcome, ChargeRequest, DeclineReason, Gateway, LedgerError, PaymentGateway,
     RefundRequest, SandboxGateway, SandboxSettings,
 };
+use super::provider::{ProviderError, ProviderGateway, ProviderSettings};
 use super::render::{Output, render};
 use super::store::{self, Stored};
+use super::timers::{PaymentLocks, TimerWheel};
+use crate::rebalance::{GroupContext, Membership};
+
+/// Most payments the timer loop works on at once (each is a few provider and store calls).
+pub const MAX_CONCURRENT_WAKES: usize = 16;
+/// How often the owned partitions' timer rows are read again.
+const TIMER_RESCAN: Duration = Duration::from_secs(60);
+/// Most decision steps one input may chain (the core bounds them far lower; this only stops a
+/// broken core from spinning: the payment's timer brings it back).
+const MAX_STEPS: u32 = 32;
 
 /// The topics the payment processor reads and writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +132,8 @@ impl Topics {
     }
 }
 
-/// How the payment processor batches, identifies itself and reaches its provider.
+/// How the payment processor batches, identifies itself and reaches its provider. The HTTP
+/// provider's own settings are [`ProviderSettings`] (`--provider-*`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PaymentSettings {
     /// Consumer group of the payment processors; every instance of one deployment shares it.
@@ -104,9 +162,10 @@ pub struct PaymentSettings {
           value_parser = humantime::parse_duration)]
     pub max_batch_wait: Duration,
 
-    /// The payment provider: `sandbox` (test mode, behaviour chosen by the token).
+    /// The payment provider: `sandbox` (in process, test mode, behaviour chosen by the token)
+    /// or `provider` (the HTTP provider API at `--provider-url`).
     #[arg(long = "gateway", env = "PAYMENTS_GATEWAY", default_value = "sandbox",
-          value_parser = ["sandbox"])]
+          value_parser = ["sandbox", "provider"])]
     pub gateway: String,
 
     /// How long the sandbox's `tok_slow` takes.
@@ -125,13 +184,39 @@ pub struct PaymentSettings {
     pub sandbox_ledger: Option<PathBuf>,
 }
 
+/// The configured gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(
+        "--gateway provider / PAYMENTS_GATEWAY=provider needs the provider settings (--provider-*)"
+    )]
+    ProviderSettingsMissing,
+}
+
 impl PaymentSettings {
     pub fn topics(&self) -> Topics {
         Topics::with_prefix(&self.topic_prefix)
     }
 
-    /// The configured provider.
-    pub fn gateway(&self) -> Result<Gateway, LedgerError> {
+    /// The configured provider when it needs no provider settings (the sandbox).
+    pub fn gateway(&self) -> Result<Gateway, GatewayError> {
+        self.build_gateway(None)
+    }
+
+    /// The configured provider; `provider` is used with `--gateway provider`.
+    pub fn gateway_with(&self, provider: &ProviderSettings) -> Result<Gateway, GatewayError> {
+        self.build_gateway(Some(provider))
+    }
+
+    fn build_gateway(&self, provider: Option<&ProviderSettings>) -> Result<Gateway, GatewayError> {
+        if self.gateway == "provider" {
+            let settings = provider.ok_or(GatewayError::ProviderSettingsMissing)?;
+            return Ok(Gateway::Provider(ProviderGateway::new(settings)?));
+        }
         Ok(Gateway::Sandbox(SandboxGateway::new(SandboxSettings {
             slow: self.sandbox_slow,
             pending: self.sandbox_pending,
@@ -154,6 +239,10 @@ pub struct PaymentMetrics {
     pub outputs_produced: AtomicU64,
     pub store_retries: AtomicU64,
     pub conflicts: AtomicU64,
+    /// Payments woken by their timer.
+    pub wakes: AtomicU64,
+    /// Payment timers held in memory now (gauge).
+    pub timers: AtomicI64,
 }
 
 impl PaymentMetrics {
@@ -211,27 +300,28 @@ impl PaymentMetrics {
                 "Payment writes refused (another owner)",
                 &self.conflicts,
             ),
+            (
+                "payments_wakes_total",
+                "Payments woken by their timer",
+                &self.wakes,
+            ),
         ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
+        render_counters(&mut out, &counters);
+        render_gauges(
+            &mut out,
+            &[(
+                "payments_timers",
+                "Payment timers held for the owned partitions",
+                &self.timers,
+            )],
+        );
         out
     }
 }
 
 /// Serves `/metrics` and `/healthz` until the process ends.
 pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<PaymentMetrics>) {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/metrics", get(move || async move { metrics.render() }))
-        .route("/healthz", get(|| async { "ok" }));
-    if let Err(e) = axum::serve(listener, app).await {
-        warn!(error = %e, "metrics server stopped");
-    }
+    boxoffice_sinks::metrics::serve(listener, move || metrics.render()).await;
 }
 
 /// Why the processor stopped.
@@ -262,6 +352,7 @@ impl std::fmt::Debug for PaymentDeps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PaymentDeps")
             .field("settings", &self.settings)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -277,17 +368,24 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7)).min(5_000))
 }
 
+type PaymentConsumer = StreamConsumer<GroupContext>;
+
 struct Runtime {
     deps: PaymentDeps,
     topics: Topics,
     producer: FutureProducer,
+    locks: PaymentLocks,
+    timers: Mutex<TimerWheel>,
+    /// Wakes the timer loop when a timer is set (it may be sooner than what it sleeps on).
+    timer_set: Notify,
 }
 
-/// Runs the payment processor until `shutdown` resolves; then finishes the batch in flight
-/// and leaves the group.
+/// Runs the payment processor until `shutdown` resolves; then finishes the batch and the wakes
+/// in flight and leaves the group.
 pub async fn run(deps: PaymentDeps, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let topics = deps.settings.topics();
-    let consumer: StreamConsumer = deps
+    let context = GroupContext::default();
+    let consumer: PaymentConsumer = deps
         .kafka
         .client_config()
         .set("group.id", &deps.settings.group_id)
@@ -298,7 +396,7 @@ pub async fn run(deps: PaymentDeps, shutdown: impl Future<Output = ()>) -> Resul
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "10")
-        .create()?;
+        .create_with_context(context.clone())?;
     let metadata = consumer.fetch_metadata(Some(&topics.requests), deps.kafka.timeout)?;
     let exists = metadata
         .topics()
@@ -311,26 +409,38 @@ pub async fn run(deps: PaymentDeps, shutdown: impl Future<Output = ()>) -> Resul
     }
     consumer.subscribe(&[&topics.requests])?;
     let producer: FutureProducer = deps.kafka.durable_producer_config().create()?;
-    info!(group = %deps.settings.group_id, topic = %topics.requests, "payment processor joined its group");
+    info!(
+        group = %deps.settings.group_id,
+        topic = %topics.requests,
+        gateway = deps.gateway.kind(),
+        pending_check_ms = deps.policy.pending_check_ms,
+        "payment processor joined its group"
+    );
     let runtime = Runtime {
         deps,
         topics,
         producer,
+        locks: PaymentLocks::default(),
+        timers: Mutex::new(TimerWheel::default()),
+        timer_set: Notify::new(),
     };
-    tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            _ = &mut shutdown => break,
-            batch = collect_batch(&consumer, &runtime.deps.settings) => batch,
-        };
-        runtime.process(&consumer, batch).await?;
-    }
-    info!("payment processor stopping: batch finished, leaving the group");
+    let (stop, stopping) = watch::channel(false);
+    let records = async {
+        let result = runtime.consume(&consumer, &context, shutdown).await;
+        // The timer loop finishes the wakes it started, then ends too.
+        let _ = stop.send(true);
+        result
+    };
+    let (result, ()) = tokio::join!(records, runtime.drive_timers(stopping));
+    info!("payment processor stopping: batch and wakes finished, leaving the group");
     consumer.unsubscribe();
-    Ok(())
+    result
 }
 
-async fn collect_batch(consumer: &StreamConsumer, settings: &PaymentSettings) -> Vec<OwnedMessage> {
+async fn collect_batch(
+    consumer: &PaymentConsumer,
+    settings: &PaymentSettings,
+) -> Vec<OwnedMessage> {
     let mut batch = Vec::new();
     match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
         Ok(Ok(message)) => batch.push(message.detach()),
@@ -363,9 +473,130 @@ enum StepError {
 }
 
 impl Runtime {
+    /// The record loop: batches until `shutdown`, membership changes between batches.
+    async fn consume(
+        &self,
+        consumer: &PaymentConsumer,
+        context: &GroupContext,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RunError> {
+        tokio::pin!(shutdown);
+        let mut rescanned = Instant::now();
+        loop {
+            let batch = tokio::select! {
+                _ = &mut shutdown => break,
+                batch = collect_batch(consumer, &self.deps.settings) => batch,
+            };
+            self.apply_membership(context).await;
+            if rescanned.elapsed() >= TIMER_RESCAN {
+                rescanned = Instant::now();
+                self.rescan_timers().await;
+            }
+            self.process(consumer, batch).await?;
+        }
+        Ok(())
+    }
+
+    fn wheel(&self) -> std::sync::MutexGuard<'_, TimerWheel> {
+        // A panic while holding the wheel leaves it whole (every change is a few map edits).
+        self.timers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Acts on rebalances noted since the last batch: drops revoked partitions' timers, loads
+    /// the assigned ones' from ScyllaDB.
+    async fn apply_membership(&self, context: &GroupContext) {
+        for change in context.take() {
+            match change {
+                Membership::Revoked(partitions) => {
+                    for partition in partitions {
+                        let dropped = self.wheel().revoke(partition);
+                        info!(
+                            partition,
+                            timers = dropped,
+                            "partition revoked; timers dropped"
+                        );
+                    }
+                }
+                Membership::Assigned(partitions) => {
+                    for partition in partitions {
+                        self.wheel().assign(partition);
+                        let loaded = self.load_timers(partition).await;
+                        info!(
+                            partition,
+                            timers = loaded,
+                            "partition assigned; timers loaded"
+                        );
+                    }
+                }
+            }
+        }
+        self.update_timer_gauge();
+    }
+
+    /// Loads a partition's timers, retrying until the store answers: a partition's payments
+    /// are never left without their timers.
+    async fn load_timers(&self, partition: i32) -> usize {
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .deps
+                .store
+                .timers(&self.topics.requests, partition)
+                .await
+            {
+                Ok(timers) => {
+                    let mut wheel = self.wheel();
+                    for timer in &timers {
+                        wheel.merge(partition, &timer.payment_id, timer.due_at);
+                    }
+                    drop(wheel);
+                    self.timer_set.notify_one();
+                    return timers.len();
+                }
+                Err(e) => {
+                    attempt += 1;
+                    warn!(partition, attempt, error = %e, "loading payment timers failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Reads the owned partitions' timers again (see the module docs); a failure waits for the
+    /// next round.
+    async fn rescan_timers(&self) {
+        let owned = self.wheel().owned();
+        for partition in owned {
+            match self
+                .deps
+                .store
+                .timers(&self.topics.requests, partition)
+                .await
+            {
+                Ok(timers) => {
+                    let mut wheel = self.wheel();
+                    for timer in timers {
+                        wheel.merge(partition, &timer.payment_id, timer.due_at);
+                    }
+                }
+                Err(e) => warn!(partition, error = %e, "re-reading payment timers failed"),
+            }
+        }
+        self.timer_set.notify_one();
+        self.update_timer_gauge();
+    }
+
+    fn update_timer_gauge(&self) {
+        let len = self.wheel().len();
+        self.deps
+            .metrics
+            .timers
+            .store(i64::try_from(len).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
     async fn process(
         &self,
-        consumer: &StreamConsumer,
+        consumer: &PaymentConsumer,
         batch: Vec<OwnedMessage>,
     ) -> Result<(), RunError> {
         if batch.is_empty() {
@@ -413,10 +644,11 @@ impl Runtime {
     /// Applies one record fully (or dead-letters it). `Err` only for what no retry fixes.
     async fn process_record(&self, message: &OwnedMessage) -> Result<(), RunError> {
         let metrics = &self.deps.metrics;
+        let (partition, offset) = (message.partition(), message.offset());
         let request = match self.decode(message).await {
             Ok(request) => request,
             Err((kind, reason)) => {
-                warn!(offset = message.offset(), ?kind, reason = %reason, "dead-lettering a record");
+                warn!(partition, offset, ?kind, reason = %reason, "dead-lettering a record");
                 self.dead_letter(message, kind, &reason)
                     .await
                     .map_err(|e| RunError::Fatal(e.to_string()))?;
@@ -425,12 +657,15 @@ impl Runtime {
             }
         };
         let payment_id = payment_id_of(&request).to_owned();
+        let order_id = request.key().to_owned();
         let mut attempt = 0u32;
         loop {
-            match self
-                .apply_record(&payment_id, &request, message.offset())
-                .await
-            {
+            let applied = {
+                let _lock = self.locks.lock(&payment_id).await;
+                self.apply_record(partition, &payment_id, &request, offset)
+                    .await
+            };
+            match applied {
                 Ok(applied) => {
                     let counter = if applied {
                         &metrics.records_processed
@@ -443,11 +678,11 @@ impl Runtime {
                 Err(StepError::Conflict(reason)) => {
                     attempt += 1;
                     metrics.conflicts.fetch_add(1, Ordering::Relaxed);
-                    warn!(payment_id, attempt, reason = %reason, "payment written by another processor; reloading");
+                    warn!(payment_id, order_id, partition, offset, attempt, reason = %reason, "payment written by another processor; reloading");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(StepError::Fatal(reason)) => {
-                    error!(payment_id, reason = %reason, "record cannot be applied; stopping");
+                    error!(payment_id, order_id, partition, offset, reason = %reason, "record cannot be applied; stopping");
                     return Err(RunError::Fatal(reason));
                 }
             }
@@ -455,9 +690,10 @@ impl Runtime {
     }
 
     /// Loads the payment, resolves anything in flight, applies the record, stores the offset.
-    /// `Ok(false)`: already applied.
+    /// `Ok(false)`: already applied. The caller holds the payment's lock.
     async fn apply_record(
         &self,
+        partition: i32,
         payment_id: &str,
         request: &PaymentRequest,
         offset: i64,
@@ -469,22 +705,38 @@ impl Runtime {
         {
             return Ok(false);
         }
-        if state.status.is_in_flight() {
-            info!(
-                payment_id,
-                status = state.status.name(),
-                "payment in flight after a restart; asking the provider"
-            );
-            self.run_input(&mut state, &mut stored, Input::Recover)
-                .await?;
-        }
         let input = match request {
             PaymentRequest::PaymentRequested(r) => Input::Requested(r.clone()),
             PaymentRequest::PaymentSubmitted(s) => Input::Submitted(s.clone()),
             PaymentRequest::RefundRequested(r) => Input::RefundRequested(r.clone()),
-            PaymentRequest::PaymentProviderEvent(e) => Input::ProviderEvent(provider_outcome(e)),
+            PaymentRequest::PaymentProviderEvent(e) => {
+                info!(
+                    payment_id,
+                    order_id = %e.order_id,
+                    partition,
+                    offset,
+                    provider_event_id = %e.provider_event_id,
+                    outcome = ?e.outcome,
+                    "provider event"
+                );
+                Input::ProviderEvent(provider_outcome(e))
+            }
         };
-        self.run_input(&mut state, &mut stored, input).await?;
+        // The provider's event is itself the answer; anything else first learns what a call
+        // in flight did (a crash may have lost its answer).
+        if state.status.is_in_flight() && !matches!(input, Input::ProviderEvent(_)) {
+            info!(
+                payment_id,
+                partition,
+                offset,
+                status = state.status.name(),
+                "payment in flight; asking the provider first"
+            );
+            self.run_input(partition, &mut state, &mut stored, Input::Recover)
+                .await?;
+        }
+        self.run_input(partition, &mut state, &mut stored, input)
+            .await?;
         stored.applied_offset = Some(offset);
         self.persist(&state, &mut stored, &[]).await?;
         Ok(true)
@@ -519,9 +771,10 @@ impl Runtime {
     }
 
     /// Feeds `input` to the core and carries out every effect, feeding the gateway's answers
-    /// back until nothing is left to do.
+    /// back until nothing is left to do now (what is left waits for the payment's timer).
     async fn run_input(
         &self,
+        partition: i32,
         state: &mut PaymentState,
         stored: &mut Stored,
         input: Input,
@@ -529,8 +782,13 @@ impl Runtime {
         let metrics = &self.deps.metrics;
         let gateway = &self.deps.gateway;
         let mut queue = VecDeque::from([input]);
-        let mut queries = 0u32;
+        let mut steps = 0u32;
         while let Some(input) = queue.pop_front() {
+            steps += 1;
+            if steps > MAX_STEPS {
+                error!(payment_id = %state.payment_id, partition, steps, "too many steps for one input; the payment's timer resumes it");
+                break;
+            }
             let now = now_millis();
             let first_seq = state.history_seq;
             let effects = core::apply_with(&self.deps.policy, state, input, now);
@@ -540,8 +798,10 @@ impl Runtime {
                     self.produce(&render(state, outcome, now)).await?;
                 }
             }
-            // 2. History, then the row: the intent is stored before any gateway call.
+            // 2. The timer, the history, then the row: the intent is stored before any gateway
+            //    call, and a state that needs a timer is never stored without one.
             let mut history = Vec::new();
+            let mut unschedule = false;
             for effect in &effects {
                 match effect {
                     Effect::History { status, detail } => {
@@ -552,8 +812,10 @@ impl Runtime {
                             detail: detail.clone(),
                         });
                     }
+                    Effect::Schedule { at } => self.schedule(partition, state, *at).await?,
+                    Effect::Unschedule => unschedule = true,
                     Effect::Ignored { reason } => {
-                        debug!(payment_id = %state.payment_id, reason = %reason, "input changed nothing");
+                        debug!(payment_id = %state.payment_id, partition, reason = %reason, "input changed nothing");
                     }
                     _ => {}
                 }
@@ -561,11 +823,15 @@ impl Runtime {
             if !history.is_empty() {
                 self.persist(state, stored, &history).await?;
             }
+            if unschedule {
+                self.unschedule(partition, &state.payment_id).await?;
+            }
             // 3. The gateway.
             for effect in effects {
                 match effect {
                     Effect::Charge {
                         payment_id,
+                        order_id,
                         amount_minor,
                         currency,
                         token,
@@ -573,23 +839,20 @@ impl Runtime {
                         metrics.charges.fetch_add(1, Ordering::Relaxed);
                         let request = ChargeRequest {
                             idempotency_key: payment_id,
+                            order_id,
                             amount_minor,
                             currency,
                             token,
                         };
                         let outcome = gateway.charge(&request).await;
-                        info!(payment_id = %state.payment_id, outcome = outcome_name(&outcome), "charge answered");
+                        info!(payment_id = %state.payment_id, order_id = %state.order_id, partition, outcome = outcome_name(&outcome), "charge answered");
                         queue.push_back(Input::ChargeResult(outcome));
                     }
                     Effect::Query { payment_id } => {
-                        if queries > 0 {
-                            tokio::time::sleep(backoff(queries.min(6))).await;
-                        }
-                        queries += 1;
                         metrics.queries.fetch_add(1, Ordering::Relaxed);
                         let outcome = gateway.query(&payment_id).await;
-                        info!(payment_id = %state.payment_id, outcome = outcome_name(&outcome), "charge queried");
-                        queue.push_back(Input::ChargeResult(outcome));
+                        info!(payment_id = %state.payment_id, order_id = %state.order_id, partition, outcome = outcome_name(&outcome), "charge queried");
+                        queue.push_back(Input::QueryResult(outcome));
                     }
                     Effect::Refund {
                         refund_id,
@@ -607,13 +870,10 @@ impl Runtime {
                         queue.push_back(Input::RefundResult(gateway.refund(&request).await));
                     }
                     Effect::QueryRefund { refund_id } => {
-                        if queries > 0 {
-                            tokio::time::sleep(backoff(queries.min(6))).await;
-                        }
-                        queries += 1;
                         metrics.queries.fetch_add(1, Ordering::Relaxed);
-                        queue
-                            .push_back(Input::RefundResult(gateway.query_refund(&refund_id).await));
+                        queue.push_back(Input::RefundQueryResult(
+                            gateway.query_refund(&refund_id).await,
+                        ));
                     }
                     Effect::Emit(core::Outcome::Succeeded { .. }) => {
                         metrics.captured.fetch_add(1, Ordering::Relaxed);
@@ -621,11 +881,171 @@ impl Runtime {
                     Effect::Emit(core::Outcome::Failed { .. }) => {
                         metrics.failed.fetch_add(1, Ordering::Relaxed);
                     }
-                    Effect::Emit(_) | Effect::History { .. } | Effect::Ignored { .. } => {}
+                    Effect::Emit(_)
+                    | Effect::History { .. }
+                    | Effect::Schedule { .. }
+                    | Effect::Unschedule
+                    | Effect::Ignored { .. } => {}
                 }
             }
         }
         Ok(())
+    }
+
+    /// Writes the payment's timer (retrying outages), then puts it in the wheel.
+    async fn schedule(
+        &self,
+        partition: i32,
+        state: &PaymentState,
+        at: Millis,
+    ) -> Result<(), StepError> {
+        let payment_id = &state.payment_id;
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .deps
+                .store
+                .schedule(&self.topics.requests, partition, payment_id, at)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() => {
+                    attempt += 1;
+                    self.deps
+                        .metrics
+                        .store_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(payment_id, partition, attempt, error = %e, "writing a payment timer failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(StepError::Fatal(e.to_string())),
+            }
+        }
+        debug!(payment_id, order_id = %state.order_id, partition, due_in_ms = at - now_millis(), status = state.status.name(), "payment timer set");
+        self.wheel().set(partition, payment_id, at);
+        self.timer_set.notify_one();
+        self.update_timer_gauge();
+        Ok(())
+    }
+
+    /// Deletes the payment's timer (retrying outages) and takes it out of the wheel.
+    async fn unschedule(&self, partition: i32, payment_id: &str) -> Result<(), StepError> {
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .deps
+                .store
+                .unschedule(&self.topics.requests, partition, payment_id)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() => {
+                    attempt += 1;
+                    self.deps
+                        .metrics
+                        .store_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(payment_id, partition, attempt, error = %e, "deleting a payment timer failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(StepError::Fatal(e.to_string())),
+            }
+        }
+        self.wheel().cancel(payment_id);
+        self.update_timer_gauge();
+        Ok(())
+    }
+
+    /// The timer loop (see the module docs): wakes due payments, at most
+    /// [`MAX_CONCURRENT_WAKES`] at once, until `stopping` turns true and the wakes it started
+    /// are over.
+    async fn drive_timers(&self, mut stopping: watch::Receiver<bool>) {
+        let mut running = FuturesUnordered::new();
+        loop {
+            let stop = *stopping.borrow();
+            if stop && running.is_empty() {
+                break;
+            }
+            let mut next_due = None;
+            if !stop {
+                let free = MAX_CONCURRENT_WAKES.saturating_sub(running.len());
+                let due = {
+                    let mut wheel = self.wheel();
+                    let due = wheel.take_due(now_millis(), free);
+                    next_due = wheel.next_due();
+                    due
+                };
+                for (partition, payment_id) in due {
+                    running.push(self.wake(partition, payment_id));
+                }
+            }
+            // Sleep until the next timer (bounded: the clock is the wall clock), a new timer,
+            // a finished wake or the stop. At the limit, only a finished wake frees a place.
+            let full = running.len() >= MAX_CONCURRENT_WAKES;
+            let pause = match next_due {
+                Some(at) if !full => {
+                    Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0))
+                        .clamp(Duration::from_millis(5), Duration::from_secs(1))
+                }
+                _ => Duration::from_secs(1),
+            };
+            tokio::select! {
+                Some(()) = running.next(), if !running.is_empty() => {}
+                () = tokio::time::sleep(pause) => {}
+                () = self.timer_set.notified() => {}
+                _ = stopping.changed(), if !stop => {}
+            }
+        }
+    }
+
+    /// One payment's timer came due: under its lock, feed `Input::Wake`. A failure sets the
+    /// timer again a little later (the stored timer is still there for a restart).
+    async fn wake(&self, partition: i32, payment_id: String) {
+        let span = info_span!("payment_wake", partition, payment_id = %payment_id);
+        async {
+            self.deps.metrics.wakes.fetch_add(1, Ordering::Relaxed);
+            let outcome = {
+                let _lock = self.locks.lock(&payment_id).await;
+                if self.wheel().owns(partition) {
+                    Some(self.wake_payment(partition, &payment_id).await)
+                } else {
+                    // Revoked meanwhile: the new owner has the timer.
+                    None
+                }
+            };
+            let retry_in = match outcome {
+                Some(Err(StepError::Conflict(reason))) => {
+                    self.deps.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                    warn!(reason = %reason, "payment written by another processor while waking it; trying again");
+                    Some(Duration::from_secs(1))
+                }
+                Some(Err(StepError::Fatal(reason))) => {
+                    error!(reason = %reason, "waking a payment failed; trying again in a minute");
+                    Some(Duration::from_secs(60))
+                }
+                Some(Ok(())) | None => None,
+            };
+            let mut wheel = self.wheel();
+            wheel.finish(&payment_id);
+            if let Some(delay) = retry_in {
+                let at = now_millis() + Millis::try_from(delay.as_millis()).unwrap_or(60_000);
+                wheel.set(partition, &payment_id, at);
+            }
+        }
+        .instrument(span)
+        .await;
+        self.update_timer_gauge();
+    }
+
+    async fn wake_payment(&self, partition: i32, payment_id: &str) -> Result<(), StepError> {
+        let (mut state, mut stored) = self.load(payment_id).await?;
+        if stored.revision == 0 {
+            // A timer without a payment row (written just before a crash): nothing to wait for.
+            return self.unschedule(partition, payment_id).await;
+        }
+        debug!(order_id = %state.order_id, status = state.status.name(), "payment timer due");
+        self.run_input(partition, &mut state, &mut stored, Input::Wake)
+            .await
     }
 
     /// Appends `history` and writes the payment as the next revision, retrying outages.

@@ -1,8 +1,9 @@
-//! Tests of the pure payment core: one per transition, then properties over random sequences
-//! of every input (redeliveries, lost gateway answers, crashes before and after a gateway call,
-//! provider events) against a model provider that does NOT deduplicate (so a second charge
-//! call would capture twice), and a negative control proving the properties catch a core that
-//! charges again when the outcome is unknown.
+//! Tests of the pure payment core: one per transition, the timers (expiry, pending checks and
+//! their backoff), then properties over random sequences of every input (redeliveries, lost
+//! gateway answers, crashes before and after a gateway call, provider events, timers firing)
+//! against a model provider that does NOT deduplicate (so a second charge call would capture
+//! twice), and negative controls proving the properties catch a core that charges again when
+//! the outcome is unknown and a core that forgets a pending payment's timer.
 
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{
@@ -94,6 +95,17 @@ fn emitted(fx: &[Effect]) -> Vec<&Outcome> {
         .collect()
 }
 
+/// The timer a step set, if any.
+fn scheduled(fx: &[Effect]) -> Option<Millis> {
+    fx.iter().rev().find_map(|e| match e {
+        Effect::Schedule { at } => Some(*at),
+        _ => None,
+    })
+}
+
+const PENDING_CHECK: Millis = super::core::DEFAULT_PENDING_CHECK_MS;
+const UNKNOWN_CHECK: Millis = super::core::DEFAULT_UNKNOWN_CHECK_MS;
+
 fn histories(fx: &[Effect]) -> Vec<&'static str> {
     fx.iter()
         .filter_map(|e| match e {
@@ -179,9 +191,19 @@ fn an_unknown_outcome_is_queried_never_charged_again() {
     assert!(fx.iter().any(|e| matches!(e, Effect::Query { .. })));
     assert_eq!(s.status, Status::Charging);
     // The query says the provider never saw it: charging again with the same key is safe.
-    let fx = apply(&mut s, Input::ChargeResult(ChargeOutcome::NotFound), T0);
+    let fx = apply(&mut s, Input::QueryResult(ChargeOutcome::NotFound), T0);
     assert!(has_charge(&fx));
     assert_eq!(s.charge_attempts, 2);
+    // A second unknown answer is not queried at once: it waits for the timer.
+    let fx = apply(
+        &mut s,
+        Input::ChargeResult(ChargeOutcome::Unknown {
+            detail: "timeout".into(),
+        }),
+        T0,
+    );
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Query { .. })));
+    assert!(scheduled(&fx).is_some());
     apply(&mut s, Input::ChargeResult(captured()), T0);
     assert_eq!(s.status, Status::Captured);
 }
@@ -217,7 +239,7 @@ fn a_submission_before_the_request_is_parked_then_checked() {
 }
 
 #[test]
-fn provider_pending_completes_by_event_or_query() {
+fn a_pending_charge_waits_for_the_providers_event_without_querying() {
     let mut s = PaymentState::new(&payment_id());
     apply(&mut s, request(), T0);
     apply(&mut s, submit("tok_pending"), T0);
@@ -226,13 +248,151 @@ fn provider_pending_completes_by_event_or_query() {
         Input::ChargeResult(ChargeOutcome::Pending {
             provider_reference: "p".into(),
         }),
-        T0,
+        T0 + 5,
     );
     assert_eq!(s.status, Status::ProviderPending);
-    assert!(fx.iter().any(|e| matches!(e, Effect::Query { .. })));
-    let fx = apply(&mut s, Input::ProviderEvent(captured()), T0);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Query { .. })),
+        "nothing is asked while the provider works: {fx:?}"
+    );
+    assert_eq!(scheduled(&fx), Some(T0 + 5 + PENDING_CHECK));
+    let fx = apply(&mut s, Input::ProviderEvent(captured()), T0 + 50);
     assert_eq!(s.status, Status::Captured);
     assert_eq!(emitted(&fx).len(), 1);
+    assert!(
+        fx.contains(&Effect::Unschedule),
+        "a settled payment has no timer"
+    );
+    // The same event again (a duplicate delivery) changes nothing.
+    let fx = apply(&mut s, Input::ProviderEvent(captured()), T0 + 60);
+    assert!(emitted(&fx).is_empty() && histories(&fx).is_empty());
+}
+
+#[test]
+fn a_lost_event_is_made_up_for_by_checks_that_back_off() {
+    let mut s = PaymentState::new(&payment_id());
+    apply(&mut s, request(), T0);
+    apply(&mut s, submit("tok_pending"), T0);
+    let pending = || {
+        Input::QueryResult(ChargeOutcome::Pending {
+            provider_reference: "p".into(),
+        })
+    };
+    let fx = apply(
+        &mut s,
+        Input::ChargeResult(ChargeOutcome::Pending {
+            provider_reference: "p".into(),
+        }),
+        T0,
+    );
+    let mut at = scheduled(&fx).unwrap();
+    assert_eq!(at, T0 + PENDING_CHECK);
+    let mut gaps = Vec::new();
+    for _ in 0..12 {
+        let fx = apply(&mut s, Input::Wake, at);
+        assert_eq!(
+            fx,
+            [Effect::Query {
+                payment_id: payment_id()
+            }],
+            "a wake asks the provider and keeps the timer until it answers"
+        );
+        let fx = apply(&mut s, pending(), at);
+        assert!(histories(&fx).is_empty(), "still pending is no new state");
+        let next = scheduled(&fx).unwrap();
+        gaps.push(next - at);
+        at = next;
+    }
+    assert_eq!(
+        gaps[..4],
+        [
+            PENDING_CHECK,
+            2 * PENDING_CHECK,
+            4 * PENDING_CHECK,
+            8 * PENDING_CHECK
+        ]
+    );
+    assert_eq!(
+        *gaps.last().unwrap(),
+        Policy::default().max_check_ms,
+        "capped"
+    );
+    let fx = apply(&mut s, Input::QueryResult(captured()), at);
+    assert_eq!(s.status, Status::Captured);
+    assert_eq!(emitted(&fx).len(), 1);
+    assert!(fx.contains(&Effect::Unschedule));
+    // A timer left behind (a crash between the row and the delete) only cancels itself.
+    assert_eq!(
+        apply(&mut s, Input::Wake, at + 1).last(),
+        Some(&Effect::Unschedule)
+    );
+}
+
+#[test]
+fn an_unknown_answer_to_a_check_waits_for_the_next_check() {
+    let mut s = PaymentState::new(&payment_id());
+    apply(&mut s, request(), T0);
+    let fx = apply(&mut s, submit("tok_timeout"), T0);
+    assert_eq!(
+        scheduled(&fx),
+        Some(T0 + PENDING_CHECK),
+        "the charge's own check"
+    );
+    let Some(Effect::Charge { order_id, .. }) =
+        fx.iter().find(|e| matches!(e, Effect::Charge { .. }))
+    else {
+        panic!("a charge: {fx:?}")
+    };
+    assert_eq!(
+        order_id, ORDER,
+        "the provider is told the order (its events are keyed by it)"
+    );
+    let unknown = |detail: &str| ChargeOutcome::Unknown {
+        detail: detail.into(),
+    };
+    let fx = apply(&mut s, Input::ChargeResult(unknown("504")), T0 + 10);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Query { .. })));
+    let fx = apply(&mut s, Input::QueryResult(unknown("unreachable")), T0 + 20);
+    assert!(!has_charge(&fx) && !fx.iter().any(|e| matches!(e, Effect::Query { .. })));
+    assert_eq!(scheduled(&fx), Some(T0 + 20 + UNKNOWN_CHECK));
+    // Recovered later: the check asks, the provider has it.
+    assert!(
+        apply(&mut s, Input::Wake, T0 + 20 + UNKNOWN_CHECK)
+            .iter()
+            .any(|e| matches!(e, Effect::Query { .. }))
+    );
+    apply(&mut s, Input::QueryResult(captured()), T0 + 30_000);
+    assert_eq!(s.status, Status::Captured);
+    assert_eq!(s.charge_attempts, 1, "never charged again");
+}
+
+#[test]
+fn a_provider_event_settles_a_charge_whose_answer_was_lost() {
+    let mut s = PaymentState::new(&payment_id());
+    apply(&mut s, request(), T0);
+    apply(&mut s, submit("tok_timeout"), T0);
+    let fx = apply(
+        &mut s,
+        Input::ProviderEvent(ChargeOutcome::Declined {
+            reason: DeclineReason::InsufficientFunds,
+            message: "nsf".into(),
+        }),
+        T0 + 10,
+    );
+    assert_eq!(s.status, Status::Failed);
+    assert!(fx.contains(&Effect::Unschedule));
+    // An event without an outcome is no answer.
+    let mut s = PaymentState::new(&payment_id());
+    apply(&mut s, request(), T0);
+    apply(&mut s, submit("tok_timeout"), T0);
+    for outcome in [
+        ChargeOutcome::NotFound,
+        ChargeOutcome::Unknown { detail: "?".into() },
+    ] {
+        let fx = apply(&mut s, Input::ProviderEvent(outcome), T0 + 10);
+        assert!(matches!(fx[..], [Effect::Ignored { .. }]), "{fx:?}");
+    }
+    assert_eq!(s.status, Status::Charging);
 }
 
 #[test]
@@ -286,15 +446,31 @@ fn an_unsubmitted_payment_expires_after_the_grace_period() {
         ..Policy::default()
     };
     let mut s = PaymentState::new(&payment_id());
-    apply_with(&policy, &mut s, request(), T0);
+    let fx = apply_with(&policy, &mut s, request(), T0);
+    let deadline = T0 + 600_000 + 1000;
+    assert_eq!(scheduled(&fx), Some(deadline), "woken at the deadline");
     apply_with(&policy, &mut s, Input::Expire, T0 + 600_000);
     assert_eq!(
         s.status,
         Status::Pending,
         "late payments stay possible for the grace period"
     );
-    apply_with(&policy, &mut s, Input::Expire, T0 + 601_000);
+    // Woken early (a stale timer): back to sleep until the deadline.
+    let fx = apply_with(&policy, &mut s, Input::Wake, T0 + 600_000);
+    assert_eq!(s.status, Status::Pending);
+    assert_eq!(scheduled(&fx), Some(deadline));
+    let fx = apply_with(&policy, &mut s, Input::Wake, deadline);
     assert_eq!(s.status, Status::Expired);
+    assert_eq!(histories(&fx), ["EXPIRED"]);
+    assert!(fx.contains(&Effect::Unschedule));
+    // A parked submission that never gets its request expires too.
+    let mut s = PaymentState::new(&payment_id());
+    let fx = apply_with(&policy, &mut s, submit("tok_success"), T0);
+    let parked_deadline = T0 + 1000 + 1000;
+    assert_eq!(scheduled(&fx), Some(parked_deadline));
+    apply_with(&policy, &mut s, Input::Wake, parked_deadline);
+    assert_eq!(s.status, Status::Expired);
+    assert!(s.submission.is_none(), "the token is dropped");
 }
 
 #[test]
@@ -440,6 +616,8 @@ enum Op {
         ms: i64,
     },
     Expire,
+    /// The payment's stored timer fires (time moves to it if it is later).
+    Fire,
 }
 
 const TOKENS: [&str; 6] = [
@@ -463,6 +641,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Recover),
         1 => (1i64..100_000_000).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Expire),
+        2 => Just(Op::Fire),
     ]
 }
 
@@ -473,6 +652,9 @@ struct Harness {
     now: Millis,
     records: Vec<Input>,
     crash_next: Option<bool>,
+    /// The payment's stored timer (the `payment_timers` row): set by `Schedule`, removed by
+    /// `Unschedule`, left in place when it fires (as the row is until the next step replaces it).
+    timer: Option<Millis>,
     succeeded: u32,
     failed: u32,
     refunded_notices: u32,
@@ -487,6 +669,7 @@ impl Harness {
             now: T0,
             records: Vec::new(),
             crash_next: None,
+            timer: None,
             succeeded: 0,
             failed: 0,
             refunded_notices: 0,
@@ -495,11 +678,18 @@ impl Harness {
 
     /// Applies `input` and carries out its effects like the runtime, feeding answers back.
     fn step(&mut self, input: Input) -> Result<(), TestCaseError> {
+        let woken = input == Input::Wake;
+        let status_before = self.state.status;
+        let mut armed = false;
+        let mut interrupted = false;
         let mut queue = vec![input];
         let mut rounds = 0;
         while let Some(input) = queue.pop() {
             rounds += 1;
-            prop_assert!(rounds < 50, "the core keeps asking the gateway");
+            prop_assert!(
+                rounds < 12,
+                "the core keeps asking the gateway within one input"
+            );
             let before = self.state.status;
             let fx = apply_with(&self.policy, &mut self.state, input, self.now);
             let logged = fx.iter().any(|e| matches!(e, Effect::History { .. }));
@@ -521,6 +711,12 @@ impl Harness {
                     Effect::Emit(Outcome::Succeeded { .. }) => self.succeeded += 1,
                     Effect::Emit(Outcome::Failed { .. }) => self.failed += 1,
                     Effect::Emit(Outcome::Refunded { .. }) => self.refunded_notices += 1,
+                    Effect::Schedule { at } => {
+                        prop_assert!(at >= self.now, "a timer in the past: {} < {}", at, self.now);
+                        self.timer = Some(at);
+                        armed = true;
+                    }
+                    Effect::Unschedule => self.timer = None,
                     Effect::Charge {
                         amount_minor,
                         token,
@@ -528,8 +724,9 @@ impl Harness {
                     } => {
                         prop_assert_eq!(amount_minor, AMOUNT, "charged a client-chosen amount");
                         match self.crash_next.take() {
-                            Some(true) => {}
+                            Some(true) => interrupted = true,
                             Some(false) => {
+                                interrupted = true;
                                 self.provider.charge(token.expose());
                             }
                             None => queue
@@ -537,8 +734,8 @@ impl Harness {
                         }
                     }
                     Effect::Query { .. } => match self.crash_next.take() {
-                        Some(_) => {}
-                        None => queue.push(Input::ChargeResult(self.provider.query())),
+                        Some(_) => interrupted = true,
+                        None => queue.push(Input::QueryResult(self.provider.query())),
                     },
                     Effect::Refund { amount_minor, .. } => {
                         prop_assert!(
@@ -547,8 +744,9 @@ impl Harness {
                         );
                         let captured = self.provider.captures > 0;
                         match self.crash_next.take() {
-                            Some(true) => {}
+                            Some(true) => interrupted = true,
                             Some(false) => {
+                                interrupted = true;
                                 self.provider.refund(amount_minor, captured);
                             }
                             None => queue.push(Input::RefundResult(
@@ -557,8 +755,8 @@ impl Harness {
                         }
                     }
                     Effect::QueryRefund { .. } => match self.crash_next.take() {
-                        Some(_) => {}
-                        None => queue.push(Input::RefundResult(
+                        Some(_) => interrupted = true,
+                        None => queue.push(Input::RefundQueryResult(
                             self.provider
                                 .refund
                                 .clone()
@@ -570,7 +768,37 @@ impl Harness {
             }
             self.check()?;
         }
+        // Timers: what makes every payment settle without another record.
+        let status = self.state.status;
+        if status.is_terminal() {
+            prop_assert!(self.timer.is_none(), "a settled payment kept its timer");
+        } else if status != Status::New {
+            prop_assert!(self.timer.is_some(), "{:?} without a timer", status);
+            if !interrupted {
+                prop_assert!(
+                    !woken || armed,
+                    "woken {:?} and left without a new timer",
+                    status
+                );
+                prop_assert!(
+                    status == status_before || armed,
+                    "{:?} -> {:?} without a timer",
+                    status_before,
+                    status
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Fires the stored timer, as the runtime's timer loop does once it is due.
+    fn fire(&mut self) -> Result<bool, TestCaseError> {
+        let Some(at) = self.timer else {
+            return Ok(false);
+        };
+        self.now = self.now.max(at);
+        self.step(Input::Wake)?;
+        Ok(true)
     }
 
     fn check(&self) -> Result<(), TestCaseError> {
@@ -629,6 +857,10 @@ fn check_sequence(policy: Policy, ops: &[Op]) -> Result<(), TestCaseError> {
                 continue;
             }
             Op::Expire => Input::Expire,
+            Op::Fire => {
+                h.fire()?;
+                continue;
+            }
         };
         if matches!(
             input,
@@ -638,13 +870,14 @@ fn check_sequence(policy: Policy, ops: &[Op]) -> Result<(), TestCaseError> {
         }
         h.step(input)?;
     }
-    // Drain: the provider answers from now on, time runs out for unsubmitted payments.
+    // Drain: the provider answers from now on and no record comes: only the timers act (a
+    // crash left the stored timer in place, as the store does).
     h.crash_next = None;
-    for _ in 0..4 {
-        h.step(Input::Recover)?;
+    for _ in 0..64 {
+        if h.state.status.is_terminal() || !h.fire()? {
+            break;
+        }
     }
-    h.now += 10 * Policy::default().late_grace_ms + 10 * 86_400_000;
-    h.step(Input::Expire)?;
     let status = h.state.status;
     prop_assert!(
         status.is_terminal() || status == Status::New,
@@ -671,6 +904,26 @@ proptest! {
     fn every_sequence_keeps_the_payment_invariants(ops in prop::collection::vec(op(), 1..60)) {
         check_sequence(Policy::default(), &ops)?;
     }
+}
+
+#[test]
+fn negative_control_the_properties_catch_a_core_that_forgets_a_pending_charge() {
+    let broken = Policy {
+        skip_pending_check: true,
+        ..Policy::default()
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: 1024,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
+        check_sequence(broken, &ops)
+    });
+    assert!(
+        result.is_err(),
+        "the properties did not notice a pending charge left without a check"
+    );
 }
 
 #[test]
