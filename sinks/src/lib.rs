@@ -1,9 +1,10 @@
 //! boxoffice sinks: how every binary reaches the CQL store (`scylla`), the CQL schema
 //! (`schema`), the booking processor's per-event state store (`inventory`), the payment store
-//! (`payments`), the notifier (`notify`), and what every binary does at start and stop
-//! (`startup`).
+//! (`payments`), the notifier (`notify`), the `/metrics` every service serves (`metrics`), and
+//! what every binary does at start and stop (`startup`).
 
 pub mod inventory;
+pub mod metrics;
 pub mod notify;
 pub mod payments;
 pub mod schema;

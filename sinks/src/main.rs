@@ -2,9 +2,11 @@
 //! notification channels (in-app, email, webhooks). Everything else lives in
 //! `boxoffice_sinks::notify`.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use boxoffice_avro::Codec;
 use boxoffice_avro::registry::RegistryArgs;
 use boxoffice_sinks::notify::{NotifierDeps, NotifierMetrics, NotifierSettings, NotifyStore, run};
@@ -32,6 +34,13 @@ struct Cli {
     schema: SchemaArgs,
     #[command(flatten)]
     settings: NotifierSettings,
+    /// Where `/metrics` (Prometheus text) and `/healthz` answer.
+    #[arg(
+        long = "metrics-addr",
+        env = "NOTIFIER_METRICS_ADDR",
+        default_value = "127.0.0.1:9466"
+    )]
+    metrics_addr: SocketAddr,
     /// Log format: `text` or `json`.
     #[arg(long = "log-format", env = "BOXOFFICE_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]
@@ -54,12 +63,26 @@ async fn main() -> ExitCode {
 async fn start(cli: Cli) -> anyhow::Result<()> {
     let schema = cli.schema.settings();
     let session = connect_services(&cli.kafka, &cli.registry, &cli.scylla, &schema).await?;
+    let metrics = Arc::new(NotifierMetrics::default());
+    let listener = tokio::net::TcpListener::bind(cli.metrics_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding --metrics-addr / NOTIFIER_METRICS_ADDR {}",
+                cli.metrics_addr
+            )
+        })?;
+    let served = metrics.clone();
+    tokio::spawn(boxoffice_sinks::metrics::serve(listener, move || {
+        served.render()
+    }));
+    info!(metrics_addr = %cli.metrics_addr, "metrics at /metrics");
     let deps = NotifierDeps {
         kafka: cli.kafka,
         codec: Arc::new(Codec::new(&cli.registry)?),
         store: Arc::new(NotifyStore::new(session, &schema.keyspace).await?),
         settings: cli.settings,
-        metrics: Arc::new(NotifierMetrics::default()),
+        metrics,
     };
     info!(channels = ?deps.settings.channels, smtp = %format!("{}:{}", deps.settings.smtp_host, deps.settings.smtp_port),
           "notifier starting");

@@ -16,8 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use boxoffice_avro::ids;
@@ -29,13 +29,11 @@ use boxoffice_sinks::inventory::{InventoryStore, SaveOutcome};
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::partitioner::partition_for;
 use futures::future::join_all;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::partition::{Partition, TimerChange};
@@ -43,6 +41,7 @@ use super::render::Output;
 use super::state::Millis;
 use super::store;
 use crate::metrics::BookingMetrics;
+use crate::rebalance::{GroupContext, Membership};
 
 /// The topics the processor reads and writes. Production names by default; tests use a prefix
 /// so each gets its own.
@@ -142,49 +141,6 @@ impl std::fmt::Debug for BookingDeps {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
-}
-
-// -------------------------------------------------------------------------------- rebalance
-
-#[derive(Debug)]
-enum Membership {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-/// Records rebalance callbacks; the main loop acts on them between batches, so a revocation
-/// always finds no batch in flight.
-#[derive(Debug, Default, Clone)]
-struct GroupContext {
-    changes: Arc<Mutex<Vec<Membership>>>,
-}
-
-impl ClientContext for GroupContext {}
-
-impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = match rebalance {
-            Rebalance::Revoke(tpl) => partitions_of(tpl),
-            _ => return,
-        };
-        if let Ok(mut changes) = self.changes.lock() {
-            changes.push(Membership::Revoked(partitions));
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = match rebalance {
-            Rebalance::Assign(tpl) => partitions_of(tpl),
-            _ => return,
-        };
-        if let Ok(mut changes) = self.changes.lock() {
-            changes.push(Membership::Assigned(partitions));
-        }
-    }
-}
-
-fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
-    tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
 // ---------------------------------------------------------------------------------- workers
@@ -359,11 +315,7 @@ impl Runtime {
     /// Acts on rebalances noted since the last batch: drops revoked workers, builds new ones
     /// from ScyllaDB.
     async fn apply_membership(&mut self, context: &GroupContext) {
-        let changes: Vec<Membership> = match context.changes.lock() {
-            Ok(mut changes) => changes.drain(..).collect(),
-            Err(_) => return,
-        };
-        for change in changes {
+        for change in context.take() {
             match change {
                 Membership::Revoked(partitions) => {
                     for p in partitions {

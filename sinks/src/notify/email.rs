@@ -1,11 +1,14 @@
 //! Email over SMTP (lettre). Every message carries `Message-ID: <notification id@boxoffice>`,
 //! so a message sent twice (a crash between the send and recording it) is recognisable as one.
+//! Connections are pooled (one per lane at most): a new connection and greeting per message
+//! capped delivery at about 230 emails/s here (BENCHMARKS.md).
 
 use std::time::Duration;
 
 use boxoffice_avro::records::NotificationRequested;
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::SendError;
@@ -24,13 +27,20 @@ pub fn message_id(notification_id: &str) -> String {
 }
 
 impl EmailSender {
-    pub fn new(host: &str, port: u16, timeout: Duration, from: &str) -> Result<Self, String> {
+    pub fn new(
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        from: &str,
+        connections: u32,
+    ) -> Result<Self, String> {
         let from: Mailbox = from
             .parse()
             .map_err(|e| format!("--email-from / NOTIFIER_EMAIL_FROM {from:?}: {e}"))?;
         let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
             .port(port)
             .timeout(Some(timeout))
+            .pool_config(PoolConfig::new().max_size(connections.max(1)))
             .build();
         Ok(EmailSender { transport, from })
     }

@@ -52,6 +52,8 @@ use boxoffice_avro::Codec;
 use boxoffice_avro::records::topic;
 use boxoffice_topics::kafka::KafkaArgs;
 
+use crate::metrics::{Histogram, LATENCY_BUCKETS_MS, render_counters};
+
 pub use store::NotifyStore;
 
 /// Why a send did not happen.
@@ -204,8 +206,8 @@ impl NotifierSettings {
     }
 }
 
-/// Counters, per process (all channels).
-#[derive(Debug, Default)]
+/// Counters and latencies, per process (all channels), served on `/metrics`.
+#[derive(Debug)]
 pub struct NotifierMetrics {
     pub records: AtomicU64,
     pub in_app_stored: AtomicU64,
@@ -219,6 +221,103 @@ pub struct NotifierMetrics {
     pub dead_lettered: AtomicU64,
     pub endpoints_disabled: AtomicU64,
     pub skipped_no_address: AtomicU64,
+    /// From the notification record's broker timestamp (the booking decision) to the email
+    /// accepted by the SMTP server.
+    pub email_latency_ms: Histogram,
+    /// From the record's broker timestamp to the webhook answered 2xx.
+    pub webhook_latency_ms: Histogram,
+}
+
+impl Default for NotifierMetrics {
+    fn default() -> Self {
+        NotifierMetrics {
+            records: AtomicU64::new(0),
+            in_app_stored: AtomicU64::new(0),
+            emails_sent: AtomicU64::new(0),
+            webhooks_sent: AtomicU64::new(0),
+            already_delivered: AtomicU64::new(0),
+            resent_pending: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            endpoints_disabled: AtomicU64::new(0),
+            skipped_no_address: AtomicU64::new(0),
+            email_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS),
+            webhook_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS),
+        }
+    }
+}
+
+impl NotifierMetrics {
+    /// The Prometheus text of every counter and histogram.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        render_counters(
+            &mut out,
+            &[
+                (
+                    "notifier_records_total",
+                    "Notification records handled (per channel)",
+                    &self.records,
+                ),
+                (
+                    "notifier_in_app_stored_total",
+                    "In-app notifications stored",
+                    &self.in_app_stored,
+                ),
+                (
+                    "notifier_emails_sent_total",
+                    "Emails accepted by the SMTP server",
+                    &self.emails_sent,
+                ),
+                (
+                    "notifier_webhooks_sent_total",
+                    "Webhooks answered 2xx",
+                    &self.webhooks_sent,
+                ),
+                (
+                    "notifier_already_delivered_total",
+                    "Redelivered records already final",
+                    &self.already_delivered,
+                ),
+                (
+                    "notifier_resent_pending_total",
+                    "Sends repeated after a crash or rebalance mid-send",
+                    &self.resent_pending,
+                ),
+                (
+                    "notifier_retries_total",
+                    "Delivery attempts retried",
+                    &self.retries,
+                ),
+                (
+                    "notifier_dead_lettered_total",
+                    "Deliveries given up and dead-lettered",
+                    &self.dead_lettered,
+                ),
+                (
+                    "notifier_endpoints_disabled_total",
+                    "Webhook endpoints disabled after 410 Gone",
+                    &self.endpoints_disabled,
+                ),
+                (
+                    "notifier_skipped_no_address_total",
+                    "Emails skipped: the user has no address",
+                    &self.skipped_no_address,
+                ),
+            ],
+        );
+        self.email_latency_ms.render(
+            &mut out,
+            "notifier_email_latency_ms",
+            "Booking decision (record timestamp) to email accepted by SMTP, milliseconds",
+        );
+        self.webhook_latency_ms.render(
+            &mut out,
+            "notifier_webhook_latency_ms",
+            "Booking decision (record timestamp) to webhook answered 2xx, milliseconds",
+        );
+        out
+    }
 }
 
 /// What the notifier needs from the outside world.

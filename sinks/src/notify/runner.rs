@@ -140,6 +140,7 @@ impl ChannelRunner {
                     settings.smtp_port,
                     settings.smtp_timeout,
                     &settings.email_from,
+                    u32::from(settings.lanes),
                 )
                 .map_err(NotifierError::Settings)?,
             ),
@@ -459,10 +460,20 @@ impl ChannelRunner {
             let result = self.send(n, &target).await;
             let (state, detail) = match result {
                 Ok(()) => {
+                    let since_decision = message
+                        .timestamp()
+                        .to_millis()
+                        .map_or(0, |at| u64::try_from(now_millis() - at).unwrap_or(0));
                     match self.channel {
-                        Channel::Email => metrics.emails_sent.fetch_add(1, Ordering::Relaxed),
-                        _ => metrics.webhooks_sent.fetch_add(1, Ordering::Relaxed),
-                    };
+                        Channel::Email => {
+                            metrics.emails_sent.fetch_add(1, Ordering::Relaxed);
+                            metrics.email_latency_ms.observe(since_decision);
+                        }
+                        _ => {
+                            metrics.webhooks_sent.fetch_add(1, Ordering::Relaxed);
+                            metrics.webhook_latency_ms.observe(since_decision);
+                        }
+                    }
                     (DeliveryState::Sent, String::new())
                 }
                 Err(SendError::Unavailable(detail)) => {
