@@ -81,7 +81,6 @@ impl Effect {
             Effect::Confirmed { late: true, .. } => Some(NotificationKind::LatePaymentReallocated),
             Effect::Cancelled { .. } => Some(NotificationKind::OrderCancelled),
             Effect::Expired { .. } => Some(NotificationKind::OrderExpired),
-            Effect::Refund { .. } => Some(NotificationKind::OrderRefunded),
             _ => None,
         }
     }

@@ -232,17 +232,9 @@ pub fn render(
             let Some(order) = state.orders.get(order_id) else {
                 return;
             };
+            // The fan hears about the refund from the payment processor once the money went
+            // back (one notification, with the reason); a second one here would show twice.
             out.extend(refund_request(event_id, order_id, order, *reason, at));
-            let mut params = order_params(state, order);
-            params.insert("reason".into(), format!("{reason:?}"));
-            out.push(notification(
-                effect,
-                event_id,
-                order_id,
-                &order.user_id,
-                params,
-                at,
-            ));
         }
         Effect::Availability { sequence } => {
             out.push(Output::Availability(AvailabilityChanged {

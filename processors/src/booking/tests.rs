@@ -431,7 +431,8 @@ fn a_late_payment_is_refunded_when_sold_out() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(notifications(&d), vec![NotificationKind::OrderRefunded]);
+    // The payment processor tells the fan once the refund went through.
+    assert!(notifications(&d).is_empty());
     let again = p.decide(&pay("o1", "u1", T0 + HOLD_MS + 6));
     assert!(again.outputs.is_empty(), "one refund per payment");
 }
