@@ -1,10 +1,13 @@
 //! The integration harness every end-to-end test uses: it finds the real Kafka, CQL store and
 //! schema registry (`services`), hands out names no other test uses (`names`), waits for
 //! conditions with a bound, never a bare sleep (`wait`), and sets up a private pipeline of
-//! topics, keyspace and processors per test (`pipeline`).
+//! topics, keyspace and processors per test (`pipeline`). Also the local payment provider
+//! (`provider_sim`) and what the load generators share (`load`).
 
+pub mod load;
 pub mod names;
 pub mod pipeline;
+pub mod provider_sim;
 pub mod services;
 pub mod wait;
 

@@ -14,11 +14,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use boxoffice_avro::ids;
-use boxoffice_avro::records::{BookingCommand, BookingRequested, EventUpserted};
+use boxoffice_avro::records::{BookingCommand, BookingRequested};
+use boxoffice_tests::load::{event_on_sale, now_ms, percentile};
 use boxoffice_tests::pipeline::Pipeline;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
@@ -60,32 +61,7 @@ enum Mode {
     },
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 const EVENT: &str = "hot-event";
-
-fn upsert(capacity: i32) -> BookingCommand {
-    let at = now_ms() - 60_000;
-    BookingCommand::EventUpserted(EventUpserted {
-        record_id: ids::record_id("load-upsert", &[EVENT]),
-        event_id: EVENT.into(),
-        name: "Flash sale".into(),
-        category_id: None,
-        capacity,
-        price_minor: 4500,
-        currency: "EUR".into(),
-        sale_starts_at: at,
-        sale_ends_at: at + 24 * 3_600_000,
-        hold_seconds: 600,
-        max_per_order: 4,
-        max_per_user: 0,
-        occurred_at: at,
-    })
-}
 
 fn request(i: usize) -> BookingCommand {
     let order_id = format!("order-{i:09}");
@@ -133,14 +109,6 @@ async fn produce_all(
     Ok(())
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -172,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
 
     match cli.mode {
         Mode::Drain { requests } => {
-            let mut commands = vec![upsert((requests / 2) as i32)];
+            let mut commands = vec![event_on_sale(EVENT, (requests / 2) as i32)];
             commands.extend((0..requests).map(request));
             let frames = encode(&pipeline, &commands).await?;
             let started = Instant::now();
@@ -218,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Live { rate, seconds } => {
             let total = rate * seconds as usize;
-            let mut commands = vec![upsert((total / 2) as i32)];
+            let mut commands = vec![event_on_sale(EVENT, (total / 2) as i32)];
             commands.extend((0..total).map(request));
             let frames = encode(&pipeline, &commands).await?;
             let processor = pipeline.start_processor_with(settings).await?;

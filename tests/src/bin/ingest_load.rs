@@ -36,6 +36,7 @@ use boxoffice_ingest::live::Live;
 use boxoffice_ingest::stores::cql::CqlStores;
 use boxoffice_ingest::{Deps, Follow};
 use boxoffice_sinks::schema::Keyspace;
+use boxoffice_tests::load::percentile;
 use boxoffice_tests::pipeline::{Pipeline, RunningProcessor};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -137,14 +138,6 @@ impl Stats {
             }
         }
     }
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn ms(us: u64) -> String {

@@ -256,6 +256,7 @@ impl NotifierChild {
             )
             .env("NOTIFIER_SMTP_PORT", smtp_port.to_string())
             .env("NOTIFIER_LANES", lanes.to_string())
+            .env("NOTIFIER_METRICS_ADDR", "127.0.0.1:0")
             .env("NOTIFIER_RETRY_BASE", "100ms")
             .env("NOTIFIER_RETRY_MAX", "800ms")
             .env("RUST_LOG", "warn,boxoffice_sinks=info")
@@ -471,10 +472,12 @@ struct ReceiverState {
     forced_status: AtomicU16,
     /// Endpoint name → status it always answers (410, 400, ...).
     endpoint_status: Mutex<HashMap<String, u16>>,
+    /// Endpoint name → the secret its signatures are checked with ([`SECRET`] otherwise).
+    endpoint_secrets: Mutex<HashMap<String, String>>,
 }
 
-/// A real HTTP server on 127.0.0.1 that verifies every signature (HMAC-SHA256 with [`SECRET`]
-/// over `<timestamp>.<body>`, implemented here independently of the notifier) and records
+/// A real HTTP server on 127.0.0.1 that verifies every signature (HMAC-SHA256 with [`SECRET`],
+/// or the endpoint's own secret, over `<timestamp>.<body>`, implemented here independently of the notifier) and records
 /// accepted deliveries.
 pub struct WebhookReceiver {
     pub base_url: String,
@@ -497,7 +500,14 @@ async fn receive(
             .to_owned()
     };
     let timestamp = header("x-boxoffice-timestamp");
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let secret = state
+        .endpoint_secrets
+        .lock()
+        .unwrap()
+        .get(&endpoint)
+        .cloned()
+        .unwrap_or_else(|| SECRET.to_owned());
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(&body);
@@ -563,6 +573,15 @@ impl WebhookReceiver {
             .lock()
             .unwrap()
             .insert(endpoint.to_owned(), status);
+    }
+
+    /// Signatures for `endpoint` are checked with `secret` (one the API generated).
+    pub fn endpoint_secret(&self, endpoint: &str, secret: &str) {
+        self.state
+            .endpoint_secrets
+            .lock()
+            .unwrap()
+            .insert(endpoint.to_owned(), secret.to_owned());
     }
 
     /// `endpoint` behaves normally again.
