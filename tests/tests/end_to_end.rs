@@ -138,9 +138,10 @@ async fn fans_book_pay_cancel_and_hear_about_every_step() {
     );
     let refunded_email = smtp_wait(&smtp, &fan, "Refunded:", 1).await;
     assert!(
-        refunded_email[0].body.contains("90.00 EUR"),
-        "{}",
-        refunded_email[0].body
+        refunded_email[0].body.contains("90.00 EUR")
+            && refunded_email[0].subject.contains("Harbour Arena"),
+        "{:?}",
+        refunded_email[0]
     );
     availability_reaches(&ingest, &arena, 100, 0, 0).await;
 
@@ -162,9 +163,10 @@ async fn fans_book_pay_cancel_and_hear_about_every_step() {
         .await;
     let refunded = smtp_wait(&smtp, &late_b, "Refunded:", 1).await;
     assert!(
-        refunded[0].body.contains("after the hold expired"),
-        "{}",
-        refunded[0].body
+        refunded[0].body.contains("after the hold expired")
+            && refunded[0].subject.contains("Late Show Sold"),
+        "{:?}",
+        refunded[0]
     );
     let still_expired = late_b.order(&ingest, &late_sold_order).await;
     assert_eq!(still_expired["status"], "EXPIRED", "{still_expired}");

@@ -333,6 +333,19 @@ impl ChannelRunner {
             }
         };
         let store = &self.deps.store;
+        // The payment processor's notices (refunds) name the event by id only: the texts read
+        // better with its name, which the catalogue has.
+        let mut notification = notification;
+        if !notification.params.contains_key("event_name")
+            && let Some(event_id) = notification.event_id.clone()
+            && let Some(name) = self
+                .store_retry(stop, "reading the event name", || {
+                    store.event_name(&event_id)
+                })
+                .await?
+        {
+            notification.params.insert("event_name".to_owned(), name);
+        }
         let metrics = &self.deps.metrics;
         match self.channel {
             Channel::Inapp => {

@@ -105,6 +105,7 @@ pub struct NotifyStore {
     write_delivery: PreparedStatement,
     user_email: PreparedStatement,
     profile_email: PreparedStatement,
+    event_name: PreparedStatement,
     endpoints: PreparedStatement,
     disable_endpoint: PreparedStatement,
     insert_endpoint: PreparedStatement,
@@ -150,6 +151,7 @@ impl NotifyStore {
             ))
             .await?,
             user_email: prepare(format!("SELECT email FROM {} WHERE id = ?", t("users"))).await?,
+            event_name: prepare(format!("SELECT name FROM {} WHERE id = ?", t("events"))).await?,
             profile_email: prepare(format!(
                 "SELECT email FROM {} WHERE user_id = ?",
                 t("auth_profiles")
@@ -269,6 +271,23 @@ impl NotifyStore {
             }
         }
         Ok(None)
+    }
+
+    /// The event's name from the catalogue (`events.name`); `None` when it has none.
+    pub async fn event_name(&self, event_id: &str) -> Result<Option<String>, NotifyStoreError> {
+        let rows = self
+            .session
+            .execute_unpaged(&self.event_name, (event_id,))
+            .await
+            .map_err(|e| failed("read event name")(e.to_string()))?
+            .into_rows_result()
+            .map_err(|e| failed("read event name")(e.to_string()))?;
+        let row = rows
+            .maybe_first_row::<(Option<String>,)>()
+            .map_err(|e| failed("read event name")(e.to_string()))?;
+        Ok(row
+            .and_then(|(name,)| name)
+            .filter(|name| !name.trim().is_empty()))
     }
 
     pub async fn webhook_endpoints(
