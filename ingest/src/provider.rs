@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{PaymentFailureReason, PaymentProviderEvent, ProviderChargeOutcome};
-use hmac::{Hmac, Mac};
+use boxoffice_sinks::notify::webhook::timestamped_mac;
+use hmac::Mac;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use utoipa::ToSchema;
 
 use crate::error::FieldError;
@@ -57,23 +57,9 @@ pub enum SignatureError {
     Mismatch,
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-fn mac_over(secret: &[u8], timestamp: &str, body: &[u8]) -> HmacSha256 {
-    // HMAC takes keys of any length, so `new_from_slice` cannot fail.
-    let mut mac = match HmacSha256::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    };
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
-}
-
 /// The header value a provider sends for `body` at `timestamp` (tests and tools).
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let tag = mac_over(secret, &timestamp.to_string(), body)
+    let tag = timestamped_mac(secret, &timestamp.to_string(), body)
         .finalize()
         .into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
@@ -175,7 +161,7 @@ pub fn verify(
     if parsed.timestamp.abs_diff(now_secs) > tolerance_secs {
         return Err(SignatureError::OutsideTolerance { tolerance_secs });
     }
-    let mac = mac_over(secret, parsed.timestamp_text, body);
+    let mac = timestamped_mac(secret, parsed.timestamp_text, body);
     // `verify_slice` compares in constant time; each candidate gets its own copy of the state.
     let matches = parsed
         .tags

@@ -66,8 +66,6 @@ enum Command {
     Payments {
         #[command(flatten)]
         settings: boxoffice_processors::payments::runtime::PaymentSettings,
-        #[command(flatten)]
-        provider: boxoffice_processors::payments::provider::ProviderSettings,
         /// Where `/metrics` (Prometheus text) and `/healthz` answer.
         #[arg(
             long = "metrics-addr",
@@ -152,7 +150,6 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Payments {
             settings: payment_settings,
-            provider,
             metrics_addr,
         } => {
             use boxoffice_processors::payments::gateway::Gateway;
@@ -160,12 +157,12 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
                 self as payments, PaymentDeps, PaymentMetrics,
             };
             let gateway = payment_settings
-                .gateway_with(&provider)
+                .gateway()
                 .context("starting the payment gateway")?;
             if let Gateway::Provider(http) = &gateway {
                 // A wrong URL or key stops startup here rather than failing every payment.
                 http.check().await?;
-                info!(provider_url = %provider.url, "payment provider reachable; API key accepted");
+                info!(provider_url = %payment_settings.provider.url, "payment provider reachable; API key accepted");
             }
             let metrics = Arc::new(PaymentMetrics::default());
             let listener = tokio::net::TcpListener::bind(metrics_addr)
@@ -183,8 +180,8 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
                 codec,
                 store: Arc::new(payment_store),
                 gateway: Arc::new(gateway),
+                policy: payment_settings.provider.policy(),
                 settings: payment_settings,
-                policy: provider.policy(),
                 metrics,
             };
             payments::run(deps, shutdown_signal()).await?;

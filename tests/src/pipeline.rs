@@ -459,6 +459,7 @@ impl Pipeline {
             sandbox_slow: Duration::from_millis(300),
             sandbox_pending: Duration::from_millis(300),
             sandbox_ledger: None,
+            provider: Default::default(),
         }
     }
 

@@ -182,6 +182,10 @@ pub struct PaymentSettings {
     /// provider; unset: in memory.
     #[arg(long = "sandbox-ledger", env = "PAYMENTS_SANDBOX_LEDGER")]
     pub sandbox_ledger: Option<PathBuf>,
+
+    /// The HTTP provider (`--provider-*`), used with `--gateway provider`.
+    #[command(flatten)]
+    pub provider: ProviderSettings,
 }
 
 /// The configured gateway could not be built.
@@ -191,10 +195,6 @@ pub enum GatewayError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    #[error(
-        "--gateway provider / PAYMENTS_GATEWAY=provider needs the provider settings (--provider-*)"
-    )]
-    ProviderSettingsMissing,
 }
 
 impl PaymentSettings {
@@ -202,20 +202,10 @@ impl PaymentSettings {
         Topics::with_prefix(&self.topic_prefix)
     }
 
-    /// The configured provider when it needs no provider settings (the sandbox).
+    /// The configured provider: the in-process sandbox, or the HTTP provider (`--provider-*`).
     pub fn gateway(&self) -> Result<Gateway, GatewayError> {
-        self.build_gateway(None)
-    }
-
-    /// The configured provider; `provider` is used with `--gateway provider`.
-    pub fn gateway_with(&self, provider: &ProviderSettings) -> Result<Gateway, GatewayError> {
-        self.build_gateway(Some(provider))
-    }
-
-    fn build_gateway(&self, provider: Option<&ProviderSettings>) -> Result<Gateway, GatewayError> {
         if self.gateway == "provider" {
-            let settings = provider.ok_or(GatewayError::ProviderSettingsMissing)?;
-            return Ok(Gateway::Provider(ProviderGateway::new(settings)?));
+            return Ok(Gateway::Provider(ProviderGateway::new(&self.provider)?));
         }
         Ok(Gateway::Sandbox(SandboxGateway::new(SandboxSettings {
             slow: self.sandbox_slow,

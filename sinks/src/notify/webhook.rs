@@ -26,17 +26,26 @@ pub const DELIVERY_ID_HEADER: &str = "X-Boxoffice-Delivery-Id";
 pub const TIMESTAMP_HEADER: &str = "X-Boxoffice-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-Boxoffice-Signature";
 
-/// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
-pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+/// HMAC-SHA256 keyed with `secret` over `"<timestamp>.<body>"`: the signed payload of the
+/// notifier's webhooks and of the payment provider's (ingest verifies those). `timestamp` is
+/// the text as sent, so a verifier signs exactly what it received.
+pub fn timestamped_mac(secret: &[u8], timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length: `new_from_slice` cannot fail for it.
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
         Ok(mac) => mac,
         Err(_) => unreachable!("HMAC takes keys of any length"),
     };
-    mac.update(timestamp.to_string().as_bytes());
+    mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
-    let tag = mac.finalize().into_bytes();
+    mac
+}
+
+/// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let tag = timestamped_mac(secret, &timestamp.to_string(), body)
+        .finalize()
+        .into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
     format!("v1={hex}")
 }
