@@ -37,6 +37,8 @@ pub mod topic {
     pub const NOTIFICATIONS: &str = "notifications";
     /// Records a consumer could not process; key = the failed record's key.
     pub const DEAD_LETTERS: &str = "dead.letters";
+    /// How far the booking processor has published each event, compacted; key `event_id`.
+    pub const BOOKING_PROGRESS: &str = "booking.progress";
 }
 
 /// A boxoffice record: a Rust type mirroring one `.avsc` file.
@@ -209,6 +211,9 @@ pub enum DeadLetterErrorKind {
     UndecodableBody,
     UnexpectedRecord,
     InvalidRecord,
+    // The consumer's state for the record's entity is gone and cannot be rebuilt from the
+    // log (its commands are below the log start): the record waits for an operator.
+    StateLost,
     #[default]
     Other,
 }
@@ -555,6 +560,33 @@ pub struct AvailabilityChanged {
 impl_record!(
     AvailabilityChanged,
     topic = topic::AVAILABILITY,
+    key = event_id
+);
+
+// ---------------------------------------------------------------------------------------------
+// booking.progress (compacted, key event_id)
+
+/// How far the booking processor has published an event (see the `.avsc`): written in the
+/// same transaction as the decisions, read back on every assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "boxoffice")]
+pub struct EventProgress {
+    pub record_id: String,
+    pub event_id: String,
+    pub applied_offset: i64,
+    pub first_offset: i64,
+    pub decisions: i64,
+    pub decision_digest: String,
+    pub capacity: i32,
+    pub held: i32,
+    pub sold: i32,
+    pub sequence: i64,
+    #[avro(with = timestamp_millis)]
+    pub occurred_at: i64,
+}
+impl_record!(
+    EventProgress,
+    topic = topic::BOOKING_PROGRESS,
     key = event_id
 );
 

@@ -46,7 +46,7 @@ macro_rules! schema_files {
 }
 
 /// Grouped by topic, in flow order.
-static ALL: [SchemaFile; 19] = schema_files![
+static ALL: [SchemaFile; 20] = schema_files![
     // booking.commands
     "BookingRequested",
     "CancelRequested",
@@ -72,6 +72,8 @@ static ALL: [SchemaFile; 19] = schema_files![
     "NotificationRequested",
     // dead.letters
     "DeadLetter",
+    // booking.progress
+    "EventProgress",
 ];
 
 /// Every schema file, grouped by topic in flow order.

@@ -6,4 +6,5 @@
 pub mod booking;
 pub mod metrics;
 pub mod payments;
-pub mod rebalance;
+/// Consumer-group membership, shared with the notifier (it lives in `boxoffice_sinks`).
+pub use boxoffice_sinks::rebalance;

@@ -84,8 +84,9 @@ enum Command {
         )]
         topic_prefix: String,
     },
-    /// Re-fold an event's commands from the log and compare with ScyllaDB; exit 1 on any
-    /// violation of the inventory invariant or any difference.
+    /// Re-fold an event's commands from the log and compare with ScyllaDB, with what
+    /// booking.progress says was published, and with what fans were told (orders.events,
+    /// availability); exit 1 on any violation of the inventory invariant or any difference.
     VerifyEvent {
         /// The event to audit.
         event_id: String,
@@ -172,6 +173,11 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             tokio::spawn(payments::serve_metrics(listener, metrics.clone()));
             info!(%metrics_addr, "metrics at /metrics");
+            let watermarks = boxoffice_sinks::watermarks::WatermarkStore::new(
+                Arc::clone(&payments_session),
+                &settings.keyspace,
+            )
+            .await?;
             let payment_store =
                 boxoffice_sinks::payments::PaymentStore::new(payments_session, &settings.keyspace)
                     .await?;
@@ -179,6 +185,7 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
                 kafka: cli.kafka,
                 codec,
                 store: Arc::new(payment_store),
+                watermarks: Arc::new(watermarks),
                 gateway: Arc::new(gateway),
                 policy: payment_settings.provider.policy(),
                 settings: payment_settings,
@@ -220,33 +227,40 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
             topic_prefix,
             json,
         } => {
-            let topic = format!(
-                "{topic_prefix}{}",
-                boxoffice_avro::records::topic::BOOKING_COMMANDS
-            );
-            let report = verify_event(&cli.kafka, &codec, &store, &topic, &event_id).await?;
+            let topics = boxoffice_processors::booking::topics::Topics::with_prefix(&topic_prefix);
+            let report = verify_event(&cli.kafka, &codec, &store, &topics, &event_id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "event {} (partition {}): {} commands folded, stored offset {:?}\n  capacity {} = available {} + held {} + sold {}; {} orders",
+                    "event {} (partition {}): {} commands folded (last at offset {:?}); stored offset {:?}, published offset {:?}\n  capacity {} = available {} + held {} + sold {}; {} orders; {} order facts published, {} availability records, {} tickets issued",
                     report.event_id,
                     report.partition,
                     report.commands,
+                    report.last_command_offset,
                     report.stored_offset,
+                    report.published_offset,
                     report.capacity,
                     report.available,
                     report.held,
                     report.sold,
-                    report.orders
+                    report.orders,
+                    report.published_facts,
+                    report.availability_records,
+                    report.tickets_issued
                 );
                 for violation in &report.violations {
                     println!("  VIOLATION: {violation}");
                 }
+                if !report.settled() {
+                    println!(
+                        "  note: the processor has not stored and published every command yet (it re-folds what the store lacks on its next restore)"
+                    );
+                }
                 println!(
                     "{}",
                     if report.ok() {
-                        "OK: never oversold; log and ScyllaDB agree"
+                        "OK: never oversold; fans were told what the log gives; log, Kafka and ScyllaDB agree"
                     } else {
                         "FAILED"
                     }

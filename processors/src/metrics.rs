@@ -2,6 +2,7 @@
 //! consumer-lag dashboards scrape it beside Kafka's own lag).
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, Mutex};
 
 pub use boxoffice_sinks::metrics::{Histogram, LATENCY_BUCKETS_MS, render_counters, render_gauges};
 
@@ -20,9 +21,32 @@ pub struct BookingMetrics {
     /// From the command's broker timestamp to its decision being produced and committed.
     pub decision_latency_ms: Histogram,
     pub holds_active: AtomicI64,
+    /// Partitions assigned to this instance, and how many of them are processed (owned),
+    /// waiting for a restore, or stopped.
+    pub partitions_assigned: AtomicI64,
     pub partitions_owned: AtomicI64,
+    pub partitions_waiting: AtomicI64,
+    pub partitions_stopped: AtomicI64,
     pub store_retries: AtomicU64,
     pub produce_retries: AtomicU64,
+    /// Restores completed (assignment, rebalance, restart, after a fault).
+    pub restores: AtomicU64,
+    /// Partitions given up after a fault and restored again.
+    pub rebuilds: AtomicU64,
+    /// A save found the store behind this owner: it lost acknowledged writes.
+    pub store_loss_detected: AtomicU64,
+    /// Events a restore found behind Kafka and re-folded from the log.
+    pub events_refolded: AtomicU64,
+    /// Commands folded again without publishing (re-folds).
+    pub commands_refolded: AtomicU64,
+    /// Re-folds whose decisions differed from the published ones (must stay 0).
+    pub refold_mismatches: AtomicU64,
+    /// Retries that ran out of budget (the partition was given up and restored).
+    pub retries_exhausted: AtomicU64,
+    /// Events whose state is lost beyond the log start (their commands are dead-lettered).
+    pub events_lost: AtomicI64,
+    /// Why the instance is not ready (empty: ready).
+    not_ready: Mutex<Vec<String>>,
 }
 
 impl Default for BookingMetrics {
@@ -36,14 +60,43 @@ impl Default for BookingMetrics {
             batch_size: Histogram::new(&BATCH_BUCKETS),
             decision_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS),
             holds_active: AtomicI64::new(0),
+            partitions_assigned: AtomicI64::new(0),
             partitions_owned: AtomicI64::new(0),
+            partitions_waiting: AtomicI64::new(0),
+            partitions_stopped: AtomicI64::new(0),
             store_retries: AtomicU64::new(0),
             produce_retries: AtomicU64::new(0),
+            restores: AtomicU64::new(0),
+            rebuilds: AtomicU64::new(0),
+            store_loss_detected: AtomicU64::new(0),
+            events_refolded: AtomicU64::new(0),
+            commands_refolded: AtomicU64::new(0),
+            refold_mismatches: AtomicU64::new(0),
+            retries_exhausted: AtomicU64::new(0),
+            events_lost: AtomicI64::new(0),
+            not_ready: Mutex::new(Vec::new()),
         }
     }
 }
 
 impl BookingMetrics {
+    /// Records why the instance is not ready (every assigned partition not processed).
+    pub fn set_not_ready(&self, reasons: Vec<String>) {
+        // A poisoned lock only means a panic elsewhere; the data is a plain list.
+        let mut guard = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
+        *guard = reasons;
+    }
+
+    /// `Ok` when every assigned partition is processed; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let guard = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_empty() {
+            Ok(())
+        } else {
+            Err(guard.join("\n"))
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters = [
@@ -78,6 +131,41 @@ impl BookingMetrics {
                 "Output transactions retried",
                 &self.produce_retries,
             ),
+            (
+                "booking_restores_total",
+                "Partitions restored (fenced, compared with Kafka, resumed)",
+                &self.restores,
+            ),
+            (
+                "booking_rebuilds_total",
+                "Partitions given up after a fault and restored again",
+                &self.rebuilds,
+            ),
+            (
+                "booking_store_loss_detected_total",
+                "Saves that found the store behind this owner (it lost acknowledged writes)",
+                &self.store_loss_detected,
+            ),
+            (
+                "booking_events_refolded_total",
+                "Events a restore found behind Kafka and re-folded from the log",
+                &self.events_refolded,
+            ),
+            (
+                "booking_commands_refolded_total",
+                "Commands folded again without publishing",
+                &self.commands_refolded,
+            ),
+            (
+                "booking_refold_mismatches_total",
+                "Re-folds whose decisions differed from those published (must stay 0)",
+                &self.refold_mismatches,
+            ),
+            (
+                "booking_retries_exhausted_total",
+                "Retries that ran out of budget (the partition was given up)",
+                &self.retries_exhausted,
+            ),
         ];
         render_counters(&mut out, &counters);
         let gauges = [
@@ -87,9 +175,29 @@ impl BookingMetrics {
                 &self.holds_active,
             ),
             (
+                "booking_partitions_assigned",
+                "Partitions assigned to this instance",
+                &self.partitions_assigned,
+            ),
+            (
                 "booking_partitions_owned",
-                "Partitions this instance owns",
+                "Partitions this instance owns and processes",
                 &self.partitions_owned,
+            ),
+            (
+                "booking_partitions_waiting",
+                "Assigned partitions not processed: being restored or waiting after a fault",
+                &self.partitions_waiting,
+            ),
+            (
+                "booking_partitions_stopped",
+                "Assigned partitions stopped (published decisions and the log differ)",
+                &self.partitions_stopped,
+            ),
+            (
+                "booking_events_lost",
+                "Events whose state is lost beyond the log start (commands dead-lettered)",
+                &self.events_lost,
             ),
         ];
         render_gauges(&mut out, &gauges);
@@ -104,7 +212,14 @@ impl BookingMetrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the process ends.
+/// Serves `/metrics`, `/healthz` and `/readyz` (503 while an assigned partition is not
+/// processed, with the reasons) until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<BookingMetrics>) {
-    boxoffice_sinks::metrics::serve(listener, move || metrics.render()).await;
+    let ready = Arc::clone(&metrics);
+    boxoffice_sinks::metrics::serve_with_readiness(
+        listener,
+        move || metrics.render(),
+        move || ready.readiness(),
+    )
+    .await;
 }

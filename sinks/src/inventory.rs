@@ -221,6 +221,12 @@ pub struct StoredEvent {
     pub held: i32,
     pub sold: i32,
     pub sequence: i64,
+    /// Order facts published for the event's commands up to `applied_offset` (0 when never
+    /// recorded).
+    pub decisions: i64,
+    /// Their digest (32 hex digits, see `EventProgress`); empty when never recorded (a state
+    /// saved before digests existed).
+    pub decision_digest: String,
     /// Every order of the event, ordered by `order_id`.
     pub orders: Vec<StoredOrder>,
 }
@@ -239,6 +245,10 @@ pub struct StoredEventUpdate {
     pub held: i32,
     pub sold: i32,
     pub sequence: i64,
+    /// Order facts the event's commands produced up to `new_offset`, and their digest (32 hex
+    /// digits; empty for "unknown", a state saved before digests existed).
+    pub decisions: i64,
+    pub decision_digest: String,
     /// Orders created or changed since `previous_offset`; each order id at most once.
     pub changed_orders: Vec<StoredOrder>,
 }
@@ -248,10 +258,12 @@ pub struct StoredEventUpdate {
 pub enum SaveOutcome {
     /// Everything was written, atomically; the stored offset is now `new_offset`.
     Applied,
-    /// Nothing was written: the stored offset is not `previous_offset`. Someone else (a newer
-    /// owner of the partition) stored `current_offset`, so this owner is fenced and must stop
-    /// writing (or reload). After a save that failed with a timeout and was retried,
-    /// `current_offset == Some(new_offset)` usually means the first attempt did land.
+    /// Nothing was written: the stored offset is not `previous_offset`. Either someone else (a
+    /// newer owner of the partition) stored `current_offset` (it is ahead), or the store lost
+    /// writes it had acknowledged (it is behind, or `None`). Either way this owner's view is
+    /// stale and it must rebuild before writing again. After a save that failed with a timeout
+    /// and was retried, `current_offset == Some(new_offset)` usually means the first attempt
+    /// did land.
     Conflict { current_offset: Option<i64> },
 }
 
@@ -391,7 +403,11 @@ impl StoredEventUpdate {
                 + text_bytes(&c.updated_by_record)
                 + 10 * (4 + 8)
         });
-        let statics = STATEMENT_OVERHEAD + text_bytes(&self.event_id) + 6 * (4 + 8) + config;
+        let statics = STATEMENT_OVERHEAD
+            + text_bytes(&self.event_id)
+            + text_bytes(&self.decision_digest)
+            + 7 * (4 + 8)
+            + config;
         statics
             + self
                 .changed_orders
@@ -418,11 +434,17 @@ impl StoredEventUpdate {
                 self.new_offset
             ));
         }
-        if self.held < 0 || self.sold < 0 || self.sequence < 0 {
+        if self.held < 0 || self.sold < 0 || self.sequence < 0 || self.decisions < 0 {
             return bad(format!(
-                "negative counters: held {} sold {} sequence {}",
-                self.held, self.sold, self.sequence
+                "negative counters: held {} sold {} sequence {} decisions {}",
+                self.held, self.sold, self.sequence, self.decisions
             ));
+        }
+        let digest = &self.decision_digest;
+        if !digest.is_empty()
+            && (digest.len() != 32 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad(format!("decision digest {digest:?} is not 32 hex digits"));
         }
         if let Some(config) = &self.config
             && (config.capacity < 0 || config.max_per_order < 0 || config.max_per_user < 0)
@@ -509,6 +531,8 @@ struct ConfiguredStatics<'a> {
     held: i32,
     sold: i32,
     sequence: i64,
+    decisions: i64,
+    decision_digest: &'a str,
     event_id: &'a str,
     expected_offset: Option<i64>,
 }
@@ -521,6 +545,8 @@ struct UnconfiguredStatics<'a> {
     held: i32,
     sold: i32,
     sequence: i64,
+    decisions: i64,
+    decision_digest: &'a str,
     event_id: &'a str,
     expected_offset: Option<i64>,
 }
@@ -609,11 +635,13 @@ struct StaticsRow {
     held: Option<i32>,
     sold: Option<i32>,
     sequence: Option<i64>,
+    decisions: Option<i64>,
+    decision_digest: Option<String>,
 }
 
 const STATICS_COLUMNS: &str = "applied_offset, configured, name, category_id, capacity, \
     price_minor, currency, sale_starts_at, sale_ends_at, hold_ms, max_per_order, max_per_user, \
-    updated_at, updated_by_record, held, sold, sequence";
+    updated_at, updated_by_record, held, sold, sequence, decisions, decision_digest";
 
 /// One order row as read back. All optional: a partition with static columns only answers one
 /// row whose clustering and regular columns are all null.
@@ -768,11 +796,12 @@ impl InventoryStore {
                  category_id = ?, capacity = ?, price_minor = ?, currency = ?, \
                  sale_starts_at = ?, sale_ends_at = ?, hold_ms = ?, max_per_order = ?, \
                  max_per_user = ?, updated_at = ?, updated_by_record = ?, held = ?, sold = ?, \
-                 sequence = ? WHERE event_id = ? IF applied_offset = ?"
+                 sequence = ?, decisions = ?, decision_digest = ? \
+                 WHERE event_id = ? IF applied_offset = ?"
             ),
             format!(
-                "UPDATE {inventory} SET applied_offset = ?, held = ?, sold = ?, sequence = ? \
-                 WHERE event_id = ? IF applied_offset = ?"
+                "UPDATE {inventory} SET applied_offset = ?, held = ?, sold = ?, sequence = ?, \
+                 decisions = ?, decision_digest = ? WHERE event_id = ? IF applied_offset = ?"
             ),
             format!(
                 "INSERT INTO {inventory} (event_id, order_id, user_id, slots, amount_minor, \
@@ -866,6 +895,8 @@ impl InventoryStore {
             let held = statics.held.unwrap_or(0);
             let sold = statics.sold.unwrap_or(0);
             let sequence = statics.sequence.unwrap_or(0);
+            let decisions = statics.decisions.unwrap_or(0);
+            let decision_digest = statics.decision_digest.clone().unwrap_or_default();
             let config = statics.config(event_id)?;
             let orders = self.read_orders(event_id).await?;
             if self.read_offset(event_id).await? != applied_offset {
@@ -882,6 +913,8 @@ impl InventoryStore {
                 held,
                 sold,
                 sequence,
+                decisions,
+                decision_digest,
                 orders,
             }));
         }
@@ -967,6 +1000,8 @@ impl InventoryStore {
                     held: update.held,
                     sold: update.sold,
                     sequence: update.sequence,
+                    decisions: update.decisions,
+                    decision_digest: &update.decision_digest,
                     event_id,
                     expected_offset: update.previous_offset,
                 }));
@@ -978,6 +1013,8 @@ impl InventoryStore {
                     held: update.held,
                     sold: update.sold,
                     sequence: update.sequence,
+                    decisions: update.decisions,
+                    decision_digest: &update.decision_digest,
                     event_id,
                     expected_offset: update.previous_offset,
                 }));
@@ -999,7 +1036,7 @@ impl InventoryStore {
                 previous_offset = ?update.previous_offset,
                 new_offset = update.new_offset,
                 ?current_offset,
-                "save refused: the event's offset moved (fenced by a newer owner)"
+                "save refused: the stored offset is not the one this owner expected (a newer owner saved, or the store lost writes)"
             );
         }
         Ok(outcome)
@@ -1051,6 +1088,8 @@ mod tests {
             held: 2,
             sold: 0,
             sequence: 3,
+            decisions: 5,
+            decision_digest: "0000000000000000000000000000002a".into(),
             changed_orders: orders,
         }
     }

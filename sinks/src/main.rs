@@ -80,6 +80,13 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
     let deps = NotifierDeps {
         kafka: cli.kafka,
         codec: Arc::new(Codec::new(&cli.registry)?),
+        watermarks: Arc::new(
+            boxoffice_sinks::watermarks::WatermarkStore::new(
+                Arc::clone(&session),
+                &schema.keyspace,
+            )
+            .await?,
+        ),
         store: Arc::new(NotifyStore::new(session, &schema.keyspace).await?),
         settings: cli.settings,
         metrics,

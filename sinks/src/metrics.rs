@@ -80,10 +80,30 @@ pub async fn serve<F>(listener: tokio::net::TcpListener, render: F)
 where
     F: Fn() -> String + Clone + Send + Sync + 'static,
 {
+    serve_with_readiness(listener, render, || Ok(())).await;
+}
+
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (200, or 503 with the
+/// reasons `ready` gives) until the process ends.
+pub async fn serve_with_readiness<F, R>(listener: tokio::net::TcpListener, render: F, ready: R)
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+    R: Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
+{
+    use axum::http::StatusCode;
     use axum::routing::get;
     let app = axum::Router::new()
         .route("/metrics", get(move || async move { render() }))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                match ready() {
+                    Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }),
+        );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!(error = %e, "metrics server stopped");
     }

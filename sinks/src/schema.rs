@@ -1,8 +1,8 @@
 //! The CQL schema: the one place that creates boxoffice's keyspace and tables. Idempotent
 //! (`IF NOT EXISTS` everywhere), so every binary may call [`ensure_schema`] at startup.
 //!
-//! The DDL must run unchanged on Apache Cassandra 5 (the local stack) and on ScyllaDB (users with
-//! Docker, production): no `tablets` option, no ScyllaDB CQL extensions, no materialized views,
+//! The DDL must run on Apache Cassandra 5 (the local stack) and on ScyllaDB (users with Docker,
+//! production): the `tablets` option only where the server has it, no ScyllaDB CQL extensions, no materialized views,
 //! no secondary (SASI/SAI) indexes. Every read path has its own explicit query table instead
 //! (`auth_by_email`, `orders_by_user`, `partition_events`, ...), written by the same code that
 //! writes the base table.
@@ -18,10 +18,14 @@
 //! is an operator's `ALTER KEYSPACE` followed by a full repair. [`ensure_schema`] logs a warning
 //! when the existing keyspace's replication differs from the setting.
 //!
-//! ScyllaDB note: recent ScyllaDB versions create keyspaces with tablets by default, and some of
-//! them do not support lightweight transactions on tablets. The DDL cannot say `tablets = ...`
-//! (Cassandra rejects it), so on such a ScyllaDB set `tablets_mode_for_new_keyspaces: disabled`
-//! (or `enable_tablets: false` on older versions) in `scylla.yaml`.
+//! ScyllaDB and tablets: recent ScyllaDB versions create keyspaces with tablets by default and
+//! refuse lightweight transactions on them, and Cassandra rejects the `tablets` option. So
+//! [`ensure_schema`] asks the server what it is ([`detect_server`]) and creates the keyspace
+//! with `tablets = {'enabled': false}` on a ScyllaDB that has tablets, and without the option
+//! elsewhere ([`keyspace_statement`]). An existing keyspace with tablets stops startup with
+//! [`SchemaError::Tablets`]: tablets cannot be switched off later.
+//!
+//! Tables change through [`MIGRATIONS`], one ordered list of added columns.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -311,6 +315,10 @@ pub enum SchemaError {
     },
     #[error("the cluster did not agree on the schema: {0}")]
     Agreement(#[from] SchemaAgreementError),
+    #[error(
+        "keyspace {keyspace} uses ScyllaDB tablets, where lightweight transactions (the booking processor's fenced saves) are refused; recreate it with tablets = {{'enabled': false}} (boxoffice creates new keyspaces that way) or choose another --scylla-keyspace / SCYLLA_KEYSPACE"
+    )]
+    Tablets { keyspace: String },
 }
 
 /// Every table boxoffice creates, in creation order.
@@ -338,10 +346,11 @@ pub const TABLES: &[&str] = &[
     "notifications",
     "webhook_endpoints",
     "notification_deliveries",
+    "consumer_watermarks",
 ];
 
 /// The table definitions (without keyspace): `(name, column list and key)`.
-fn table_definitions() -> [(&'static str, &'static str); 23] {
+fn table_definitions() -> [(&'static str, &'static str); 24] {
     [
         // Sign-in identities; the password is an argon2 hash, never the password.
         (
@@ -435,7 +444,8 @@ fn table_definitions() -> [(&'static str, &'static str); 23] {
              currency text static, sale_starts_at bigint static, sale_ends_at bigint static, \
              hold_ms bigint static, max_per_order int static, max_per_user int static, \
              updated_at bigint static, updated_by_record text static, held int static, \
-             sold int static, sequence bigint static, \
+             sold int static, sequence bigint static, decisions bigint static, \
+             decision_digest text static, \
              user_id text, slots int, amount_minor bigint, order_currency text, \
              payment_id text, status text, hold_expires_at bigint, reject_reason text, \
              cancel_reason text, late boolean, refunded boolean, \
@@ -516,16 +526,87 @@ fn table_definitions() -> [(&'static str, &'static str); 23] {
              detail text, updated_at timestamp, \
              PRIMARY KEY ((notification_id), channel, target)",
         ),
+        (
+            "consumer_watermarks",
+            "consumer text, topic text, kafka_partition int, next_offset bigint, \
+             updated_at timestamp, PRIMARY KEY ((consumer, topic, kafka_partition))",
+        ),
     ]
 }
 
-/// The DDL [`ensure_schema`] runs, in order.
-pub fn schema_statements(settings: &SchemaSettings) -> Vec<String> {
-    let mut statements = vec![format!(
-        "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {}",
+/// Which CQL server answers. The keyspace DDL differs: ScyllaDB (2024.2 and later) creates
+/// keyspaces with tablets by default and refuses lightweight transactions on them, which every
+/// fenced save of the booking processor is; Cassandra rejects the `tablets` option outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CqlServer {
+    Cassandra,
+    /// `tablets`: the server knows the keyspace option (and defaults it on).
+    Scylla {
+        tablets: bool,
+    },
+}
+
+impl fmt::Display for CqlServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CqlServer::Cassandra => f.write_str("Cassandra"),
+            CqlServer::Scylla { tablets: true } => f.write_str("ScyllaDB (tablets)"),
+            CqlServer::Scylla { tablets: false } => f.write_str("ScyllaDB (vnodes only)"),
+        }
+    }
+}
+
+/// Asks the server what it is: ScyllaDB has the table `system.scylla_local`, and those with
+/// tablets have the column `system_schema.scylla_keyspaces.initial_tablets`.
+pub async fn detect_server(session: &Session) -> Result<CqlServer, SchemaError> {
+    let exists = |query: &'static str| async move {
+        session
+            .query_unpaged(query, &[])
+            .await
+            .map_err(|source| SchemaError::Statement {
+                statement: query.to_owned(),
+                source,
+            })
+            .map(|result| {
+                result
+                    .into_rows_result()
+                    .map(|rows| rows.rows_num() > 0)
+                    .unwrap_or(false)
+            })
+    };
+    let scylla = exists(
+        "SELECT table_name FROM system_schema.tables \
+         WHERE keyspace_name = 'system' AND table_name = 'scylla_local'",
+    )
+    .await?;
+    if !scylla {
+        return Ok(CqlServer::Cassandra);
+    }
+    let tablets = exists(
+        "SELECT column_name FROM system_schema.columns WHERE keyspace_name = 'system_schema' \
+         AND table_name = 'scylla_keyspaces' AND column_name = 'initial_tablets'",
+    )
+    .await?;
+    Ok(CqlServer::Scylla { tablets })
+}
+
+/// `CREATE KEYSPACE` for `server`: with tablets disabled where the server has them, so
+/// lightweight transactions (the booking processor's fenced saves) work.
+pub fn keyspace_statement(settings: &SchemaSettings, server: CqlServer) -> String {
+    let tablets = match server {
+        CqlServer::Scylla { tablets: true } => " AND tablets = {'enabled': false}",
+        CqlServer::Scylla { tablets: false } | CqlServer::Cassandra => "",
+    };
+    format!(
+        "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {}{tablets}",
         settings.keyspace.cql(),
         settings.replication.cql()
-    )];
+    )
+}
+
+/// The DDL [`ensure_schema`] runs on `server`, in order (migrations come after).
+pub fn schema_statements(settings: &SchemaSettings, server: CqlServer) -> Vec<String> {
+    let mut statements = vec![keyspace_statement(settings, server)];
     statements.extend(table_definitions().iter().map(|(name, body)| {
         format!(
             "CREATE TABLE IF NOT EXISTS {} ({body})",
@@ -535,31 +616,144 @@ pub fn schema_statements(settings: &SchemaSettings) -> Vec<String> {
     statements
 }
 
-/// Creates the keyspace and every table that does not exist yet, then waits until the whole
-/// cluster agrees on the schema. Harmless to run again, and from several processes at once.
+/// A column added to a table after the table first shipped. The table definitions above
+/// already carry it (new keyspaces get it from `CREATE TABLE`); `CREATE TABLE IF NOT EXISTS`
+/// leaves an existing table alone, so [`apply_migrations`] adds it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddColumn {
+    pub table: &'static str,
+    pub column: &'static str,
+    /// CQL type, with `static` where the column is one.
+    pub cql_type: &'static str,
+}
+
+/// Every schema change since the first release, oldest first. Append only.
+pub const MIGRATIONS: &[AddColumn] = &[
+    AddColumn {
+        table: "orders",
+        column: "request_fingerprint",
+        cql_type: "text",
+    },
+    AddColumn {
+        table: "orders",
+        column: "idempotency_key",
+        cql_type: "text",
+    },
+    AddColumn {
+        table: "webhook_endpoints",
+        column: "description",
+        cql_type: "text",
+    },
+    // The booking processor's decision count and digest, compared with booking.progress on
+    // every assignment (see `inventory`).
+    AddColumn {
+        table: "event_inventory",
+        column: "decisions",
+        cql_type: "bigint static",
+    },
+    AddColumn {
+        table: "event_inventory",
+        column: "decision_digest",
+        cql_type: "text static",
+    },
+];
+
+/// `ALTER TABLE ... ADD` for one migration.
+pub fn migration_statement(keyspace: &Keyspace, migration: &AddColumn) -> String {
+    format!(
+        "ALTER TABLE {} ADD {} {}",
+        keyspace.table(migration.table),
+        migration.column,
+        migration.cql_type
+    )
+}
+
+/// Adds every column of [`MIGRATIONS`] the keyspace lacks. Safe from several processes at
+/// once: a column added concurrently between the check and the `ALTER` is only logged.
+pub async fn apply_migrations(session: &Session, keyspace: &Keyspace) -> Result<(), SchemaError> {
+    const EXISTS: &str = "SELECT column_name FROM system_schema.columns \
+         WHERE keyspace_name = ? AND table_name = ? AND column_name = ?";
+    for migration in MIGRATIONS {
+        let exists = session
+            .query_unpaged(
+                EXISTS,
+                (keyspace.as_str(), migration.table, migration.column),
+            )
+            .await
+            .map_err(|source| SchemaError::Statement {
+                statement: EXISTS.to_owned(),
+                source,
+            })?
+            .into_rows_result()
+            .map(|rows| rows.rows_num() > 0)
+            .unwrap_or(false);
+        if exists {
+            continue;
+        }
+        let statement = migration_statement(keyspace, migration);
+        if let Err(e) = session.query_unpaged(statement.as_str(), &[]).await {
+            tracing::info!(%statement, error = %e, "ALTER TABLE failed (column added concurrently?)");
+        }
+    }
+    session.await_schema_agreement().await?;
+    Ok(())
+}
+
+/// Creates the keyspace and every table that does not exist yet, adds the columns of
+/// [`MIGRATIONS`] that are missing, then waits until the whole cluster agrees on the schema.
+/// Harmless to run again, and from several processes at once.
 pub async fn ensure_schema(
     session: &Session,
     settings: &SchemaSettings,
 ) -> Result<(), SchemaError> {
+    let server = detect_server(session).await?;
     // One at a time: concurrent DDL is what produces schema disagreements.
-    for statement in schema_statements(settings) {
+    for statement in schema_statements(settings, server) {
         session
             .query_unpaged(statement.as_str(), &[])
             .await
             .map_err(|source| SchemaError::Statement { statement, source })?;
     }
     session.await_schema_agreement().await?;
+    apply_migrations(session, &settings.keyspace).await?;
+    if server == (CqlServer::Scylla { tablets: true }) {
+        refuse_tablets(session, &settings.keyspace).await?;
+    }
     warn_on_replication_mismatch(session, settings).await;
     tracing::info!(
         keyspace = %settings.keyspace,
         replication = %settings.replication,
+        %server,
         tables = TABLES.len(),
         "CQL schema ensured"
     );
     Ok(())
 }
 
-/// An existing keyspace keeps its replication (`IF NOT EXISTS`); say so when it differs.
+/// A keyspace made earlier with tablets (by hand, or by an older boxoffice) cannot take
+/// lightweight transactions, and tablets cannot be switched off on an existing keyspace.
+async fn refuse_tablets(session: &Session, keyspace: &Keyspace) -> Result<(), SchemaError> {
+    const QUERY: &str =
+        "SELECT initial_tablets FROM system_schema.scylla_keyspaces WHERE keyspace_name = ?";
+    let initial = session
+        .query_unpaged(QUERY, (keyspace.as_str(),))
+        .await
+        .map_err(|source| SchemaError::Statement {
+            statement: QUERY.to_owned(),
+            source,
+        })?
+        .into_rows_result()
+        .ok()
+        .and_then(|rows| rows.maybe_first_row::<(Option<i32>,)>().ok().flatten())
+        .and_then(|(initial,)| initial);
+    match initial {
+        Some(_) => Err(SchemaError::Tablets {
+            keyspace: keyspace.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 async fn warn_on_replication_mismatch(session: &Session, settings: &SchemaSettings) {
     let stored = session
         .query_unpaged(
@@ -738,9 +932,48 @@ mod tests {
     }
 
     #[test]
+    fn the_keyspace_disables_tablets_only_where_the_server_has_them() {
+        let settings = SchemaSettings::local(Keyspace::new("ks").unwrap());
+        let replication = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
+        assert_eq!(
+            keyspace_statement(&settings, CqlServer::Cassandra),
+            format!("CREATE KEYSPACE IF NOT EXISTS \"ks\" WITH replication = {replication}")
+        );
+        assert_eq!(
+            keyspace_statement(&settings, CqlServer::Scylla { tablets: false }),
+            format!("CREATE KEYSPACE IF NOT EXISTS \"ks\" WITH replication = {replication}")
+        );
+        assert_eq!(
+            keyspace_statement(&settings, CqlServer::Scylla { tablets: true }),
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS \"ks\" WITH replication = {replication} \
+                 AND tablets = {{'enabled': false}}"
+            )
+        );
+    }
+
+    #[test]
+    fn every_migrated_column_is_also_in_its_table_definition() {
+        let definitions = table_definitions();
+        for m in MIGRATIONS {
+            let (_, body) = definitions
+                .iter()
+                .find(|(name, _)| *name == m.table)
+                .unwrap_or_else(|| panic!("migration of unknown table {}", m.table));
+            let column = format!("{} {}", m.column, m.cql_type);
+            assert!(body.contains(&column), "{} lacks `{column}`", m.table);
+        }
+        let ks = Keyspace::new("ks").unwrap();
+        assert_eq!(
+            migration_statement(&ks, &MIGRATIONS[3]),
+            "ALTER TABLE \"ks\".event_inventory ADD decisions bigint static"
+        );
+    }
+
+    #[test]
     fn the_ddl_is_idempotent_and_portable() {
         let settings = SchemaSettings::local(Keyspace::new("ks").unwrap());
-        let statements = schema_statements(&settings);
+        let statements = schema_statements(&settings, CqlServer::Cassandra);
         assert_eq!(statements.len(), 1 + TABLES.len());
         assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS \"ks\" WITH replication"));
         for (statement, table) in statements[1..].iter().zip(TABLES) {

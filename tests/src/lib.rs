@@ -2,12 +2,16 @@
 //! schema registry (`services`), hands out names no other test uses (`names`), waits for
 //! conditions with a bound, never a bare sleep (`wait`), and sets up a private pipeline of
 //! topics, keyspace and processors per test (`pipeline`). Also the local payment provider
-//! (`provider_sim`) and what the load generators share (`load`).
+//! (`provider_sim`), the chaos suite (`chaos`: a private stack, every service as a process,
+//! faults during a flash sale), the outside world's receivers (`receivers`: SMTP, webhooks) and what the
+//! load generators share (`load`).
 
+pub mod chaos;
 pub mod load;
 pub mod names;
 pub mod pipeline;
 pub mod provider_sim;
+pub mod receivers;
 pub mod services;
 pub mod wait;
 

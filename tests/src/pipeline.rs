@@ -65,10 +65,19 @@ impl Pipeline {
             (&topics.availability, command_partitions),
             (&topics.notifications, 3),
             (&topics.dead_letters, 1),
+            (&topics.progress, command_partitions),
         ];
         let new_topics: Vec<NewTopic> = specs
             .iter()
-            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .map(|(name, partitions)| {
+                let topic = NewTopic::new(name, *partitions, TopicReplication::Fixed(1));
+                // As in topics/topics.yaml: progress is compacted (latest per event).
+                if **name == topics.progress {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
             .collect();
         for result in admin
             .create_topics(
@@ -110,6 +119,8 @@ impl Pipeline {
             topic_prefix: self.prefix.clone(),
             max_batch_records: 2000,
             max_batch_wait: Duration::from_millis(20),
+            retry_budget: Duration::from_secs(30),
+            recovery_source: Default::default(),
         }
     }
 
@@ -223,6 +234,7 @@ impl Drop for Pipeline {
             self.topics.availability.clone(),
             self.topics.notifications.clone(),
             self.topics.dead_letters.clone(),
+            self.topics.progress.clone(),
         ];
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -472,6 +484,17 @@ impl Pipeline {
         ))
     }
 
+    /// The consumers' watermarks in this pipeline's keyspace.
+    pub async fn watermarks(
+        &self,
+    ) -> anyhow::Result<Arc<boxoffice_sinks::watermarks::WatermarkStore>> {
+        let keyspace = Keyspace::new(&self.keyspace).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Arc::new(
+            boxoffice_sinks::watermarks::WatermarkStore::new(self.session.clone(), &keyspace)
+                .await?,
+        ))
+    }
+
     /// Starts the payment processor in this process with [`Pipeline::payment_settings`].
     pub async fn start_payment_processor(&self) -> anyhow::Result<RunningPaymentProcessor> {
         self.start_payment_processor_with(self.payment_settings())
@@ -491,6 +514,7 @@ impl Pipeline {
             kafka: self.services.kafka(),
             codec: self.codec.clone(),
             store: self.payment_store().await?,
+            watermarks: self.watermarks().await?,
             gateway: gateway.clone(),
             settings,
             policy: Default::default(),

@@ -274,6 +274,22 @@ fn notification(i: &Ids) -> NotificationRequested {
     }
 }
 
+fn progress(i: &Ids) -> EventProgress {
+    EventProgress {
+        record_id: ids::record_id_for::<EventProgress>(&[&i.event, "41"]),
+        event_id: i.event.clone(),
+        applied_offset: 41,
+        first_offset: 3,
+        decisions: 12,
+        decision_digest: "0123456789abcdef0123456789abcdef".into(),
+        capacity: 100,
+        held: 4,
+        sold: 6,
+        sequence: 10,
+        occurred_at: 1_767_225_600_000,
+    }
+}
+
 fn dead_letter() -> DeadLetter {
     DeadLetter {
         record_id: DeadLetter::record_id_for("booking-processor", "booking.commands", 0, 17),
@@ -404,6 +420,11 @@ async fn every_record_type_round_trips_through_the_registry() {
         .await,
     );
     ids.push(round_trip(&codec, &topic(DeadLetter::TOPIC), &dead_letter()).await);
+    ids.push(round_trip(&codec, &topic(EventProgress::TOPIC), &progress(&i)).await);
+    subjects.push(codec::subject(
+        &topic(EventProgress::TOPIC),
+        EventProgress::FULL_NAME,
+    ));
     subjects.push(codec::subject(
         &topic(AvailabilityChanged::TOPIC),
         AvailabilityChanged::FULL_NAME,
@@ -439,7 +460,7 @@ async fn every_record_type_round_trips_through_the_registry() {
             "{subject} not registered"
         );
     }
-    assert_eq!(subjects.len(), 19);
+    assert_eq!(subjects.len(), 20);
 }
 
 #[tokio::test]

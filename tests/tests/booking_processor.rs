@@ -136,7 +136,7 @@ async fn assert_event_consistent(pipeline: &Pipeline, event_id: &str, sold: u32,
         &pipeline.services.kafka(),
         &pipeline.codec,
         &store,
-        &pipeline.topics.commands,
+        &pipeline.topics,
         event_id,
     )
     .await

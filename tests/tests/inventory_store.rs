@@ -115,6 +115,8 @@ fn first_save(event_id: &str, orders: Vec<StoredOrder>) -> StoredEventUpdate {
         held,
         sold: 0,
         sequence: 7,
+        decisions: 12,
+        decision_digest: "000000000000000000000000000000ff".into(),
         changed_orders: orders,
     }
 }
@@ -136,6 +138,8 @@ fn expected(update: &StoredEventUpdate, mut orders: Vec<StoredOrder>) -> StoredE
         held: update.held,
         sold: update.sold,
         sequence: update.sequence,
+        decisions: update.decisions,
+        decision_digest: update.decision_digest.clone(),
         orders,
     }
 }
@@ -221,6 +225,8 @@ async fn a_new_event_saves_loads_back_equal_and_is_fenced_by_its_offset() {
         held: 6,
         sold: 2,
         sequence: 9,
+        decisions: 20,
+        decision_digest: "0000000000000000000000000000010f".into(),
         changed_orders: vec![confirmed, expired, cancelled, reserved(6)],
     };
     assert_eq!(store.save(&second).await.unwrap(), SaveOutcome::Applied);

@@ -210,6 +210,7 @@ impl InProcess {
             kafka: pipeline.services.kafka(),
             codec: pipeline.codec.clone(),
             store: pipeline.payment_store().await.unwrap(),
+            watermarks: pipeline.watermarks().await.unwrap(),
             gateway: Arc::new(gateway),
             settings,
             policy,

@@ -214,13 +214,14 @@ async fn cleanup(names: &[String]) {
     kafka(&args).await.expect(Exit::Ok);
 }
 
-const CATALOGUE_TOPICS: [&str; 6] = [
+const CATALOGUE_TOPICS: [&str; 7] = [
     "booking.commands",
     "orders.events",
     "payments.requests",
     "availability",
     "notifications",
     "dead.letters",
+    "booking.progress",
 ];
 
 #[tokio::test]
@@ -259,7 +260,7 @@ async fn plan_on_an_empty_cluster_lists_every_create_then_apply_leaves_it_clean(
     }
     assert!(
         plan.out
-            .contains("Plan: 6 to create, 0 to update, 0 unmanaged, 0 refused."),
+            .contains("Plan: 7 to create, 0 to update, 0 unmanaged, 0 refused."),
         "{}",
         plan.out
     );
@@ -267,7 +268,7 @@ async fn plan_on_an_empty_cluster_lists_every_create_then_apply_leaves_it_clean(
     json.expect(Exit::Drift);
     let json = json.json();
     assert_eq!(json["drift"], true);
-    assert_eq!(json["summary"]["create"], 6);
+    assert_eq!(json["summary"]["create"], 7);
     let availability = json["changes"]
         .as_array()
         .unwrap()
@@ -289,12 +290,12 @@ async fn plan_on_an_empty_cluster_lists_every_create_then_apply_leaves_it_clean(
     let apply = run(with(&["apply"])).await;
     apply.expect(Exit::Ok);
     assert!(
-        apply.out.contains("Apply complete: 6 step(s)"),
+        apply.out.contains("Apply complete: 7 step(s)"),
         "{}",
         apply.out
     );
     assert!(
-        apply.err.contains("[6/6] create"),
+        apply.err.contains("[7/7] create"),
         "progress is shown: {}",
         apply.err
     );
@@ -311,7 +312,7 @@ async fn plan_on_an_empty_cluster_lists_every_create_then_apply_leaves_it_clean(
     list.expect(Exit::Ok);
     let listed = list.json();
     let rows = listed["topics"].as_array().unwrap();
-    assert_eq!(rows.len(), 6, "{listed}");
+    assert_eq!(rows.len(), 7, "{listed}");
     assert!(rows.iter().all(|r| r["status"] == "managed"), "{listed}");
 
     let mut describe_args = with(&["describe", "-o", "json"]);

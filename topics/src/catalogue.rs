@@ -805,7 +805,8 @@ topics:
                 "payments.requests",
                 "availability",
                 "notifications",
-                "dead.letters"
+                "dead.letters",
+                "booking.progress"
             ]
         );
         let commands = local.topic("booking.commands").unwrap();
@@ -854,6 +855,7 @@ topics:
         }
         assert_eq!(production.topic("booking.commands").unwrap().partitions, 24);
         assert_eq!(production.topic("availability").unwrap().partitions, 24);
+        assert_eq!(production.topic("booking.progress").unwrap().partitions, 24);
     }
 
     #[test]
@@ -1038,7 +1040,11 @@ topics:
         assert!(c.topic("t1.booking.commands").is_some());
         assert_eq!(
             c.co_partitioned[0].topics,
-            ["t1.booking.commands", "t1.availability"]
+            [
+                "t1.booking.commands",
+                "t1.availability",
+                "t1.booking.progress"
+            ]
         );
     }
 

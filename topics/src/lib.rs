@@ -9,6 +9,7 @@
 //! - `lag` reports consumer lag;
 //! - `docs` generates the README's Topics table;
 //! - `partitioner` is Kafka's murmur2 key partitioner, shared by producers and processors;
+//! - `reader` reads one partition to its last stable offset, outside any group (recovery, audits);
 //! - `cli` parses arguments and runs the commands, returning the exit code.
 
 pub mod catalogue;
@@ -19,6 +20,7 @@ pub mod kafka;
 pub mod lag;
 pub mod partitioner;
 pub mod plan;
+pub mod reader;
 pub mod render;
 pub mod schemas;
 

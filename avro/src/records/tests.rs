@@ -35,6 +35,7 @@ macro_rules! each_record {
             $check::<AvailabilityChanged>(),
             $check::<NotificationRequested>(),
             $check::<DeadLetter>(),
+            $check::<EventProgress>(),
         ]
     };
 }
@@ -200,6 +201,7 @@ fn records_are_on_the_agreed_topics() {
         ("boxoffice.AvailabilityChanged", "availability"),
         ("boxoffice.NotificationRequested", "notifications"),
         ("boxoffice.DeadLetter", "dead.letters"),
+        ("boxoffice.EventProgress", "booking.progress"),
     ];
     assert_eq!(each_record!(identity), expected);
     assert_eq!(
@@ -300,7 +302,7 @@ fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
 /// The key field of each topic, as agreed.
 fn key_field(topic: &str) -> &'static str {
     match topic {
-        "booking.commands" | "availability" => "event_id",
+        "booking.commands" | "availability" | "booking.progress" => "event_id",
         "orders.events" | "payments.requests" => "order_id",
         "notifications" => "user_id",
         other => panic!("no key agreed for {other}"),

@@ -90,6 +90,13 @@ impl<A: Allocator> Partition<A> {
                 _ => {}
             }
         }
+        if let Some(digest) = state.digest.as_mut() {
+            for output in &decision.outputs {
+                if let Output::Order(fact) = output {
+                    digest.add(fact.record_id());
+                }
+            }
+        }
         // Invariant: every decision leaves the event consistent. A violation is a bug in the
         // core, and carrying on would sell what does not exist.
         debug_assert_eq!(state.check_invariant(), Ok(()));

@@ -3,81 +3,58 @@
 //! hold-expiry timer, dead-lettering, and the order of side effects that makes processing
 //! effectively once:
 //!
-//! 1. take a batch (bounded count and time) and decide it, partition by partition, in log order;
-//! 2. produce every resulting record in one Kafka transaction per partition and commit it
-//!    (transactional id per partition, so a new owner fences a zombie's producer);
-//! 3. persist each touched event's state with its applied offset, conditional on the offset
-//!    stored before (a zombie's stale write is refused);
-//! 4. commit the consumer offset (a hint: restarts skip anything at or below an event's stored
-//!    offset anyway).
+//! 1. a partition is processed only after `restore` fenced earlier owners, compared the store
+//!    with what Kafka says was published, and moved the consumer to where the log must be read
+//!    again (see `recovery`);
+//! 2. take a batch (bounded count and time) and decide it, partition by partition, in log
+//!    order; events the store was behind on are re-folded silently up to what was published;
+//! 3. produce every resulting record, an `EventProgress` per touched event and the consumer
+//!    offset in **one Kafka transaction** per partition (a new owner's `init_transactions`
+//!    fences a zombie's producer);
+//! 4. persist each touched event's state with its applied offset, conditional on the offset
+//!    stored before (a zombie's stale write is refused).
 //!
-//! A crash between 2 and 3 replays the batch on the same stored state: the same decisions,
-//! records with the same deterministic ids, which consumers deduplicate.
+//! A crash between 3 and 4 leaves the store behind Kafka; the next restore re-folds the gap
+//! from the log and checks the decisions against the published digest.
+//!
+//! A partition that is assigned but not processed (being restored, waiting after a fault,
+//! stopped) is re-checked on a timer, never on incoming traffic; `/readyz` answers 503 and the
+//! `booking_partitions_waiting` / `booking_partitions_stopped` gauges show it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use boxoffice_avro::Codec;
 use boxoffice_avro::ids;
-use boxoffice_avro::records::{
-    BookingCommand, DeadLetter, DeadLetterErrorKind, HoldExpired, Record, RecordGroup, topic,
-};
-use boxoffice_avro::{Codec, CodecError};
-use boxoffice_sinks::inventory::{InventoryStore, SaveOutcome};
+use boxoffice_avro::records::{BookingCommand, DeadLetterErrorKind, HoldExpired, RecordGroup};
+use boxoffice_sinks::inventory::{InventoryStore, SaveOutcome, StoredEventUpdate};
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::partitioner::partition_for;
 use futures::future::join_all;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::partition::{Partition, TimerChange};
-use super::render::Output;
+use super::publish::{
+    Encoded, OffsetCommit, TxnError, abort, backoff, dead_letter, encode_output, encode_progress,
+    now_millis, progress_record, transaction,
+};
+use super::recovery::{Published, RecoverySource, RefoldCheck, check_refold};
+use super::restore::{RestoreError, restore};
 use super::state::Millis;
 use super::store;
+pub use super::topics::Topics;
 use crate::metrics::BookingMetrics;
 use crate::rebalance::{GroupContext, Membership};
 
-/// The topics the processor reads and writes. Production names by default; tests use a prefix
-/// so each gets its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    pub commands: String,
-    pub orders: String,
-    pub payments: String,
-    pub availability: String,
-    pub notifications: String,
-    pub dead_letters: String,
-}
-
-impl Topics {
-    pub fn with_prefix(prefix: &str) -> Self {
-        Topics {
-            commands: format!("{prefix}{}", topic::BOOKING_COMMANDS),
-            orders: format!("{prefix}{}", topic::ORDERS_EVENTS),
-            payments: format!("{prefix}{}", topic::PAYMENTS_REQUESTS),
-            availability: format!("{prefix}{}", topic::AVAILABILITY),
-            notifications: format!("{prefix}{}", topic::NOTIFICATIONS),
-            dead_letters: format!("{prefix}{}", topic::DEAD_LETTERS),
-        }
-    }
-
-    fn for_output(&self, output: &Output) -> &str {
-        match output {
-            Output::Order(_) => &self.orders,
-            Output::Payment(_) => &self.payments,
-            Output::Availability(_) => &self.availability,
-            Output::Notification(_) => &self.notifications,
-        }
-    }
-}
-
-/// How the booking processor batches and identifies itself.
+/// How the booking processor batches, identifies itself and recovers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BookingSettings {
     /// Consumer group of the booking processors; every instance of one deployment shares it.
@@ -105,6 +82,25 @@ pub struct BookingSettings {
     #[arg(long = "max-batch-wait", env = "BOOKING_MAX_BATCH_WAIT", default_value = "20ms",
           value_parser = humantime::parse_duration)]
     pub max_batch_wait: Duration,
+
+    /// How long a store write, an output transaction or a registry call is retried before the
+    /// partition is given up and restored from the store and the log (e.g. `30s`).
+    #[arg(long = "retry-budget", env = "BOOKING_RETRY_BUDGET", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub retry_budget: Duration,
+
+    /// What a restore trusts. `log` (always, in production) compares the store with what Kafka
+    /// says was published and re-folds what the store lost. `trust-store` is the behaviour
+    /// that oversold when the store lost writes, kept only as the chaos suite's negative
+    /// control.
+    #[arg(
+        long = "recovery-source",
+        env = "BOOKING_RECOVERY_SOURCE",
+        default_value = "log",
+        value_enum,
+        hide = true
+    )]
+    pub recovery_source: RecoverySource,
 }
 
 impl BookingSettings {
@@ -145,69 +141,166 @@ impl std::fmt::Debug for BookingDeps {
 
 // ---------------------------------------------------------------------------------- workers
 
-/// One owned partition: its events' state, their stored offsets, its transactional producer
-/// and its hold timers.
-struct Worker {
+/// What the worker knows of one event besides its state (which lives in `Partition`).
+#[derive(Debug, Clone, Default)]
+pub struct Tracked {
+    /// Offset the event's state reflects, as stored (`None`: never stored). Commands at or
+    /// below it are already applied.
+    pub offset: Option<i64>,
+    /// Offset of the event's first command (published with its progress).
+    pub first_offset: Option<i64>,
+    /// Re-folding from the log up to what was published, without publishing again.
+    pub refold: Option<Published>,
+    /// The event cannot be rebuilt (its commands are below the log start): why.
+    pub lost: Option<String>,
+    /// In `partition_events`.
+    pub registered: bool,
+}
+
+/// One owned partition: its events' state, its transactional producer and its hold timers.
+pub struct Worker {
     partition: i32,
     core: Partition,
-    /// Offset stored with each event's state (`None`: never stored).
-    stored_offsets: HashMap<String, Option<i64>>,
-    registered: HashSet<String>,
+    events: HashMap<String, Tracked>,
     producer: FutureProducer,
     /// (Deadline, order id) → (event id, user id), soonest first.
     timers: BTreeMap<(Millis, String), (String, String)>,
     /// Order id → its deadline in `timers`.
     hold_index: HashMap<String, Millis>,
-    /// The last offset whose batch is fully produced and stored.
-    processed_through: Option<i64>,
+    /// The next offset expected from the consumer; anything below was fetched before the last
+    /// seek and is dropped.
+    next_offset: i64,
+    /// Records below this offset were processed and published by an earlier owner: read again
+    /// only to re-fold events, never decided or dead-lettered twice.
+    published_until: i64,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("partition", &self.partition)
+            .field("events", &self.events.len())
+            .field("holds", &self.timers.len())
+            .field("next_offset", &self.next_offset)
+            .field("published_until", &self.published_until)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Worker {
-    fn schedule(
-        &mut self,
-        at: Millis,
-        order_id: String,
-        event_id: String,
-        user_id: String,
-    ) -> bool {
+    pub fn new(
+        partition: i32,
+        core: Partition,
+        events: HashMap<String, Tracked>,
+        producer: FutureProducer,
+        next_offset: i64,
+        published_until: i64,
+    ) -> Self {
+        Worker {
+            partition,
+            core,
+            events,
+            producer,
+            timers: BTreeMap::new(),
+            hold_index: HashMap::new(),
+            next_offset,
+            published_until,
+        }
+    }
+
+    /// Schedules the hold-expiry timer of every order the loaded states hold.
+    pub fn schedule_active_holds(&mut self) {
+        let mut holds = Vec::new();
+        for state in self.core.events.values() {
+            for (order_id, at) in state.active_holds() {
+                let user = state
+                    .orders
+                    .get(order_id)
+                    .map(|o| o.user_id.clone())
+                    .unwrap_or_default();
+                holds.push((at, order_id.to_owned(), state.event_id.clone(), user));
+            }
+        }
+        for (at, order_id, event_id, user_id) in holds {
+            self.schedule(at, order_id, event_id, user_id);
+        }
+    }
+
+    pub fn hold_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    fn schedule(&mut self, at: Millis, order_id: String, event_id: String, user_id: String) {
         if let Some(previous) = self.hold_index.insert(order_id.clone(), at) {
             self.timers.remove(&(previous, order_id.clone()));
         }
-        self.timers
-            .insert((at, order_id), (event_id, user_id))
-            .is_none()
+        self.timers.insert((at, order_id), (event_id, user_id));
     }
 
-    fn clear(&mut self, order_id: &str) -> bool {
-        match self.hold_index.remove(order_id) {
-            Some(at) => self.timers.remove(&(at, order_id.to_owned())).is_some(),
-            None => false,
+    fn clear(&mut self, order_id: &str) {
+        if let Some(at) = self.hold_index.remove(order_id) {
+            self.timers.remove(&(at, order_id.to_owned()));
         }
     }
+
+    fn apply_timers(&mut self, changes: Vec<TimerChange>) {
+        for change in changes {
+            match change {
+                TimerChange::Schedule {
+                    event_id,
+                    order_id,
+                    user_id,
+                    at,
+                } => self.schedule(at, order_id, event_id, user_id),
+                TimerChange::Clear { order_id, .. } => self.clear(&order_id),
+            }
+        }
+    }
+}
+
+/// Where an assigned partition stands.
+enum Slot {
+    Active(Box<Worker>),
+    /// Assigned, not processed: restored once `retry_at` passes.
+    Waiting {
+        retry_at: Instant,
+        attempt: u32,
+        reason: String,
+    },
+    /// Assigned and never processed again by this instance: what fans were told and what the
+    /// log gives differ, or the store and Kafka disagree in a way no store fault explains.
+    Stopped {
+        reason: String,
+    },
 }
 
 /// The outcome of one batch for one partition.
 enum BatchOutcome {
     Done,
-    /// Another owner took over (transaction fenced or state write refused): let go.
-    Fenced(String),
-    /// Something no retry can fix (a schema the registry refuses): stop rather than skip.
+    /// This worker's view is stale or a fault outlasted the retry budget: restore the
+    /// partition from the store and the log (after `after`).
+    Rebuild {
+        reason: String,
+        after: Duration,
+    },
+    /// Stop processing the partition (see [`Slot::Stopped`]).
+    Stop(String),
+    /// Something no retry can fix (a schema the registry refuses): stop the process rather
+    /// than skip a record.
     Failed(String),
 }
 
-fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
-}
+/// How long a fenced partition waits before it is restored again, if still assigned: long
+/// enough for the group to tell this instance about the rebalance that fenced it.
+const FENCED_RECHECK: Duration = Duration::from_secs(15);
+/// How long a partition whose store was ahead waits before it is restored again.
+const AHEAD_RECHECK: Duration = Duration::from_secs(2);
 
 struct Runtime {
     deps: BookingDeps,
     topics: Topics,
     partition_count: i32,
-    workers: HashMap<i32, Worker>,
-    /// Partitions given up after a fencing, and when.
-    fenced: HashMap<i32, Instant>,
+    slots: HashMap<i32, Slot>,
     /// Plain idempotent producer for hold expiries (commands, like ingest's).
     command_producer: FutureProducer,
 }
@@ -216,7 +309,7 @@ struct Runtime {
 /// leaves the group.
 pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let topics = deps.settings.topics();
-    let context = GroupContext::default();
+    let context = GroupContext::pausing();
     let consumer: StreamConsumer<GroupContext> = deps
         .kafka
         .client_config()
@@ -236,15 +329,20 @@ pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Resul
         group = %deps.settings.group_id,
         topic = %topics.commands,
         partitions = partition_count,
+        recovery_source = ?deps.settings.recovery_source,
         "booking processor joined its group; waiting for partitions"
     );
+    if deps.settings.recovery_source == RecoverySource::TrustStore {
+        warn!(
+            "--recovery-source trust-store: restores take the store's word (the negative control of the chaos suite; it oversells when the store loses writes)"
+        );
+    }
 
     let mut runtime = Runtime {
         deps,
         topics,
         partition_count,
-        workers: HashMap::new(),
-        fenced: HashMap::new(),
+        slots: HashMap::new(),
         command_producer,
     };
     tokio::pin!(shutdown);
@@ -253,12 +351,15 @@ pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Resul
             _ = &mut shutdown => break,
             batch = collect_batch(&consumer, &runtime.deps.settings) => batch,
         };
-        runtime.apply_membership(&context).await;
+        runtime.apply_membership(&context);
         runtime.process(&consumer, batch).await?;
+        runtime.restore_due(&consumer).await;
         runtime.fire_due_timers().await;
+        runtime.publish_gauges();
     }
     info!("booking processor stopping: batch finished, leaving the group");
-    runtime.workers.clear();
+    runtime.slots.clear();
+    runtime.publish_gauges();
     consumer.unsubscribe();
     Ok(())
 }
@@ -282,8 +383,8 @@ async fn partition_count(
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }
 
-/// Waits for the first record (or a quiet second, so timers still fire), then takes what else
-/// arrives within `max_batch_wait`, up to `max_batch_records`.
+/// Waits for the first record (or a quiet 200 ms, so timers and restores still run), then
+/// takes what else arrives within `max_batch_wait`, up to `max_batch_records`.
 async fn collect_batch(
     consumer: &StreamConsumer<GroupContext>,
     settings: &BookingSettings,
@@ -312,128 +413,100 @@ async fn collect_batch(
 }
 
 impl Runtime {
-    /// Acts on rebalances noted since the last batch: drops revoked workers, builds new ones
-    /// from ScyllaDB.
-    async fn apply_membership(&mut self, context: &GroupContext) {
+    /// Acts on rebalances noted since the last batch: drops revoked partitions, marks new ones
+    /// for a restore.
+    fn apply_membership(&mut self, context: &GroupContext) {
         for change in context.take() {
             match change {
                 Membership::Revoked(partitions) => {
                     for p in partitions {
-                        if let Some(worker) = self.workers.remove(&p) {
-                            self.deps
-                                .metrics
-                                .holds_active
-                                .fetch_sub(worker.timers.len() as i64, Ordering::Relaxed);
+                        if self.slots.remove(&p).is_some() {
                             info!(partition = p, "partition revoked; state released");
                         }
                     }
                 }
                 Membership::Assigned(partitions) => {
                     for p in partitions {
-                        if self.workers.contains_key(&p) {
-                            continue;
-                        }
-                        let worker = self.load_worker(p).await;
-                        self.deps
-                            .metrics
-                            .holds_active
-                            .fetch_add(worker.timers.len() as i64, Ordering::Relaxed);
-                        self.workers.insert(p, worker);
+                        self.slots.entry(p).or_insert_with(|| Slot::Waiting {
+                            retry_at: Instant::now(),
+                            attempt: 0,
+                            reason: "assigned".to_owned(),
+                        });
                     }
                 }
             }
         }
-        self.deps
-            .metrics
-            .partitions_owned
-            .store(self.workers.len() as i64, Ordering::Relaxed);
     }
 
-    /// Restores a partition's events from ScyllaDB and fences any earlier owner's producer.
-    /// Retries until it succeeds: a partition is never processed without its state.
-    async fn load_worker(&self, partition: i32) -> Worker {
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            match self.try_load_worker(partition).await {
-                Ok(worker) => {
-                    info!(
-                        partition,
-                        events = worker.core.events.len(),
-                        holds = worker.timers.len(),
-                        max_offset = worker.stored_offsets.values().flatten().max(),
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "partition assigned; state restored"
-                    );
-                    return worker;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    warn!(partition, attempt, error = %e, "restoring partition failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-            }
+    /// Restores every waiting partition whose time has come, concurrently.
+    async fn restore_due(&mut self, consumer: &StreamConsumer<GroupContext>) {
+        let now = Instant::now();
+        let due: Vec<(i32, u32)> = self
+            .slots
+            .iter()
+            .filter_map(|(p, slot)| match slot {
+                Slot::Waiting {
+                    retry_at, attempt, ..
+                } if *retry_at <= now => Some((*p, *attempt)),
+                _ => None,
+            })
+            .collect();
+        if due.is_empty() {
+            return;
         }
-    }
-
-    async fn try_load_worker(&self, partition: i32) -> Result<Worker, String> {
-        let store = &self.deps.store;
-        let event_ids = store
-            .events_of_partition(&self.topics.commands, partition)
-            .await
-            .map_err(|e| e.to_string())?;
-        let loads = event_ids.iter().map(|id| store.load(id));
-        let mut core = Partition::new();
-        let mut stored_offsets = HashMap::new();
-        let mut holds = Vec::new();
-        for loaded in join_all(loads).await {
-            let Some(stored) = loaded.map_err(|e| e.to_string())? else {
+        let deps = &self.deps;
+        let topics = &self.topics;
+        let results = join_all(due.into_iter().map(|(p, attempt)| async move {
+            let span = info_span!("restore", partition = p, attempt);
+            let result = restore(deps, topics, consumer, p).instrument(span).await;
+            (p, attempt, result)
+        }))
+        .await;
+        for (p, attempt, result) in results {
+            // A revocation noted meanwhile wins: the slot is gone.
+            if !self.slots.contains_key(&p) {
                 continue;
-            };
-            let (state, offset) = store::restore(stored).map_err(|e| e.to_string())?;
-            for (order_id, at) in state.active_holds() {
-                let user = state
-                    .orders
-                    .get(order_id)
-                    .map(|o| o.user_id.clone())
-                    .unwrap_or_default();
-                holds.push((at, order_id.to_owned(), state.event_id.clone(), user));
             }
-            stored_offsets.insert(state.event_id.clone(), offset);
-            core.events.insert(state.event_id.clone(), state);
+            let slot = match result {
+                Ok(worker) => {
+                    self.deps.metrics.restores.fetch_add(1, Ordering::Relaxed);
+                    Slot::Active(Box::new(worker))
+                }
+                Err(RestoreError::Retry(reason)) => {
+                    warn!(partition = p, attempt, reason = %reason, "restoring the partition failed; will try again");
+                    Slot::Waiting {
+                        retry_at: Instant::now() + backoff(attempt + 3),
+                        attempt: attempt + 1,
+                        reason,
+                    }
+                }
+                Err(RestoreError::Stop(reason)) => self.stop(consumer, p, reason),
+            };
+            self.slots.insert(p, slot);
         }
-        let transactional_id = format!(
-            "{}-{}-{partition}",
-            self.deps.settings.group_id, self.topics.commands
-        );
-        let producer: FutureProducer = self
-            .deps
-            .kafka
-            .durable_producer_config()
-            .set("transactional.id", &transactional_id)
-            .set("transaction.timeout.ms", "30000")
-            .create()
-            .map_err(|e| e.to_string())?;
-        let init = producer.clone();
-        let timeout = self.deps.kafka.timeout;
-        tokio::task::spawn_blocking(move || init.init_transactions(timeout))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("init_transactions({transactional_id}): {e}"))?;
-        let mut worker = Worker {
+    }
+
+    fn stop(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        partition: i32,
+        reason: String,
+    ) -> Slot {
+        error!(
             partition,
-            core,
-            registered: stored_offsets.keys().cloned().collect(),
-            stored_offsets,
-            producer,
-            timers: BTreeMap::new(),
-            hold_index: HashMap::new(),
-            processed_through: None,
-        };
-        for (at, order_id, event_id, user_id) in holds {
-            worker.schedule(at, order_id, event_id, user_id);
+            reason = %reason,
+            "PARTITION STOPPED: what fans were told and what the log gives differ, or the store and Kafka disagree; it is not processed again until an operator resolves it and restarts the processor"
+        );
+        self.pause(consumer, partition);
+        Slot::Stopped { reason }
+    }
+
+    fn pause(&self, consumer: &StreamConsumer<GroupContext>, partition: i32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topics.commands, partition);
+        if let Err(e) = consumer.pause(&tpl) {
+            debug!(partition, error = %e, "pausing the partition failed");
         }
-        Ok(worker)
     }
 
     /// Decides and commits one batch, each partition's share concurrently. `Err` stops the
@@ -457,125 +530,57 @@ impl Runtime {
         let topics = &self.topics;
         let partition_count = self.partition_count;
         let mut jobs = Vec::new();
-        for (partition, worker) in self.workers.iter_mut() {
-            if let Some(records) = by_partition.remove(partition) {
+        for (partition, slot) in self.slots.iter_mut() {
+            if let Slot::Active(worker) = slot
+                && let Some(records) = by_partition.remove(partition)
+            {
                 let span = info_span!("batch", partition = *partition, records = records.len());
-                jobs.push(
-                    process_partition(deps, topics, partition_count, worker, records)
-                        .instrument(span),
-                );
+                let job = BatchJob {
+                    deps,
+                    topics,
+                    partition_count,
+                    consumer,
+                };
+                jobs.push(job.run(worker, records).instrument(span));
             }
         }
         let outcomes = join_all(jobs).await;
         for (partition, records) in by_partition {
-            self.recover_unowned(consumer, partition, records.len())
-                .await;
+            // Fetched before a revocation or while the partition waits for a restore: its
+            // restore seeks to where the log must be read again.
+            debug!(
+                partition,
+                records = records.len(),
+                "records of a partition not processed here; dropped"
+            );
         }
-        let mut commit = TopicPartitionList::new();
         for (partition, outcome) in outcomes {
             match outcome {
                 BatchOutcome::Done => {}
-                BatchOutcome::Fenced(reason) => {
-                    warn!(partition, reason = %reason, "fenced by a newer owner; letting the partition go");
-                    if let Some(worker) = self.workers.remove(&partition) {
-                        self.deps
-                            .metrics
-                            .holds_active
-                            .fetch_sub(worker.timers.len() as i64, Ordering::Relaxed);
-                    }
-                    self.fenced.insert(partition, Instant::now());
-                    continue;
+                BatchOutcome::Rebuild { reason, after } => {
+                    warn!(partition, reason = %reason, "partition given up; restoring it from the store and the log");
+                    self.deps.metrics.rebuilds.fetch_add(1, Ordering::Relaxed);
+                    self.pause(consumer, partition);
+                    self.slots.insert(
+                        partition,
+                        Slot::Waiting {
+                            retry_at: Instant::now() + after,
+                            attempt: 0,
+                            reason,
+                        },
+                    );
+                }
+                BatchOutcome::Stop(reason) => {
+                    let slot = self.stop(consumer, partition, reason);
+                    self.slots.insert(partition, slot);
                 }
                 BatchOutcome::Failed(reason) => {
                     error!(partition, reason = %reason, "batch cannot be processed; stopping");
                     return Err(RunError::Fatal(reason));
                 }
             }
-            if let Some(next) = self
-                .workers
-                .get(&partition)
-                .and_then(|w| w.processed_through)
-            {
-                let _ = commit.add_partition_offset(
-                    &self.topics.commands,
-                    partition,
-                    Offset::Offset(next + 1),
-                );
-            }
-        }
-        if commit.count() > 0
-            && let Err(e) = consumer.commit(&commit, CommitMode::Async)
-        {
-            // Only a hint for restarts; stored offsets decide what is skipped.
-            debug!(error = %e, "offset commit failed");
         }
         Ok(())
-    }
-
-    /// Records arrived for a partition without a worker. Fetched just before a revocation:
-    /// the new owner reads them again. Still ours long after a fencing (no revocation came):
-    /// rebuild the worker from ScyllaDB and read again from the committed offset.
-    async fn recover_unowned(
-        &mut self,
-        consumer: &StreamConsumer<GroupContext>,
-        partition: i32,
-        records: usize,
-    ) {
-        let still_assigned = consumer
-            .assignment()
-            .map(|a| {
-                a.elements_for_topic(&self.topics.commands)
-                    .iter()
-                    .any(|e| e.partition() == partition)
-            })
-            .unwrap_or(false);
-        let fenced_recently = self
-            .fenced
-            .get(&partition)
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(15));
-        if !still_assigned || fenced_recently {
-            debug!(
-                partition,
-                records, "records of a partition not owned; left to its owner"
-            );
-            return;
-        }
-        self.fenced.remove(&partition);
-        let worker = self.load_worker(partition).await;
-        let resume = consumer
-            .committed_offsets(
-                {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&self.topics.commands, partition);
-                    tpl
-                },
-                self.deps.kafka.timeout,
-            )
-            .ok()
-            .and_then(|tpl| {
-                tpl.find_partition(&self.topics.commands, partition)
-                    .map(|e| e.offset())
-            })
-            .filter(|o| matches!(o, Offset::Offset(_)))
-            .unwrap_or(Offset::Beginning);
-        if let Err(e) = consumer.seek(
-            &self.topics.commands,
-            partition,
-            resume,
-            self.deps.kafka.timeout,
-        ) {
-            warn!(partition, error = %e, "seek after rebuilding a partition failed");
-        }
-        info!(
-            partition,
-            ?resume,
-            "partition rebuilt after fencing; reading again"
-        );
-        self.deps
-            .metrics
-            .holds_active
-            .fetch_add(worker.timers.len() as i64, Ordering::Relaxed);
-        self.workers.insert(partition, worker);
     }
 
     /// Produces `HoldExpired` for every hold whose deadline passed. The decision stays in the
@@ -583,17 +588,16 @@ impl Runtime {
     async fn fire_due_timers(&mut self) {
         let now = now_millis();
         let mut sends = Vec::new();
-        for worker in self.workers.values_mut() {
+        for slot in self.slots.values_mut() {
+            let Slot::Active(worker) = slot else {
+                continue;
+            };
             while let Some(entry) = worker.timers.first_entry() {
                 if entry.key().0 > now {
                     break;
                 }
                 let ((deadline, order_id), (event_id, user_id)) = entry.remove_entry();
                 worker.hold_index.remove(&order_id);
-                self.deps
-                    .metrics
-                    .holds_active
-                    .fetch_sub(1, Ordering::Relaxed);
                 let record = HoldExpired {
                     record_id: ids::record_id_for::<HoldExpired>(&[
                         &order_id,
@@ -641,181 +645,614 @@ impl Runtime {
             if let Err(e) = sent {
                 // Try again shortly; until then the order stays reserved, which never oversells.
                 warn!(partition, order_id = %record.order_id, error = %e, "producing a hold expiry failed; retrying");
-                if let Some(worker) = self.workers.get_mut(&partition)
-                    && worker.schedule(now + 1000, record.order_id, record.event_id, record.user_id)
-                {
-                    self.deps
-                        .metrics
-                        .holds_active
-                        .fetch_add(1, Ordering::Relaxed);
+                if let Some(Slot::Active(worker)) = self.slots.get_mut(&partition) {
+                    worker.schedule(now + 1000, record.order_id, record.event_id, record.user_id);
                 }
             }
         }
     }
-}
 
-/// A record to produce, encoded.
-struct Encoded {
-    topic: String,
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    headers: Option<OwnedHeaders>,
-}
-
-/// Decides one partition's share of a batch, produces its outputs transactionally, persists
-/// the touched events. Returns the partition and what happened.
-async fn process_partition(
-    deps: &BookingDeps,
-    topics: &Topics,
-    partition_count: i32,
-    worker: &mut Worker,
-    records: Vec<OwnedMessage>,
-) -> (i32, BatchOutcome) {
-    let partition = worker.partition;
-    let metrics = &deps.metrics;
-    let batch_started = Instant::now();
-    let mut outputs: Vec<Encoded> = Vec::new();
-    // Event id → order ids changed in this batch (each once).
-    let mut touched: HashMap<String, BTreeSet<String>> = HashMap::new();
-    let mut timer_changes: Vec<TimerChange> = Vec::new();
-    let mut last_offset = None;
-    let mut oldest_timestamp: Option<i64> = None;
-    let mut decided = 0u64;
-
-    for message in &records {
-        last_offset = Some(message.offset());
-        let command = match decode_command(deps, message, partition_count).await {
-            Ok(command) => command,
-            Err((kind, reason)) => {
-                warn!(partition, offset = message.offset(), kind = ?kind, reason = %reason, "dead-lettering a record");
-                match dead_letter(deps, topics, message, kind, &reason).await {
-                    Ok(encoded) => outputs.push(encoded),
-                    Err(e) => {
-                        return (
-                            partition,
-                            BatchOutcome::Failed(format!("encoding a dead letter: {e}")),
-                        );
-                    }
+    fn publish_gauges(&self) {
+        let m = &self.deps.metrics;
+        let mut active = 0;
+        let mut waiting = 0;
+        let mut stopped = 0;
+        let mut holds = 0;
+        let mut lost = 0;
+        for slot in self.slots.values() {
+            match slot {
+                Slot::Active(worker) => {
+                    active += 1;
+                    holds += worker.timers.len();
+                    lost += worker.events.values().filter(|t| t.lost.is_some()).count();
                 }
-                metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                Slot::Waiting { .. } => waiting += 1,
+                Slot::Stopped { .. } => stopped += 1,
+            }
+        }
+        let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        m.partitions_assigned
+            .store(gauge(self.slots.len()), Ordering::Relaxed);
+        m.partitions_owned.store(gauge(active), Ordering::Relaxed);
+        m.partitions_waiting
+            .store(gauge(waiting), Ordering::Relaxed);
+        m.partitions_stopped
+            .store(gauge(stopped), Ordering::Relaxed);
+        m.holds_active.store(gauge(holds), Ordering::Relaxed);
+        m.events_lost.store(gauge(lost), Ordering::Relaxed);
+        let mut why = Vec::new();
+        for (p, slot) in &self.slots {
+            match slot {
+                Slot::Waiting { reason, .. } => {
+                    why.push(format!("partition {p} waiting: {reason}"))
+                }
+                Slot::Stopped { reason } => why.push(format!("partition {p} STOPPED: {reason}")),
+                Slot::Active(_) => {}
+            }
+        }
+        why.sort();
+        m.set_not_ready(why);
+    }
+}
+
+/// What one partition's share of a batch needs.
+struct BatchJob<'a> {
+    deps: &'a BookingDeps,
+    topics: &'a Topics,
+    partition_count: i32,
+    consumer: &'a StreamConsumer<GroupContext>,
+}
+
+/// What deciding a partition's records produced, before it is published and stored.
+#[derive(Default)]
+struct Decided {
+    outputs: Vec<Encoded>,
+    /// Event id → order ids changed in this batch (each once).
+    touched: HashMap<String, BTreeSet<String>>,
+    timers: Vec<TimerChange>,
+    last_offset: Option<i64>,
+    oldest_timestamp: Option<i64>,
+    decided: u64,
+    refolded: u64,
+}
+
+impl BatchJob<'_> {
+    /// Decides one partition's share of a batch, publishes its outputs and progress in one
+    /// transaction, persists the touched events.
+    async fn run(self, worker: &mut Worker, records: Vec<OwnedMessage>) -> (i32, BatchOutcome) {
+        let partition = worker.partition;
+        let started = Instant::now();
+        let decided = match self.decide(worker, &records).await {
+            Ok(decided) => decided,
+            Err(outcome) => return (partition, outcome),
+        };
+        let Some(last_offset) = decided.last_offset else {
+            return (partition, BatchOutcome::Done);
+        };
+        // A batch that only read records an earlier owner already published, and changed no
+        // state, has nothing to publish or store.
+        if decided.outputs.is_empty()
+            && decided.touched.is_empty()
+            && last_offset < worker.published_until
+        {
+            return (partition, BatchOutcome::Done);
+        }
+        let decided_at = Instant::now();
+        let mut outputs = decided.outputs;
+        let published: Vec<String> = decided
+            .touched
+            .keys()
+            .filter(|id| worker.events.get(*id).is_some_and(|t| t.refold.is_none()))
+            .cloned()
+            .collect();
+        for event_id in &published {
+            let Some(state) = worker.core.events.get(event_id) else {
+                continue;
+            };
+            let first = worker
+                .events
+                .get(event_id)
+                .and_then(|t| t.first_offset)
+                .unwrap_or(last_offset);
+            let record = progress_record(state, last_offset, first);
+            match encode_progress(
+                &self.deps.codec,
+                self.topics,
+                &record,
+                self.deps.settings.retry_budget,
+            )
+            .await
+            {
+                Ok(encoded) => outputs.push(encoded),
+                Err(e) => return (partition, self.encode_failure("progress", e)),
+            }
+        }
+        if let Err(outcome) = self.publish(worker, &outputs, last_offset).await {
+            return (partition, outcome);
+        }
+        let produced_at = Instant::now();
+        self.deps
+            .metrics
+            .outputs_produced
+            .fetch_add(outputs.len() as u64, Ordering::Relaxed);
+        if let Err(outcome) = self.persist(worker, &decided.touched, last_offset).await {
+            return (partition, outcome);
+        }
+        worker.apply_timers(decided.timers);
+
+        let metrics = &self.deps.metrics;
+        metrics
+            .records_processed
+            .fetch_add(decided.decided, Ordering::Relaxed);
+        metrics
+            .commands_refolded
+            .fetch_add(decided.refolded, Ordering::Relaxed);
+        metrics.batches.fetch_add(1, Ordering::Relaxed);
+        metrics.batch_size.observe(records.len() as u64);
+        if let Some(oldest) = decided.oldest_timestamp {
+            metrics
+                .decision_latency_ms
+                .observe(u64::try_from(now_millis() - oldest).unwrap_or(0));
+        }
+        debug!(
+            partition,
+            last_offset,
+            decided = decided.decided,
+            refolded = decided.refolded,
+            outputs = outputs.len(),
+            decide_and_encode_ms = decided_at.duration_since(started).as_millis() as u64,
+            transaction_ms = produced_at.duration_since(decided_at).as_millis() as u64,
+            store_ms = produced_at.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        (partition, BatchOutcome::Done)
+    }
+
+    fn encode_failure(&self, what: &str, e: boxoffice_avro::CodecError) -> BatchOutcome {
+        if e.is_retryable() {
+            self.deps
+                .metrics
+                .retries_exhausted
+                .fetch_add(1, Ordering::Relaxed);
+            BatchOutcome::Rebuild {
+                reason: format!(
+                    "encoding {what}: registry unavailable for longer than the retry budget: {e}"
+                ),
+                after: Duration::ZERO,
+            }
+        } else {
+            BatchOutcome::Failed(format!("encoding {what}: {e}"))
+        }
+    }
+
+    /// Folds the records through the core in log order: live commands are decided and their
+    /// outputs encoded; commands of events being re-folded update state only.
+    async fn decide(
+        &self,
+        worker: &mut Worker,
+        records: &[OwnedMessage],
+    ) -> Result<Decided, BatchOutcome> {
+        let metrics = &self.deps.metrics;
+        let budget = self.deps.settings.retry_budget;
+        let mut out = Decided::default();
+        for message in records {
+            let offset = message.offset();
+            if offset < worker.next_offset {
                 continue;
             }
-        };
-        let event_id = command.key().to_owned();
-        let stored = worker.stored_offsets.get(&event_id).copied().flatten();
-        if stored.is_some_and(|s| message.offset() <= s) {
-            metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let decision = worker.core.decide(&command);
-        decided += 1;
-        if let Some(ts) = message.timestamp().to_millis() {
-            oldest_timestamp = Some(oldest_timestamp.map_or(ts, |o: i64| o.min(ts)));
-        }
-        for reason in &decision.ignored {
-            debug!(partition, offset = message.offset(), event_id = %event_id, reason = %reason, "command changed nothing");
-        }
-        let changed = touched.entry(event_id.clone()).or_default();
-        if let Some(order_id) = order_id_of(&command) {
-            changed.insert(order_id.to_owned());
-        }
-        timer_changes.extend(decision.timers);
-        for output in decision.outputs {
-            match encode_output(deps, topics, &output).await {
-                Ok(encoded) => outputs.push(encoded),
-                Err(e) => {
-                    return (
-                        partition,
-                        BatchOutcome::Failed(format!("encoding an output: {e}")),
+            worker.next_offset = offset + 1;
+            out.last_offset = Some(offset);
+            let already_published = offset < worker.published_until;
+            let command = match self.decode_command(message).await {
+                Ok(command) => command,
+                Err(DecodeFailure::Registry(e)) => {
+                    return Err(self.encode_failure("(decoding a command)", e));
+                }
+                Err(DecodeFailure::Record(_, _)) if already_published => continue,
+                Err(DecodeFailure::Record(kind, reason)) => {
+                    warn!(partition = worker.partition, offset, kind = ?kind, reason = %reason, "dead-lettering a record");
+                    out.outputs
+                        .push(self.dead_letter(message, kind, &reason).await?);
+                    metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let event_id = command.key().to_owned();
+            let tracked = worker
+                .events
+                .entry(event_id.clone())
+                .or_insert_with(|| Tracked {
+                    first_offset: Some(offset),
+                    ..Tracked::default()
+                });
+            if let Some(reason) = tracked.lost.clone() {
+                if !already_published {
+                    out.outputs.push(
+                        self.dead_letter(message, DeadLetterErrorKind::StateLost, &reason)
+                            .await?,
                     );
+                    metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            if tracked.offset.is_some_and(|at| offset <= at) {
+                metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if let Some(target) = tracked.refold
+                && offset > target.applied_offset
+            {
+                // Every command the earlier owner published is folded again: compare.
+                self.finish_refold(worker, &event_id, &target)?;
+            }
+            let silent = worker
+                .events
+                .get(&event_id)
+                .is_some_and(|t| t.refold.is_some());
+            let decision = worker.core.decide(&command);
+            if let Some(ts) = message.timestamp().to_millis() {
+                out.oldest_timestamp = Some(out.oldest_timestamp.map_or(ts, |o: i64| o.min(ts)));
+            }
+            for reason in &decision.ignored {
+                debug!(partition = worker.partition, offset, event_id = %event_id, reason = %reason, "command changed nothing");
+            }
+            let changed = out.touched.entry(event_id).or_default();
+            if let Some(order_id) = order_id_of(&command) {
+                changed.insert(order_id.to_owned());
+            }
+            out.timers.extend(decision.timers);
+            if silent {
+                out.refolded += 1;
+                continue;
+            }
+            out.decided += 1;
+            for output in decision.outputs {
+                match encode_output(&self.deps.codec, self.topics, &output, budget).await {
+                    Ok(encoded) => out.outputs.push(encoded),
+                    Err(e) => return Err(self.encode_failure("an output", e)),
                 }
             }
         }
-    }
-    let Some(last_offset) = last_offset else {
-        return (partition, BatchOutcome::Done);
-    };
-    let decided_at = Instant::now();
-
-    if let Err(reason) = produce_transaction(worker, &outputs, metrics).await {
-        return (partition, BatchOutcome::Fenced(reason));
-    }
-    let produced_at = Instant::now();
-    metrics
-        .outputs_produced
-        .fetch_add(outputs.len() as u64, Ordering::Relaxed);
-
-    // Every event the batch touched — and, when the batch only skipped or dead-lettered, none.
-    for (event_id, changed_orders) in &touched {
-        if !worker.registered.contains(event_id) {
-            register_event(deps, topics, partition, event_id).await;
-            worker.registered.insert(event_id.clone());
-        }
-        let Some(state) = worker.core.events.get(event_id) else {
-            continue;
-        };
-        let previous = worker.stored_offsets.get(event_id).copied().flatten();
-        let changed_orders: Vec<String> = changed_orders.iter().cloned().collect();
-        let update = store::update(state, previous, last_offset, &changed_orders);
-        match save_with_retry(deps, &update).await {
-            Err(reason) => return (partition, BatchOutcome::Failed(reason)),
-            Ok(SaveOutcome::Applied) => {
-                worker
-                    .stored_offsets
-                    .insert(event_id.clone(), Some(last_offset));
+        // Re-folds whose target this batch reached are checked now, so their progress is
+        // published with this batch.
+        if let Some(last) = out.last_offset {
+            let reached: Vec<(String, Published)> = worker
+                .events
+                .iter()
+                .filter_map(|(id, t)| {
+                    t.refold
+                        .filter(|p| p.applied_offset <= last)
+                        .map(|p| (id.clone(), p))
+                })
+                .collect();
+            for (event_id, target) in reached {
+                self.finish_refold(worker, &event_id, &target)?;
             }
-            Ok(SaveOutcome::Conflict { current_offset }) => {
-                return (
-                    partition,
-                    BatchOutcome::Fenced(format!(
-                        "event {event_id}: stored offset is {current_offset:?}, expected {previous:?}"
-                    )),
+        }
+        Ok(out)
+    }
+
+    /// The event has been re-folded through everything published for it: compare the
+    /// decisions, and go live or stop the partition.
+    fn finish_refold(
+        &self,
+        worker: &mut Worker,
+        event_id: &str,
+        target: &Published,
+    ) -> Result<(), BatchOutcome> {
+        let digest = worker.core.events.get(event_id).and_then(|s| s.digest);
+        match check_refold(event_id, digest, target) {
+            RefoldCheck::Matches => {
+                info!(
+                    partition = worker.partition,
+                    event_id,
+                    through = target.applied_offset,
+                    "re-fold matches what was published; the event is live again"
                 );
+                if let Some(t) = worker.events.get_mut(event_id) {
+                    t.refold = None;
+                }
+                Ok(())
+            }
+            RefoldCheck::Differs { reason } => {
+                self.deps
+                    .metrics
+                    .refold_mismatches
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(BatchOutcome::Stop(reason))
             }
         }
     }
-    worker.processed_through = Some(last_offset);
 
-    for change in timer_changes {
-        match change {
-            TimerChange::Schedule {
-                event_id,
-                order_id,
-                user_id,
-                at,
-            } => {
-                if worker.schedule(at, order_id, event_id, user_id) {
-                    metrics.holds_active.fetch_add(1, Ordering::Relaxed);
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        kind: DeadLetterErrorKind,
+        reason: &str,
+    ) -> Result<Encoded, BatchOutcome> {
+        dead_letter(
+            &self.deps.codec,
+            self.topics,
+            &self.deps.settings.group_id,
+            message,
+            kind,
+            reason,
+            self.deps.settings.retry_budget,
+        )
+        .await
+        .map_err(|e| self.encode_failure("a dead letter", e))
+    }
+
+    /// Publishes the batch's records with the consumer offset in one transaction, retrying
+    /// within the budget.
+    async fn publish(
+        &self,
+        worker: &Worker,
+        outputs: &[Encoded],
+        last_offset: i64,
+    ) -> Result<(), BatchOutcome> {
+        let timeout = self.deps.kafka.timeout;
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let Some(group) = self.consumer.group_metadata() else {
+                return Err(BatchOutcome::Rebuild {
+                    reason: "the consumer has no group metadata (not a group member?)".to_owned(),
+                    after: AHEAD_RECHECK,
+                });
+            };
+            let offsets = OffsetCommit {
+                topic: self.topics.commands.clone(),
+                partition: worker.partition,
+                // Never moves the group's offset back below what was already published.
+                next_offset: (last_offset + 1).max(worker.published_until),
+                group: Arc::new(group),
+            };
+            match transaction(&worker.producer, outputs, &offsets, timeout).await {
+                Ok(()) => return Ok(()),
+                Err(TxnError::Fenced(reason)) => {
+                    return Err(BatchOutcome::Rebuild {
+                        reason: format!("fenced by a newer owner of the partition: {reason}"),
+                        after: FENCED_RECHECK,
+                    });
                 }
-            }
-            TimerChange::Clear { order_id, .. } => {
-                if worker.clear(&order_id) {
-                    metrics.holds_active.fetch_sub(1, Ordering::Relaxed);
+                Err(TxnError::Rebalance(reason)) => {
+                    abort(&worker.producer, timeout).await;
+                    return Err(BatchOutcome::Rebuild {
+                        reason: format!("the group is rebalancing: {reason}"),
+                        after: AHEAD_RECHECK,
+                    });
+                }
+                Err(TxnError::Retry(reason)) => {
+                    abort(&worker.producer, timeout).await;
+                    attempt += 1;
+                    self.deps
+                        .metrics
+                        .produce_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    if started.elapsed() >= self.deps.settings.retry_budget {
+                        self.deps
+                            .metrics
+                            .retries_exhausted
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(BatchOutcome::Rebuild {
+                            reason: format!(
+                                "output transaction kept failing for {:?}: {reason}",
+                                started.elapsed()
+                            ),
+                            after: Duration::ZERO,
+                        });
+                    }
+                    warn!(partition = worker.partition, attempt, reason = %reason, "output transaction failed; retrying the batch");
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
             }
         }
     }
-    metrics
-        .records_processed
-        .fetch_add(decided, Ordering::Relaxed);
-    metrics.batches.fetch_add(1, Ordering::Relaxed);
-    metrics.batch_size.observe(records.len() as u64);
-    if let Some(oldest) = oldest_timestamp {
-        metrics
-            .decision_latency_ms
-            .observe(u64::try_from(now_millis() - oldest).unwrap_or(0));
+
+    /// Saves every touched event's state at `last_offset`, fenced by the offset stored before.
+    async fn persist(
+        &self,
+        worker: &mut Worker,
+        touched: &HashMap<String, BTreeSet<String>>,
+        last_offset: i64,
+    ) -> Result<(), BatchOutcome> {
+        let partition = worker.partition;
+        for (event_id, changed_orders) in touched {
+            let Some(tracked) = worker.events.get(event_id) else {
+                continue;
+            };
+            let previous = tracked.offset;
+            if !tracked.registered {
+                self.register_event(partition, event_id).await?;
+            }
+            let Some(state) = worker.core.events.get(event_id) else {
+                continue;
+            };
+            let changed: Vec<String> = changed_orders.iter().cloned().collect();
+            let update = store::update(state, previous, last_offset, &changed);
+            match self.save_with_retry(&update).await? {
+                SaveOutcome::Applied => {}
+                SaveOutcome::Conflict { current_offset } => {
+                    let behind = current_offset.is_none_or(|c| previous.is_some_and(|p| c < p));
+                    let reason = format!(
+                        "event {event_id}: the store holds offset {current_offset:?}, this owner expected {previous:?}"
+                    );
+                    if behind {
+                        self.deps
+                            .metrics
+                            .store_loss_detected
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            partition,
+                            event_id,
+                            ?current_offset,
+                            ?previous,
+                            "the store lost writes it had acknowledged; rebuilding the partition from the log"
+                        );
+                    }
+                    return Err(BatchOutcome::Rebuild {
+                        reason,
+                        // Ahead: a newer owner saved; give the group a moment to say so.
+                        after: if behind {
+                            Duration::ZERO
+                        } else {
+                            AHEAD_RECHECK
+                        },
+                    });
+                }
+            }
+            if let Some(tracked) = worker.events.get_mut(event_id) {
+                tracked.offset = Some(last_offset);
+                tracked.registered = true;
+            }
+        }
+        Ok(())
     }
-    debug!(
-        partition,
-        last_offset,
-        decided,
-        outputs = outputs.len(),
-        decide_and_encode_ms = decided_at.duration_since(batch_started).as_millis() as u64,
-        transaction_ms = produced_at.duration_since(decided_at).as_millis() as u64,
-        store_ms = produced_at.elapsed().as_millis() as u64,
-        "batch committed"
-    );
-    (partition, BatchOutcome::Done)
+
+    async fn register_event(&self, partition: i32, event_id: &str) -> Result<(), BatchOutcome> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            match self
+                .deps
+                .store
+                .register_event(&self.topics.commands, partition, event_id)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.is_retryable() && started.elapsed() < self.deps.settings.retry_budget =>
+                {
+                    attempt += 1;
+                    self.deps
+                        .metrics
+                        .store_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(partition, event_id, attempt, error = %e, "registering an event failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(self.store_failure("registering an event", &e)),
+            }
+        }
+    }
+
+    /// Writes an event's state, retrying while the store is unavailable, within the budget.
+    async fn save_with_retry(
+        &self,
+        update: &StoredEventUpdate,
+    ) -> Result<SaveOutcome, BatchOutcome> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            match self.deps.store.save(update).await {
+                // A retried save whose first attempt landed (it timed out, but was applied).
+                Ok(SaveOutcome::Conflict {
+                    current_offset: Some(current),
+                }) if attempt > 0 && current == update.new_offset => {
+                    return Ok(SaveOutcome::Applied);
+                }
+                Ok(outcome) => return Ok(outcome),
+                Err(e)
+                    if e.is_retryable() && started.elapsed() < self.deps.settings.retry_budget =>
+                {
+                    attempt += 1;
+                    self.deps
+                        .metrics
+                        .store_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(event_id = %update.event_id, attempt, error = %e, "saving event state failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(self.store_failure("saving event state", &e)),
+            }
+        }
+    }
+
+    fn store_failure(
+        &self,
+        what: &str,
+        e: &boxoffice_sinks::inventory::StoreError,
+    ) -> BatchOutcome {
+        if e.is_retryable() {
+            self.deps
+                .metrics
+                .retries_exhausted
+                .fetch_add(1, Ordering::Relaxed);
+            BatchOutcome::Rebuild {
+                reason: format!(
+                    "{what}: the store was unavailable for longer than the retry budget: {e}"
+                ),
+                after: Duration::ZERO,
+            }
+        } else {
+            BatchOutcome::Failed(format!("{what}: {e}"))
+        }
+    }
+
+    /// Decodes a command and checks it belongs here.
+    async fn decode_command(
+        &self,
+        message: &OwnedMessage,
+    ) -> Result<BookingCommand, DecodeFailure> {
+        let Some(payload) = message.payload() else {
+            return Err(DecodeFailure::Record(
+                DeadLetterErrorKind::InvalidRecord,
+                "record has no value".to_owned(),
+            ));
+        };
+        let started = Instant::now();
+        let mut attempt = 0;
+        let command = loop {
+            match self
+                .deps
+                .codec
+                .decode_group::<BookingCommand>(payload)
+                .await
+            {
+                Ok(command) => break command,
+                Err(e) if e.is_retryable() => {
+                    if started.elapsed() >= self.deps.settings.retry_budget {
+                        return Err(DecodeFailure::Registry(
+                            boxoffice_avro::CodecError::Registry(e.to_string()),
+                        ));
+                    }
+                    attempt += 1;
+                    warn!(offset = message.offset(), attempt, error = %e, "registry unavailable while decoding; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(DecodeFailure::Record(e.dead_letter_kind(), e.to_string())),
+            }
+        };
+        let key = message.key().unwrap_or_default();
+        if key != command.key().as_bytes() {
+            return Err(DecodeFailure::Record(
+                DeadLetterErrorKind::InvalidRecord,
+                format!("record key does not match its event_id {}", command.key()),
+            ));
+        }
+        let expected = partition_for(key, self.partition_count);
+        if expected != message.partition() {
+            // Another partition owns this event: deciding it here would make two writers.
+            return Err(DecodeFailure::Record(
+                DeadLetterErrorKind::InvalidRecord,
+                format!(
+                    "event {} belongs to partition {expected}, not {}",
+                    command.key(),
+                    message.partition()
+                ),
+            ));
+        }
+        Ok(command)
+    }
+}
+
+/// Why a command could not be decoded.
+enum DecodeFailure {
+    /// The registry stayed unavailable for the whole budget (the bytes may be fine).
+    Registry(boxoffice_avro::CodecError),
+    /// The record itself is wrong: dead-letter it.
+    Record(DeadLetterErrorKind, String),
 }
 
 fn order_id_of(command: &BookingCommand) -> Option<&str> {
@@ -827,298 +1264,4 @@ fn order_id_of(command: &BookingCommand) -> Option<&str> {
         BookingCommand::HoldExpired(r) => Some(&r.order_id),
         BookingCommand::EventUpserted(_) => None,
     }
-}
-
-/// Decodes a command and checks it belongs here. Registry outages are retried (never
-/// dead-lettered: the bytes are fine); anything wrong with the record itself is returned.
-async fn decode_command(
-    deps: &BookingDeps,
-    message: &OwnedMessage,
-    partition_count: i32,
-) -> Result<BookingCommand, (DeadLetterErrorKind, String)> {
-    let Some(payload) = message.payload() else {
-        return Err((
-            DeadLetterErrorKind::InvalidRecord,
-            "record has no value".to_owned(),
-        ));
-    };
-    let mut attempt = 0;
-    let command = loop {
-        match deps.codec.decode_group::<BookingCommand>(payload).await {
-            Ok(command) => break command,
-            Err(e) if e.is_retryable() => {
-                attempt += 1;
-                warn!(offset = message.offset(), attempt, error = %e, "registry unavailable while decoding; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            Err(e) => return Err((e.dead_letter_kind(), e.to_string())),
-        }
-    };
-    let key = message.key().unwrap_or_default();
-    if key != command.key().as_bytes() {
-        return Err((
-            DeadLetterErrorKind::InvalidRecord,
-            format!("record key does not match its event_id {}", command.key()),
-        ));
-    }
-    let expected = partition_for(key, partition_count);
-    if expected != message.partition() {
-        // Another partition owns this event: deciding it here would make two writers.
-        return Err((
-            DeadLetterErrorKind::InvalidRecord,
-            format!(
-                "event {} belongs to partition {expected}, not {}",
-                command.key(),
-                message.partition()
-            ),
-        ));
-    }
-    Ok(command)
-}
-
-/// Encodes an output, waiting out registry outages; `Err` only for what no retry fixes.
-async fn encode_output(
-    deps: &BookingDeps,
-    topics: &Topics,
-    output: &Output,
-) -> Result<Encoded, CodecError> {
-    let topic = topics.for_output(output);
-    let mut attempt = 0;
-    let (payload, key) = loop {
-        let encoded = match output {
-            Output::Order(r) => deps
-                .codec
-                .encode_group(topic, r)
-                .await
-                .map(|p| (p, r.key())),
-            Output::Payment(r) => deps
-                .codec
-                .encode_group(topic, r)
-                .await
-                .map(|p| (p, r.key())),
-            Output::Availability(r) => deps.codec.encode(topic, r).await.map(|p| (p, r.key())),
-            Output::Notification(r) => deps.codec.encode(topic, r).await.map(|p| (p, r.key())),
-        };
-        match encoded {
-            Ok(done) => break done,
-            Err(e) if e.is_retryable() => {
-                attempt += 1;
-                warn!(attempt, error = %e, "registry unavailable while encoding; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let headers = OwnedHeaders::new().insert(Header {
-        key: "record_id",
-        value: Some(output.record_id()),
-    });
-    Ok(Encoded {
-        topic: topic.to_owned(),
-        key: key.as_bytes().to_vec(),
-        payload,
-        headers: Some(headers),
-    })
-}
-
-/// The dead-letter record for `message`, with the reason in headers too (readable without the
-/// registry). Waits out registry outages; `Err` only if the registry refuses the schema.
-async fn dead_letter(
-    deps: &BookingDeps,
-    topics: &Topics,
-    message: &OwnedMessage,
-    kind: DeadLetterErrorKind,
-    reason: &str,
-) -> Result<Encoded, CodecError> {
-    let now = now_millis();
-    let record = DeadLetter {
-        record_id: DeadLetter::record_id_for(
-            &deps.settings.group_id,
-            message.topic(),
-            message.partition(),
-            message.offset(),
-        ),
-        source_topic: message.topic().to_owned(),
-        source_partition: message.partition(),
-        source_offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec),
-        reason: reason.to_owned(),
-        error_kind: kind,
-        consumer: deps.settings.group_id.clone(),
-        failed_at: now,
-        occurred_at: message.timestamp().to_millis().unwrap_or(now),
-    };
-    let mut attempt = 0;
-    let payload = loop {
-        match deps.codec.encode(&topics.dead_letters, &record).await {
-            Ok(payload) => break payload,
-            Err(e) if e.is_retryable() => {
-                attempt += 1;
-                warn!(attempt, error = %e, "registry unavailable while dead-lettering; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let kind_name = format!("{kind:?}");
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "dlq.reason",
-            value: Some(reason),
-        })
-        .insert(Header {
-            key: "dlq.error_kind",
-            value: Some(kind_name.as_str()),
-        })
-        .insert(Header {
-            key: "dlq.source",
-            value: Some(&format!(
-                "{}/{}/{}",
-                message.topic(),
-                message.partition(),
-                message.offset()
-            )),
-        });
-    Ok(Encoded {
-        topic: topics.dead_letters.clone(),
-        key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-        payload,
-        headers: Some(headers),
-    })
-}
-
-/// Produces `outputs` in one transaction, retrying the whole transaction on transient errors.
-/// `Err` when the producer was fenced (another owner) or failed fatally.
-async fn produce_transaction(
-    worker: &Worker,
-    outputs: &[Encoded],
-    metrics: &BookingMetrics,
-) -> Result<(), String> {
-    if outputs.is_empty() {
-        return Ok(());
-    }
-    let mut attempt = 0u32;
-    loop {
-        match try_transaction(&worker.producer, outputs).await {
-            Ok(()) => return Ok(()),
-            Err(TxnError::Fatal(reason)) => return Err(reason),
-            Err(TxnError::Retry(reason)) => {
-                attempt += 1;
-                metrics.produce_retries.fetch_add(1, Ordering::Relaxed);
-                warn!(partition = worker.partition, attempt, reason = %reason, "output transaction failed; retrying the batch");
-                let producer = worker.producer.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    producer.abort_transaction(Duration::from_secs(10))
-                })
-                .await;
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-        }
-    }
-}
-
-enum TxnError {
-    Retry(String),
-    Fatal(String),
-}
-
-fn classify(e: KafkaError) -> TxnError {
-    match &e {
-        KafkaError::Transaction(inner) if inner.is_fatal() => TxnError::Fatal(e.to_string()),
-        KafkaError::Transaction(inner) if inner.txn_requires_abort() || inner.is_retriable() => {
-            TxnError::Retry(e.to_string())
-        }
-        KafkaError::Transaction(_) => TxnError::Fatal(e.to_string()),
-        _ => TxnError::Retry(e.to_string()),
-    }
-}
-
-async fn try_transaction(producer: &FutureProducer, outputs: &[Encoded]) -> Result<(), TxnError> {
-    producer.begin_transaction().map_err(classify)?;
-    let mut deliveries = Vec::with_capacity(outputs.len());
-    for out in outputs {
-        let mut record = FutureRecord::to(&out.topic)
-            .key(&out.key)
-            .payload(&out.payload);
-        if let Some(headers) = &out.headers {
-            record = record.headers(headers.clone());
-        }
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    deliveries.push(delivery);
-                    break;
-                }
-                Err((
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    back,
-                )) => {
-                    // The local queue is full: let deliveries drain, then enqueue again.
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(TxnError::Retry(e.to_string())),
-            }
-        }
-    }
-    for delivery in join_all(deliveries).await {
-        match delivery {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(classify(e)),
-            Err(_) => return Err(TxnError::Retry("delivery cancelled".to_owned())),
-        }
-    }
-    let committing = producer.clone();
-    tokio::task::spawn_blocking(move || committing.commit_transaction(Duration::from_secs(30)))
-        .await
-        .map_err(|e| TxnError::Retry(e.to_string()))?
-        .map_err(classify)
-}
-
-async fn register_event(deps: &BookingDeps, topics: &Topics, partition: i32, event_id: &str) {
-    let mut attempt = 0;
-    while let Err(e) = deps
-        .store
-        .register_event(&topics.commands, partition, event_id)
-        .await
-    {
-        // Registration is an idempotent insert of three ids: only an outage fails it.
-        attempt += 1;
-        deps.metrics.store_retries.fetch_add(1, Ordering::Relaxed);
-        warn!(partition, event_id, attempt, error = %e, "registering an event failed; retrying");
-        tokio::time::sleep(backoff(attempt)).await;
-    }
-}
-
-/// Writes an event's state, retrying while ScyllaDB is unavailable: nothing is skipped.
-/// `Err` for what no retry fixes (the update itself is refused).
-async fn save_with_retry(
-    deps: &BookingDeps,
-    update: &boxoffice_sinks::inventory::StoredEventUpdate,
-) -> Result<SaveOutcome, String> {
-    let mut attempt = 0;
-    loop {
-        match deps.store.save(update).await {
-            // A retried save whose first attempt landed (it timed out, but was applied).
-            Ok(SaveOutcome::Conflict {
-                current_offset: Some(current),
-            }) if attempt > 0 && current == update.new_offset => {
-                return Ok(SaveOutcome::Applied);
-            }
-            Ok(outcome) => return Ok(outcome),
-            Err(e) if e.is_retryable() => {
-                attempt += 1;
-                deps.metrics.store_retries.fetch_add(1, Ordering::Relaxed);
-                warn!(event_id = %update.event_id, attempt, error = %e, "saving event state failed; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            Err(e) => return Err(format!("saving event {}: {e}", update.event_id)),
-        }
-    }
-}
-
-/// 50 ms doubling to 5 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7)).min(5_000))
 }

@@ -100,6 +100,49 @@ pub struct Order {
     pub refunded: bool,
 }
 
+/// What fans were told about one event so far: how many order facts (`orders.events` records)
+/// its commands produced, and the sum of their record ids (UUIDs read as 128-bit integers,
+/// modulo 2^128). A sum does not depend on where batches start and end, so a re-fold of the same
+/// commands gives the same digest, and a different decision for any order (another record id)
+/// gives another one. Published with every batch (`EventProgress`) and stored with the state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DecisionDigest {
+    pub decisions: u64,
+    pub sum: u128,
+}
+
+impl DecisionDigest {
+    /// Counts one published order fact. Record ids are UUIDs (`boxoffice_avro::ids`); anything
+    /// else would be a bug in rendering, and still counts (by its bytes) rather than vanish.
+    pub fn add(&mut self, record_id: &str) {
+        let value = match uuid::Uuid::parse_str(record_id) {
+            Ok(id) => id.as_u128(),
+            Err(_) => record_id.bytes().fold(0u128, |acc, b| {
+                acc.wrapping_mul(257).wrapping_add(u128::from(b))
+            }),
+        };
+        self.decisions += 1;
+        self.sum = self.sum.wrapping_add(value);
+    }
+
+    /// The sum as 32 lowercase hex digits (the wire and stored form).
+    pub fn hex(&self) -> String {
+        format!("{:032x}", self.sum)
+    }
+
+    /// Reads the wire form back; `None` for anything that is not 32 hex digits.
+    pub fn parse(decisions: i64, hex: &str) -> Option<DecisionDigest> {
+        if hex.len() != 32 {
+            return None;
+        }
+        let sum = u128::from_str_radix(hex, 16).ok()?;
+        Some(DecisionDigest {
+            decisions: u64::try_from(decisions).ok()?,
+            sum,
+        })
+    }
+}
+
 /// Everything the processor knows about one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventState {
@@ -113,6 +156,9 @@ pub struct EventState {
     pub orders: HashMap<String, Order>,
     /// Held plus sold slots per user, for the per-user limit (derived from `orders`).
     pub user_slots: HashMap<String, u32>,
+    /// What fans were told about this event (maintained by `Partition::decide`). `None` for a
+    /// state stored before digests existed: it cannot be checked against the log.
+    pub digest: Option<DecisionDigest>,
 }
 
 impl EventState {
@@ -125,6 +171,7 @@ impl EventState {
             sequence: 0,
             orders: HashMap::new(),
             user_slots: HashMap::new(),
+            digest: Some(DecisionDigest::default()),
         }
     }
 
@@ -136,6 +183,7 @@ impl EventState {
         sold: u32,
         sequence: i64,
         orders: HashMap<String, Order>,
+        digest: Option<DecisionDigest>,
     ) -> Self {
         let mut state = EventState {
             event_id: event_id.into(),
@@ -145,6 +193,7 @@ impl EventState {
             sequence,
             orders,
             user_slots: HashMap::new(),
+            digest,
         };
         for order in state.orders.values() {
             if order.status.holds() || order.status.owns() {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use boxoffice_avro::records::{CancelReason, RejectReason};
 use boxoffice_sinks::inventory::{StoredConfig, StoredEvent, StoredEventUpdate, StoredOrder};
 
-use super::state::{EventConfig, EventState, Order, OrderStatus};
+use super::state::{DecisionDigest, EventConfig, EventState, Order, OrderStatus};
 
 /// A stored row that cannot be turned back into state: a bug or a hand edit, never skipped.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,20 @@ pub fn restore(stored: StoredEvent) -> Result<(EventState, Option<i64>), Corrupt
             },
         );
     }
+    // An empty digest is a state saved before digests existed (it cannot be checked); any
+    // other value must parse.
+    let digest = if stored.decision_digest.is_empty() {
+        None
+    } else {
+        Some(
+            DecisionDigest::parse(stored.decisions, &stored.decision_digest).ok_or_else(|| {
+                corrupt(format!(
+                    "decision digest {:?} with {} decisions is not 32 hex digits and a count",
+                    stored.decision_digest, stored.decisions
+                ))
+            })?,
+        )
+    };
     let state = EventState::restore(
         stored.event_id.clone(),
         config,
@@ -62,6 +76,7 @@ pub fn restore(stored: StoredEvent) -> Result<(EventState, Option<i64>), Corrupt
         non_negative(stored.sold).map_err(&corrupt)?,
         stored.sequence,
         orders,
+        digest,
     );
     state.check_invariant().map_err(corrupt)?;
     Ok((state, stored.applied_offset))
@@ -83,6 +98,11 @@ pub fn update(
         held: count(state.held),
         sold: count(state.sold),
         sequence: state.sequence,
+        // A state saved before digests existed keeps "unknown" (empty): it cannot be checked.
+        decisions: state
+            .digest
+            .map_or(0, |d| i64::try_from(d.decisions).unwrap_or(i64::MAX)),
+        decision_digest: state.digest.map(|d| d.hex()).unwrap_or_default(),
         changed_orders: changed_orders
             .iter()
             .filter_map(|id| state.orders.get(id).map(|o| order_row(id, o)))
@@ -244,6 +264,8 @@ mod tests {
             held: row.held,
             sold: row.sold,
             sequence: row.sequence,
+            decisions: row.decisions,
+            decision_digest: row.decision_digest,
             orders: row.changed_orders,
         };
         let (restored, offset) = restore(stored).unwrap();

@@ -81,6 +81,7 @@ use boxoffice_avro::records::{
 use boxoffice_avro::{Codec, CodecError};
 use boxoffice_sinks::metrics::{render_counters, render_gauges};
 use boxoffice_sinks::payments::{HistoryEntry, PaymentSaveOutcome, PaymentStore};
+use boxoffice_sinks::watermarks::{Resume, WatermarkStore};
 use boxoffice_topics::kafka::KafkaArgs;
 use futures::StreamExt;
 use futures::future::join_all;
@@ -102,12 +103,15 @@ use super::provider::{ProviderError, ProviderGateway, ProviderSettings};
 use super::render::{Output, render};
 use super::store::{self, Stored};
 use super::timers::{PaymentLocks, TimerWheel};
-use crate::rebalance::{GroupContext, Membership};
+use crate::rebalance::{GroupContext, Membership, seek_and_resume};
 
 /// Most payments the timer loop works on at once (each is a few provider and store calls).
 pub const MAX_CONCURRENT_WAKES: usize = 16;
 /// How often the owned partitions' timer rows are read again.
 const TIMER_RESCAN: Duration = Duration::from_secs(60);
+/// How often the owned partitions' stored watermarks are compared with what this instance
+/// wrote (a store that lost writes shows an older one).
+const WATERMARK_CHECK: Duration = Duration::from_secs(5);
 /// Most decision steps one input may chain (the core bounds them far lower; this only stops a
 /// broken core from spinning: the payment's timer brings it back).
 const MAX_STEPS: u32 = 32;
@@ -233,6 +237,9 @@ pub struct PaymentMetrics {
     pub wakes: AtomicU64,
     /// Payment timers held in memory now (gauge).
     pub timers: AtomicI64,
+    /// Partitions replayed because the store's watermark was behind Kafka or went backwards
+    /// (the store lost writes it had acknowledged).
+    pub store_loss_replays: AtomicU64,
 }
 
 impl PaymentMetrics {
@@ -295,6 +302,11 @@ impl PaymentMetrics {
                 "Payments woken by their timer",
                 &self.wakes,
             ),
+            (
+                "payments_store_loss_replays_total",
+                "Partitions replayed from the store's watermark (the store lost writes)",
+                &self.store_loss_replays,
+            ),
         ];
         render_counters(&mut out, &counters);
         render_gauges(
@@ -332,6 +344,8 @@ pub struct PaymentDeps {
     pub kafka: KafkaArgs,
     pub codec: Arc<Codec>,
     pub store: Arc<PaymentStore>,
+    /// Where each partition may resume (see `boxoffice_sinks::watermarks`).
+    pub watermarks: Arc<WatermarkStore>,
     pub gateway: Arc<Gateway>,
     pub settings: PaymentSettings,
     pub policy: Policy,
@@ -353,6 +367,24 @@ fn now_millis() -> Millis {
         .map_or(0, |d| d.as_millis() as Millis)
 }
 
+/// The group's committed offset of a partition (`None`: never committed).
+fn committed_offset(
+    consumer: &PaymentConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<i64>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    Ok(committed
+        .find_partition(topic, partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(at) => Some(at),
+            _ => None,
+        }))
+}
+
 /// 50 ms doubling to 5 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7)).min(5_000))
@@ -368,13 +400,16 @@ struct Runtime {
     timers: Mutex<TimerWheel>,
     /// Wakes the timer loop when a timer is set (it may be sooner than what it sleeps on).
     timer_set: Notify,
+    /// The watermark this instance last stored per owned partition.
+    written: Mutex<HashMap<i32, Option<i64>>>,
 }
 
 /// Runs the payment processor until `shutdown` resolves; then finishes the batch and the wakes
 /// in flight and leaves the group.
 pub async fn run(deps: PaymentDeps, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let topics = deps.settings.topics();
-    let context = GroupContext::default();
+    // New partitions stay paused until their resume point is decided (`reposition`).
+    let context = GroupContext::pausing();
     let consumer: PaymentConsumer = deps
         .kafka
         .client_config()
@@ -413,6 +448,7 @@ pub async fn run(deps: PaymentDeps, shutdown: impl Future<Output = ()>) -> Resul
         locks: PaymentLocks::default(),
         timers: Mutex::new(TimerWheel::default()),
         timer_set: Notify::new(),
+        written: Mutex::new(HashMap::new()),
     };
     let (stop, stopping) = watch::channel(false);
     let records = async {
@@ -472,15 +508,20 @@ impl Runtime {
     ) -> Result<(), RunError> {
         tokio::pin!(shutdown);
         let mut rescanned = Instant::now();
+        let mut checked = Instant::now();
         loop {
             let batch = tokio::select! {
                 _ = &mut shutdown => break,
                 batch = collect_batch(consumer, &self.deps.settings) => batch,
             };
-            self.apply_membership(context).await;
+            self.apply_membership(consumer, context).await;
             if rescanned.elapsed() >= TIMER_RESCAN {
                 rescanned = Instant::now();
                 self.rescan_timers().await;
+            }
+            if checked.elapsed() >= WATERMARK_CHECK {
+                checked = Instant::now();
+                self.check_watermarks(consumer).await;
             }
             self.process(consumer, batch).await?;
         }
@@ -493,12 +534,13 @@ impl Runtime {
     }
 
     /// Acts on rebalances noted since the last batch: drops revoked partitions' timers, loads
-    /// the assigned ones' from ScyllaDB.
-    async fn apply_membership(&self, context: &GroupContext) {
+    /// the assigned ones' from ScyllaDB and decides where each resumes.
+    async fn apply_membership(&self, consumer: &PaymentConsumer, context: &GroupContext) {
         for change in context.take() {
             match change {
                 Membership::Revoked(partitions) => {
                     for partition in partitions {
+                        self.written_map().remove(&partition);
                         let dropped = self.wheel().revoke(partition);
                         info!(
                             partition,
@@ -516,6 +558,7 @@ impl Runtime {
                             timers = loaded,
                             "partition assigned; timers loaded"
                         );
+                        self.reposition(consumer, partition).await;
                     }
                 }
             }
@@ -547,6 +590,121 @@ impl Runtime {
                     attempt += 1;
                     warn!(partition, attempt, error = %e, "loading payment timers failed; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    fn written_map(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Option<i64>>> {
+        // A panic while holding the map leaves it whole (single inserts and removes).
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decides where a newly assigned partition resumes: at the group's committed offset, or
+    /// at the store's watermark when the store is behind Kafka (it lost writes: the records
+    /// after it are applied again, idempotently). Retries until the store answers; the
+    /// partition stays paused meanwhile.
+    async fn reposition(&self, consumer: &PaymentConsumer, partition: i32) {
+        let topic = &self.topics.requests;
+        let group = &self.deps.settings.group_id;
+        let mut attempt = 0u32;
+        loop {
+            let stored = self.deps.watermarks.load(group, topic, partition).await;
+            let committed = committed_offset(consumer, topic, partition, self.deps.kafka.timeout);
+            match (stored, committed) {
+                (Ok(stored), Ok(committed)) => {
+                    let resume = Resume::decide(stored, committed);
+                    if let Resume::Replay { from, committed } = resume {
+                        self.deps
+                            .metrics
+                            .store_loss_replays
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            partition,
+                            ?from,
+                            committed,
+                            "the store is behind Kafka (it lost writes it had acknowledged): replaying the partition from the store's watermark"
+                        );
+                    }
+                    match seek_and_resume(
+                        consumer,
+                        topic,
+                        partition,
+                        resume.offset(),
+                        self.deps.kafka.timeout,
+                    )
+                    .await
+                    {
+                        Ok(()) => {
+                            self.written_map().insert(partition, stored);
+                            info!(partition, resume = ?resume, "partition resumes");
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(partition, error = %e, "seeking the assigned partition failed; retrying")
+                        }
+                    }
+                }
+                (Err(e), _) => {
+                    warn!(partition, error = %e, "reading the partition's watermark failed; retrying")
+                }
+                (_, Err(e)) => {
+                    warn!(partition, error = %e, "reading the committed offset failed; retrying")
+                }
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    /// Compares each owned partition's stored watermark with the one this instance wrote: an
+    /// older one means the store lost writes since, and the partition is read again from it.
+    async fn check_watermarks(&self, consumer: &PaymentConsumer) {
+        let owned: Vec<(i32, Option<i64>)> =
+            self.written_map().iter().map(|(p, w)| (*p, *w)).collect();
+        for (partition, written) in owned {
+            let Some(written) = written else { continue };
+            let stored = match self
+                .deps
+                .watermarks
+                .load(
+                    &self.deps.settings.group_id,
+                    &self.topics.requests,
+                    partition,
+                )
+                .await
+            {
+                Ok(stored) => stored,
+                Err(e) => {
+                    debug!(partition, error = %e, "checking the watermark failed");
+                    continue;
+                }
+            };
+            if stored.is_some_and(|s| s >= written) {
+                continue;
+            }
+            self.deps
+                .metrics
+                .store_loss_replays
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(
+                partition,
+                ?stored,
+                written,
+                "the store's watermark went backwards (it lost writes it had acknowledged): reading the partition again from it"
+            );
+            let target = stored.map_or(Offset::Beginning, Offset::Offset);
+            match consumer.seek(
+                &self.topics.requests,
+                partition,
+                target,
+                self.deps.kafka.timeout,
+            ) {
+                Ok(()) => {
+                    self.written_map().insert(partition, stored);
+                }
+                Err(e) => {
+                    warn!(partition, error = %e, "seeking back failed; the next check tries again")
                 }
             }
         }
@@ -614,7 +772,12 @@ impl Runtime {
         let mut commit = TopicPartitionList::new();
         for outcome in join_all(jobs).await {
             let (partition, last) = outcome?;
-            if let Some(last) = last {
+            // The group's offset never passes what the store says it holds: the watermark is
+            // written first, and a partition whose watermark could not be written is not
+            // committed this time (the next batch writes both).
+            if let Some(last) = last
+                && self.store_watermark(partition, last + 1).await
+            {
                 let _ = commit.add_partition_offset(
                     &self.topics.requests,
                     partition,
@@ -625,10 +788,47 @@ impl Runtime {
         if commit.count() > 0
             && let Err(e) = consumer.commit(&commit, CommitMode::Async)
         {
-            // Only a hint for restarts: stored offsets decide what is skipped.
+            // A restart resumes at the older committed offset; records are skipped by their
+            // payment's applied offset.
             debug!(error = %e, "offset commit failed");
         }
         Ok(())
+    }
+
+    /// Stores the partition's watermark after its records' writes; `false` when the store did
+    /// not take it within a few attempts.
+    async fn store_watermark(&self, partition: i32, next_offset: i64) -> bool {
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            match self
+                .deps
+                .watermarks
+                .save(
+                    &self.deps.settings.group_id,
+                    &self.topics.requests,
+                    partition,
+                    next_offset,
+                )
+                .await
+            {
+                Ok(()) => {
+                    self.written_map().insert(partition, Some(next_offset));
+                    return true;
+                }
+                Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
+                    self.deps
+                        .metrics
+                        .store_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => {
+                    warn!(partition, next_offset, error = %e, "storing the watermark failed; the offset is not committed this time");
+                    return false;
+                }
+            }
+        }
+        false
     }
 
     /// Applies one record fully (or dead-letters it). `Err` only for what no retry fixes.

@@ -221,6 +221,9 @@ pub struct NotifierMetrics {
     pub dead_lettered: AtomicU64,
     pub endpoints_disabled: AtomicU64,
     pub skipped_no_address: AtomicU64,
+    /// In-app partitions replayed because the store's watermark was behind Kafka or went
+    /// backwards (the store lost rows it had acknowledged).
+    pub store_loss_replays: AtomicU64,
     /// From the notification record's broker timestamp (the booking decision) to the email
     /// accepted by the SMTP server.
     pub email_latency_ms: Histogram,
@@ -241,6 +244,7 @@ impl Default for NotifierMetrics {
             dead_lettered: AtomicU64::new(0),
             endpoints_disabled: AtomicU64::new(0),
             skipped_no_address: AtomicU64::new(0),
+            store_loss_replays: AtomicU64::new(0),
             email_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS),
             webhook_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS),
         }
@@ -295,6 +299,11 @@ impl NotifierMetrics {
                     &self.dead_lettered,
                 ),
                 (
+                    "notifier_store_loss_replays_total",
+                    "In-app partitions replayed from the store's watermark (the store lost rows)",
+                    &self.store_loss_replays,
+                ),
+                (
                     "notifier_endpoints_disabled_total",
                     "Webhook endpoints disabled after 410 Gone",
                     &self.endpoints_disabled,
@@ -325,6 +334,8 @@ pub struct NotifierDeps {
     pub kafka: KafkaArgs,
     pub codec: Arc<Codec>,
     pub store: Arc<NotifyStore>,
+    /// Where the in-app channel may resume (see `crate::watermarks`).
+    pub watermarks: Arc<crate::watermarks::WatermarkStore>,
     pub settings: NotifierSettings,
     pub metrics: Arc<NotifierMetrics>,
 }

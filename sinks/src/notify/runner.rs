@@ -11,6 +11,7 @@ use boxoffice_avro::records::{DeadLetter, DeadLetterErrorKind, NotificationReque
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -18,6 +19,8 @@ use super::email::EmailSender;
 use super::store::{Delivery, DeliveryState, WebhookEndpoint};
 use super::webhook::WebhookSender;
 use super::{Channel, NotifierDeps, NotifierError, SendError};
+use crate::rebalance::{GroupContext, Membership, seek_and_resume};
+use crate::watermarks::Resume;
 
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -27,6 +30,10 @@ fn now_millis() -> i64 {
 
 /// Records waiting per lane before the consumer waits for the lane.
 const LANE_CAPACITY: usize = 256;
+/// How often the main loop acts on rebalances (in-app: where a new partition resumes).
+const MEMBERSHIP_TICK: Duration = Duration::from_millis(250);
+/// How often the in-app channel compares the stored watermarks with what it wrote.
+const WATERMARK_CHECK: Duration = Duration::from_secs(5);
 
 /// The lane of a record: by its key (the user id), so one user's records share a lane.
 pub fn lane_of(key: &[u8], lanes: usize) -> usize {
@@ -35,6 +42,12 @@ pub fn lane_of(key: &[u8], lanes: usize) -> usize {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     });
     usize::try_from(hash % lanes.max(1) as u64).unwrap_or(0)
+}
+
+/// The watermark the in-app channel last stored per owned partition.
+#[derive(Debug, Default)]
+struct StoredMarks {
+    written: HashMap<i32, Option<i64>>,
 }
 
 /// Per partition, the offsets handed to lanes and not yet final.
@@ -98,7 +111,8 @@ pub struct ChannelRunner {
     channel: Channel,
     group_id: String,
     topic: String,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupContext>,
+    context: GroupContext,
     dead_letters: FutureProducer,
     email: Option<EmailSender>,
     webhook: Option<WebhookSender>,
@@ -117,7 +131,15 @@ impl ChannelRunner {
     pub fn new(deps: Arc<NotifierDeps>, channel: Channel) -> Result<Self, NotifierError> {
         let settings = &deps.settings;
         let group_id = settings.group_id(channel);
-        let consumer: StreamConsumer = deps
+        // The in-app channel's effect is the store: a new partition stays paused until it is
+        // known where the store says it may resume (`reposition`). Email and webhooks go out
+        // of the system; their offsets are the truth.
+        let context = if channel == Channel::Inapp {
+            GroupContext::pausing()
+        } else {
+            GroupContext::default()
+        };
+        let consumer: StreamConsumer<GroupContext> = deps
             .kafka
             .client_config()
             .set("group.id", &group_id)
@@ -131,7 +153,7 @@ impl ChannelRunner {
             .set("heartbeat.interval.ms", "1000")
             // A target may be retried for a while; stay in the group meanwhile.
             .set("max.poll.interval.ms", "900000")
-            .create()?;
+            .create_with_context(context.clone())?;
         let dead_letters: FutureProducer = deps.kafka.durable_producer_config().create()?;
         let email = match channel {
             Channel::Email => Some(
@@ -158,6 +180,7 @@ impl ChannelRunner {
             channel,
             group_id,
             consumer,
+            context,
             dead_letters,
             email,
             webhook,
@@ -194,17 +217,22 @@ impl ChannelRunner {
         }
         drop(done_tx);
         let mut watermarks = Watermarks::default();
+        let mut stored = StoredMarks::default();
         let mut stop_main = stop.clone();
         let mut stop_send = stop.clone();
+        let mut tick = tokio::time::interval(MEMBERSHIP_TICK);
+        let mut checked = std::time::Instant::now();
         enum Event {
             Stop,
             Done(i32, i64),
             Message(OwnedMessage),
+            Tick,
             Skip,
         }
         loop {
             let event = tokio::select! {
                 _ = stop_main.wait_for(|s| *s) => Event::Stop,
+                _ = tick.tick() => Event::Tick,
                 Some((partition, offset)) = done_rx.recv() => Event::Done(partition, offset),
                 message = this.consumer.recv() => match message {
                     Ok(message) => Event::Message(message.detach()),
@@ -217,8 +245,18 @@ impl ChannelRunner {
             match event {
                 Event::Stop => break,
                 Event::Skip => {}
+                Event::Tick => {
+                    this.act_on_membership(&mut stored, &mut watermarks).await;
+                    if this.channel == Channel::Inapp && checked.elapsed() >= WATERMARK_CHECK {
+                        checked = std::time::Instant::now();
+                        this.check_watermarks(&mut stored, &mut watermarks).await;
+                    }
+                }
                 Event::Done(partition, offset) => {
                     if let Some(commit) = watermarks.done(partition, offset)
+                        && this
+                            .store_watermark(&mut stored, partition, commit + 1)
+                            .await
                         && let Err(e) = this.consumer.store_offset(&this.topic, partition, commit)
                     {
                         // The partition was revoked meanwhile: its new owner starts from the
@@ -254,6 +292,164 @@ impl ChannelRunner {
         this.consumer.unsubscribe();
         info!(channel = this.channel.name(), "notifier channel stopped");
         Ok(())
+    }
+
+    /// Acts on rebalances: a revoked partition's marks are dropped; an assigned one resumes
+    /// where the store says (in-app) or at the committed offset (the others, unpaused).
+    async fn act_on_membership(&self, stored: &mut StoredMarks, marks: &mut Watermarks) {
+        for change in self.context.take() {
+            match change {
+                Membership::Revoked(partitions) => {
+                    for p in partitions {
+                        stored.written.remove(&p);
+                        marks.partitions.remove(&p);
+                    }
+                }
+                Membership::Assigned(partitions) if self.channel == Channel::Inapp => {
+                    for p in partitions {
+                        self.reposition(stored, p).await;
+                    }
+                }
+                Membership::Assigned(_) => {}
+            }
+        }
+    }
+
+    /// Where an assigned in-app partition resumes: the committed offset, or the store's
+    /// watermark when the store is behind Kafka (it lost rows it had acknowledged; replaying
+    /// writes them again). Tries until the store and Kafka answer (bounded per attempt by
+    /// their timeouts); the partition stays paused meanwhile.
+    async fn reposition(&self, stored: &mut StoredMarks, partition: i32) {
+        let mut attempt = 0u32;
+        loop {
+            let watermark = self
+                .deps
+                .watermarks
+                .load(&self.group_id, &self.topic, partition)
+                .await;
+            let committed = self.committed(partition);
+            match (watermark, committed) {
+                (Ok(watermark), Ok(committed)) => {
+                    let resume = Resume::decide(watermark, committed);
+                    if let Resume::Replay { from, committed } = resume {
+                        self.deps
+                            .metrics
+                            .store_loss_replays
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            channel = self.channel.name(),
+                            partition,
+                            ?from,
+                            committed,
+                            "the store is behind Kafka (it lost in-app rows): replaying from its watermark"
+                        );
+                    }
+                    match seek_and_resume(
+                        &self.consumer,
+                        &self.topic,
+                        partition,
+                        resume.offset(),
+                        self.deps.kafka.timeout,
+                    )
+                    .await
+                    {
+                        Ok(()) => {
+                            stored.written.insert(partition, watermark);
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(partition, error = %e, "seeking the assigned partition failed; retrying")
+                        }
+                    }
+                }
+                (Err(e), _) => {
+                    warn!(partition, error = %e, "reading the watermark failed; retrying")
+                }
+                (_, Err(e)) => {
+                    warn!(partition, error = %e, "reading the committed offset failed; retrying")
+                }
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
+        }
+    }
+
+    fn committed(&self, partition: i32) -> Result<Option<i64>, rdkafka::error::KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, self.deps.kafka.timeout)?;
+        Ok(committed
+            .find_partition(&self.topic, partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(at) => Some(at),
+                _ => None,
+            }))
+    }
+
+    /// In-app only: stores the watermark before the offset may be committed; `false` when the
+    /// store did not take it (the offset is then not stored this time). Other channels: `true`.
+    async fn store_watermark(&self, stored: &mut StoredMarks, partition: i32, next: i64) -> bool {
+        if self.channel != Channel::Inapp {
+            return true;
+        }
+        match self
+            .deps
+            .watermarks
+            .save(&self.group_id, &self.topic, partition, next)
+            .await
+        {
+            Ok(()) => {
+                stored.written.insert(partition, Some(next));
+                true
+            }
+            Err(e) => {
+                debug!(partition, error = %e, "storing the in-app watermark failed; the next record tries again");
+                false
+            }
+        }
+    }
+
+    /// Compares each partition's stored watermark with the one written here: an older one
+    /// means the store lost rows since, and the partition is read again from it.
+    async fn check_watermarks(&self, stored: &mut StoredMarks, marks: &mut Watermarks) {
+        let owned: Vec<(i32, Option<i64>)> = stored.written.iter().map(|(p, w)| (*p, *w)).collect();
+        for (partition, written) in owned {
+            let Some(written) = written else { continue };
+            let Ok(now) = self
+                .deps
+                .watermarks
+                .load(&self.group_id, &self.topic, partition)
+                .await
+            else {
+                continue;
+            };
+            if now.is_some_and(|n| n >= written) {
+                continue;
+            }
+            self.deps
+                .metrics
+                .store_loss_replays
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(
+                partition,
+                ?now,
+                written,
+                "the in-app watermark went backwards (the store lost rows): reading the partition again from it"
+            );
+            let target = now.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) =
+                self.consumer
+                    .seek(&self.topic, partition, target, self.deps.kafka.timeout)
+            {
+                warn!(partition, error = %e, "seeking back failed; the next check tries again");
+                continue;
+            }
+            // Records in lanes finish as they are; the partition's marks start over.
+            marks.partitions.remove(&partition);
+            stored.written.insert(partition, now);
+        }
     }
 
     /// Sleeps `pause` unless asked to stop first.

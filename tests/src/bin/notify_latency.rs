@@ -272,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
         kafka: services.kafka(),
         codec: pipeline.codec.clone(),
         store: Arc::new(NotifyStore::new(pipeline.session.clone(), &keyspace).await?),
+        watermarks: pipeline.watermarks().await?,
         settings: NotifierSettings {
             topic_prefix: pipeline.prefix.clone(),
             group_prefix: format!("{}notifier-", pipeline.prefix),

@@ -27,44 +27,13 @@ use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 use super::{Direction, Page, PageRequest, StoreError, StoreProbe, StoreResult, Stores};
 
-/// Columns ingest added to tables that existed before it; an older keyspace gets them with
-/// `ALTER TABLE ... ADD` (see [`ensure_columns`]).
-pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
-    ("orders", "request_fingerprint", "text"),
-    ("orders", "idempotency_key", "text"),
-    // `POST v1/webhooks` takes an optional description; the table (sinks/src/schema.rs) was
-    // defined without one.
-    ("webhook_endpoints", "description", "text"),
-];
-
-/// Adds [`ADDED_COLUMNS`] that an existing keyspace lacks (`CREATE TABLE IF NOT EXISTS` does
-/// not change a table that exists). Safe to run from several replicas at once.
+/// Adds the columns of `boxoffice_sinks::schema::MIGRATIONS` that an existing keyspace lacks
+/// (`CREATE TABLE IF NOT EXISTS` does not change a table that exists). Safe to run from several
+/// replicas at once.
 pub async fn ensure_columns(session: &Session, keyspace: &Keyspace) -> StoreResult<()> {
-    for (table, column, kind) in ADDED_COLUMNS {
-        let exists = session
-            .query_unpaged(
-                "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
-                (keyspace.as_str(), *table, *column),
-            )
-            .await
-            .map_err(|e| StoreError::unavailable("checking columns", e))?
-            .into_rows_result()
-            .map_err(|e| StoreError::corrupt("checking columns", e))?
-            .rows_num()
-            > 0;
-        if !exists {
-            let statement = format!("ALTER TABLE {} ADD {column} {kind}", keyspace.table(table));
-            if let Err(e) = session.query_unpaged(statement, &[]).await {
-                // Another replica may have added it between the check and the ALTER.
-                tracing::info!(table, column, error = %e, "ALTER TABLE failed (column added concurrently?)");
-            }
-        }
-    }
-    session
-        .await_schema_agreement()
+    boxoffice_sinks::schema::apply_migrations(session, keyspace)
         .await
-        .map_err(|e| StoreError::unavailable("schema agreement", e))?;
-    Ok(())
+        .map_err(|e| StoreError::unavailable("adding columns", e))
 }
 
 /// Statements of one newest-first list: first page, older than a cursor, newer than a cursor.
@@ -150,7 +119,7 @@ struct Statements {
 const USERS_BUCKET: i32 = 0;
 
 impl CqlStores {
-    /// Adds [`ADDED_COLUMNS`] the keyspace lacks, then prepares every statement. The tables
+    /// Adds the migrated columns the keyspace lacks, then prepares every statement. The tables
     /// must exist (`ensure_schema`).
     pub async fn new(session: Arc<Session>, keyspace: &Keyspace) -> StoreResult<Self> {
         // Here rather than only at startup: statements below name the added columns, and

@@ -1,0 +1,197 @@
+//! Where a consumer whose effects live in the CQL store may resume (table
+//! `consumer_watermarks`): the next offset of a partition whose every earlier record's writes
+//! are stored. The payment processor and the notifier's in-app channel write it after a
+//! batch's writes and before the group's offset commit, so Kafka's committed offset is never
+//! ahead of it unless the store lost writes it had acknowledged.
+//!
+//! # Why it catches lost writes
+//!
+//! A single node replays its commit log up to the last sync: what survives a crash is a prefix
+//! of the writes in the order they were made. The watermark is written after the writes it
+//! covers, so a watermark that survived means the writes before it survived; one that went
+//! backwards (or vanished) means the store lost writes, and replaying the log from the stored
+//! watermark writes them again. The consumers' writes are idempotent (payments fenced by their
+//! revision and skipped by offset, in-app rows upserted by notification id), so a replay
+//! repeats nothing a reader can see.
+//!
+//! A multi-node cluster with quorum writes loses acknowledged writes only in a whole-cluster
+//! failure, where the prefix argument holds per node but not across nodes; the booking
+//! processor, whose decisions must never be repeated differently, compares with Kafka instead
+//! (`booking.progress`).
+
+use std::sync::Arc;
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use crate::schema::Keyspace;
+use crate::scylla::{execution_is_transient, prepare_is_transient};
+
+/// A watermark read or write failed.
+#[derive(Debug, thiserror::Error)]
+#[error("consumer watermark {operation}: {source}")]
+pub struct WatermarkError {
+    operation: &'static str,
+    retryable: bool,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl WatermarkError {
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+/// Where to resume a partition, from the store's watermark and the group's committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The committed offset is covered by the store: resume there (`None`: from the start,
+    /// nothing was ever committed).
+    Committed(Option<i64>),
+    /// The store is behind Kafka: it lost writes. Replay from its watermark (`None`: from the
+    /// log start, the store lost every watermark of the partition).
+    Replay { from: Option<i64>, committed: i64 },
+}
+
+impl Resume {
+    /// Decides, purely, where to resume.
+    pub fn decide(stored: Option<i64>, committed: Option<i64>) -> Resume {
+        match (stored, committed) {
+            (_, None) => Resume::Committed(stored),
+            (Some(w), Some(c)) if w >= c => Resume::Committed(Some(c)),
+            (from, Some(c)) => Resume::Replay { from, committed: c },
+        }
+    }
+
+    /// The offset to seek to (`None`: the log start).
+    pub fn offset(&self) -> Option<i64> {
+        match self {
+            Resume::Committed(at) => *at,
+            Resume::Replay { from, .. } => *from,
+        }
+    }
+}
+
+/// Reads and writes `consumer_watermarks`.
+#[derive(Debug, Clone)]
+pub struct WatermarkStore {
+    session: Arc<Session>,
+    save: Arc<PreparedStatement>,
+    load: Arc<PreparedStatement>,
+}
+
+fn error(
+    operation: &'static str,
+    retryable: bool,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> WatermarkError {
+    WatermarkError {
+        operation,
+        retryable,
+        source: Box::new(source),
+    }
+}
+
+impl WatermarkStore {
+    /// Prepares the statements. The schema must exist (`schema::ensure_schema`).
+    pub async fn new(session: Arc<Session>, keyspace: &Keyspace) -> Result<Self, WatermarkError> {
+        let table = keyspace.table("consumer_watermarks");
+        let prepare = |cql: String| {
+            let session = Arc::clone(&session);
+            async move {
+                session
+                    .prepare(cql)
+                    .await
+                    .map_err(|e| error("prepare", prepare_is_transient(&e), e))
+            }
+        };
+        let mut save = prepare(format!(
+            "INSERT INTO {table} (consumer, topic, kafka_partition, next_offset, updated_at) \
+             VALUES (?, ?, ?, ?, toTimestamp(now()))"
+        ))
+        .await?;
+        save.set_is_idempotent(true);
+        let load = prepare(format!(
+            "SELECT next_offset FROM {table} WHERE consumer = ? AND topic = ? AND kafka_partition = ?"
+        ))
+        .await?;
+        Ok(WatermarkStore {
+            session,
+            save: Arc::new(save),
+            load: Arc::new(load),
+        })
+    }
+
+    /// Records that every record of the partition below `next_offset` has its writes stored.
+    pub async fn save(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<(), WatermarkError> {
+        self.session
+            .execute_unpaged(&self.save, (consumer, topic, partition, next_offset))
+            .await
+            .map_err(|e| error("save", execution_is_transient(&e), e))?;
+        Ok(())
+    }
+
+    /// The stored watermark of the partition, if any.
+    pub async fn load(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, WatermarkError> {
+        let row = self
+            .session
+            .execute_unpaged(&self.load, (consumer, topic, partition))
+            .await
+            .map_err(|e| error("load", execution_is_transient(&e), e))?
+            .into_rows_result()
+            .map_err(|e| error("load", false, e))?
+            .maybe_first_row::<(Option<i64>,)>()
+            .map_err(|e| error("load", false, e))?;
+        Ok(row.and_then(|(offset,)| offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_covers_the_commit_resumes_at_the_commit() {
+        assert_eq!(
+            Resume::decide(Some(40), Some(40)),
+            Resume::Committed(Some(40))
+        );
+        assert_eq!(
+            Resume::decide(Some(45), Some(40)),
+            Resume::Committed(Some(40))
+        );
+        assert_eq!(Resume::decide(None, None), Resume::Committed(None));
+        assert_eq!(Resume::decide(Some(7), None), Resume::Committed(Some(7)));
+    }
+
+    #[test]
+    fn a_store_behind_the_commit_replays_from_its_watermark_or_the_start() {
+        let behind = Resume::decide(Some(30), Some(40));
+        assert_eq!(
+            behind,
+            Resume::Replay {
+                from: Some(30),
+                committed: 40
+            }
+        );
+        assert_eq!(behind.offset(), Some(30));
+        let lost = Resume::decide(None, Some(40));
+        assert_eq!(
+            lost.offset(),
+            None,
+            "a lost watermark replays from the log start"
+        );
+    }
+}

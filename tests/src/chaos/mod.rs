@@ -1,0 +1,384 @@
+//! The chaos suite: a flash sale through the public HTTP API while one part of the system is
+//! SIGKILLed and started again, on a private stack of its own (`stack`: its own state
+//! directory and ports; its CQL store syncs the commit log every 10 s, so killing it loses
+//! what it acknowledged since). After every run the checks of `check` must hold.
+//!
+//! The faults, in turn: the CQL store, the Kafka broker, the booking processor, the payment
+//! processor, the notifier, and the store together with the booking processor. A store run
+//! must show that loss really happened (the booking processor found the store behind Kafka
+//! and re-folded, or a consumer replayed from the store's watermark).
+//!
+//! `tests/tests/chaos.rs` runs each fault once, small; the `chaos` binary repeats any fault
+//! with large sales (see its `--help`).
+
+pub mod check;
+pub mod follow;
+pub mod sale;
+pub mod stack;
+pub mod system;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use follow::Follower;
+use sale::{Api, Fan, Payer, SaleConfig};
+use stack::{BROKER, STORE};
+use system::{Service, System};
+
+/// What is killed in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    Store,
+    Broker,
+    BookingProcessor,
+    PaymentProcessor,
+    Notifier,
+    StoreAndBookingProcessor,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 6] = [
+        Fault::Store,
+        Fault::Broker,
+        Fault::BookingProcessor,
+        Fault::PaymentProcessor,
+        Fault::Notifier,
+        Fault::StoreAndBookingProcessor,
+    ];
+
+    /// Whether the CQL store is killed (so loss must be observed).
+    pub fn kills_store(self) -> bool {
+        matches!(self, Fault::Store | Fault::StoreAndBookingProcessor)
+    }
+}
+
+/// How one run is driven.
+#[derive(Debug, Clone, Copy)]
+pub struct RunConfig {
+    pub capacity: u32,
+    pub sale: SaleConfig,
+    /// When the fault hits, after the sale started.
+    pub fault_at: Duration,
+    /// How long what was killed stays down before it is started again.
+    pub down_for: Duration,
+}
+
+/// What one run showed.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub fault: Fault,
+    pub event_id: String,
+    pub requests: usize,
+    pub accepted: usize,
+    pub reserved: usize,
+    pub rejected: usize,
+    pub paid: usize,
+    pub confirmed: usize,
+    pub retries: usize,
+    pub gave_up: usize,
+    /// What was killed, with pids, and how long until it was back.
+    pub fault_proof: String,
+    /// Store runs: the counters that show the loss was seen and repaired.
+    pub loss_evidence: String,
+    pub loss_observed: bool,
+    /// From the fault being over until every accepted order was decided.
+    pub decided_after_recovery: Duration,
+    pub undecided: usize,
+    pub delivered: check::Delivered,
+    pub violations: Vec<String>,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty() && (!self.fault.kills_store() || self.loss_observed)
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{:?}: {} requests, {} accepted, {} reserved, {} rejected, {} paid, {} confirmed; {} retries, {} gave up; \
+             decided {:.1?} after recovery ({} undecided); notifications {} (in-app {}, email {}, webhook {}); \
+             fault: {}; loss: {}; {}",
+            self.fault,
+            self.requests,
+            self.accepted,
+            self.reserved,
+            self.rejected,
+            self.paid,
+            self.confirmed,
+            self.retries,
+            self.gave_up,
+            self.decided_after_recovery,
+            self.undecided,
+            self.delivered.notices,
+            self.delivered.in_app,
+            self.delivered.email,
+            self.delivered.webhook,
+            self.fault_proof,
+            if self.fault.kills_store() {
+                format!(
+                    "{} ({})",
+                    if self.loss_observed {
+                        "observed"
+                    } else {
+                        "NOT observed"
+                    },
+                    self.loss_evidence
+                )
+            } else {
+                "n/a".to_owned()
+            },
+            if self.violations.is_empty() {
+                "OK".to_owned()
+            } else {
+                format!(
+                    "{} VIOLATIONS: {:?}",
+                    self.violations.len(),
+                    self.violations
+                )
+            }
+        )
+    }
+}
+
+/// The system, its fans and what it told them, reused by every run.
+#[derive(Debug)]
+pub struct Suite {
+    pub system: System,
+    pub api: Api,
+    pub fans: Vec<Fan>,
+    pub follower: Follower,
+    runs: usize,
+}
+
+/// The counters that show a store loss was seen: (booking processor, payments, notifier).
+const LOSS_COUNTERS: [(Service, &str); 4] = [
+    (
+        Service::BookingProcessor,
+        "booking_store_loss_detected_total",
+    ),
+    (Service::BookingProcessor, "booking_events_refolded_total"),
+    (
+        Service::PaymentProcessor,
+        "payments_store_loss_replays_total",
+    ),
+    (Service::Notifier, "notifier_store_loss_replays_total"),
+];
+
+impl Suite {
+    /// Starts everything and registers `fans` fans.
+    pub async fn start(name: &str, fans: usize, recovery_source: &str) -> anyhow::Result<Suite> {
+        let system = System::start(name, recovery_source).await?;
+        let api = Api::new(&system.ingest_url)?;
+        let fans = api.fans(fans, &system.webhooks).await?;
+        let follower = Follower::start(&system.services, system.codec.clone())?;
+        Ok(Suite {
+            system,
+            api,
+            fans,
+            follower,
+            runs: 0,
+        })
+    }
+
+    async fn loss_counters(&self) -> Vec<u64> {
+        let mut values = Vec::new();
+        for (service, name) in LOSS_COUNTERS {
+            values.push(self.system.counter(service, name).await);
+        }
+        values
+    }
+
+    /// One sale with `fault` injected; returns what the checks found.
+    pub async fn run(&mut self, fault: Fault, config: RunConfig) -> anyhow::Result<RunReport> {
+        self.runs += 1;
+        self.api.refresh(&mut self.fans).await?;
+        let admin = self
+            .api
+            .login(&self.system.admin_email, self.system.admin_password())
+            .await
+            .context("admin login")?;
+        let name = format!("Chaos {:?} {}", fault, self.runs);
+        let event_id = self
+            .api
+            .create_event(&admin, &name, config.capacity)
+            .await?;
+        let payer = Payer::start(
+            &self.system.services,
+            self.system.codec.clone(),
+            self.api.clone(),
+            &self.fans,
+            &event_id,
+        )?;
+        let before = self.loss_counters().await;
+        let provider_before = self.system.provider.stats();
+        let run_key = format!("{}-{}", crate::names::unique("chaos"), self.runs);
+
+        // The sale, and the fault while it runs.
+        let (api, fans) = (self.api.clone(), self.fans.clone());
+        let sale = sale::flash_sale(&api, &fans, &event_id, &run_key, config.sale);
+        let injected = async {
+            tokio::time::sleep(config.fault_at).await;
+            self.inject(fault, config.down_for).await
+        };
+        let (outcome, injected) = tokio::join!(sale, injected);
+        let (fault_proof, recovered_at) = injected?;
+
+        let mut violations = Vec::new();
+        for (status, body) in &outcome.server_errors {
+            violations.push(format!("ingest answered {status}: {body}"));
+        }
+        for (status, body) in outcome.refused.iter().take(5) {
+            violations.push(format!("a booking was refused with {status}: {body}"));
+        }
+        let (undecided, _) =
+            check::decisions(&self.follower, &outcome.accepted, check::SETTLE).await;
+        let decided_after_recovery = recovered_at.elapsed();
+        let (reserved, rejected) = check::exactly_one_decision(
+            &self.follower,
+            &outcome.accepted,
+            config.capacity as usize,
+            &mut violations,
+        );
+        // Every reservation gets paid, then confirmed.
+        let _ = crate::wait::until("every reservation paid", check::SETTLE, || {
+            let paid = payer.paid().len() + payer.failures().len();
+            async move { (paid >= reserved).then_some(()) }
+        })
+        .await;
+        violations.extend(payer.failures());
+        let paid: HashSet<String> = payer.paid();
+        let confirmed = check::payments(
+            &self.system,
+            &self.follower,
+            &paid,
+            provider_before.captures,
+            provider_before.charges,
+            &mut violations,
+        )
+        .await;
+        check::audit(&self.system, &event_id, &mut violations).await;
+        let orders: HashSet<String> = outcome.accepted.keys().cloned().collect();
+        let delivered = check::notifications(
+            &self.system,
+            &self.follower,
+            &self.fans,
+            &orders,
+            &mut violations,
+        )
+        .await;
+        let after = self.loss_counters().await;
+        // A counter of a service restarted in this run starts from 0: count what it shows.
+        let seen: Vec<String> = LOSS_COUNTERS
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, (b, a))| a > b || (**b > **a && **a > 0))
+            .map(|((_, name), (b, a))| format!("{name} {b}→{a}"))
+            .collect();
+        let loss_observed = !seen.is_empty();
+        Ok(RunReport {
+            fault,
+            event_id,
+            requests: config.sale.requests,
+            accepted: outcome.accepted.len(),
+            reserved,
+            rejected,
+            paid: paid.len(),
+            confirmed,
+            retries: outcome.retries,
+            gave_up: outcome.gave_up,
+            fault_proof,
+            loss_evidence: if seen.is_empty() {
+                "no counter moved".to_owned()
+            } else {
+                seen.join(", ")
+            },
+            loss_observed,
+            decided_after_recovery,
+            undecided: undecided.len(),
+            delivered,
+            violations,
+        })
+    }
+
+    /// Kills what `fault` names, waits `down_for`, starts it again; returns the proof and when
+    /// everything was back.
+    async fn inject(
+        &mut self,
+        fault: Fault,
+        down_for: Duration,
+    ) -> anyhow::Result<(String, Instant)> {
+        let started = Instant::now();
+        let system = &mut self.system;
+        let mut proof = Vec::new();
+        let kill_stack =
+            |system: &System, service: &str, proof: &mut Vec<String>| -> anyhow::Result<()> {
+                let pid = system.stack.pid(service);
+                tokio::task::block_in_place(|| system.stack.kill(service))?;
+                anyhow::ensure!(
+                    system.stack.pid(service).is_none(),
+                    "{service} still has a pid file"
+                );
+                proof.push(format!("{service} pid {pid:?} SIGKILLed"));
+                Ok(())
+            };
+        let restart_stack =
+            |system: &System, service: &str, proof: &mut Vec<String>| -> anyhow::Result<()> {
+                tokio::task::block_in_place(|| system.stack.up(&[service]))?;
+                proof.push(format!(
+                    "{service} back as pid {:?} after {:.0?}",
+                    system.stack.pid(service),
+                    started.elapsed()
+                ));
+                Ok(())
+            };
+        match fault {
+            Fault::Store => kill_stack(system, STORE, &mut proof)?,
+            Fault::Broker => kill_stack(system, BROKER, &mut proof)?,
+            Fault::StoreAndBookingProcessor => {
+                kill_stack(system, STORE, &mut proof)?;
+                system.kill(Service::BookingProcessor)?;
+                proof.push("booking processor SIGKILLed".to_owned());
+            }
+            Fault::BookingProcessor | Fault::PaymentProcessor | Fault::Notifier => {
+                let service = match fault {
+                    Fault::BookingProcessor => Service::BookingProcessor,
+                    Fault::PaymentProcessor => Service::PaymentProcessor,
+                    _ => Service::Notifier,
+                };
+                system.kill(service)?;
+                proof.push(format!("{} SIGKILLed", service.name()));
+            }
+        }
+        tokio::time::sleep(down_for).await;
+        match fault {
+            Fault::Store => restart_stack(system, STORE, &mut proof)?,
+            Fault::Broker => restart_stack(system, BROKER, &mut proof)?,
+            Fault::StoreAndBookingProcessor => {
+                restart_stack(system, STORE, &mut proof)?;
+                system.spawn(Service::BookingProcessor)?;
+                system.wait_ready(Service::BookingProcessor).await?;
+                proof.push(format!(
+                    "booking processor restarted after {:.0?}",
+                    started.elapsed()
+                ));
+            }
+            Fault::BookingProcessor | Fault::PaymentProcessor | Fault::Notifier => {
+                let service = match fault {
+                    Fault::BookingProcessor => Service::BookingProcessor,
+                    Fault::PaymentProcessor => Service::PaymentProcessor,
+                    _ => Service::Notifier,
+                };
+                system.spawn(service)?;
+                system.wait_ready(service).await?;
+                proof.push(format!(
+                    "{} restarted after {:.0?}",
+                    service.name(),
+                    started.elapsed()
+                ));
+            }
+        }
+        Ok((proof.join("; "), Instant::now()))
+    }
+}
