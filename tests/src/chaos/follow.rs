@@ -72,7 +72,9 @@ impl Follower {
         let (seen_orders, codec_orders) = (seen.clone(), codec.clone());
         let follow_orders = tokio::spawn(async move {
             let mut stream = orders.stream();
-            while let Some(Ok(message)) = stream.next().await {
+            // Consumer errors (the broker restarting) are passed over: the consumer reconnects.
+            while let Some(item) = stream.next().await {
+                let Ok(message) = item else { continue };
                 let Some(payload) = message.payload() else {
                     continue;
                 };
@@ -97,7 +99,9 @@ impl Follower {
         let seen_notices = seen.clone();
         let follow_notices = tokio::spawn(async move {
             let mut stream = notices.stream();
-            while let Some(Ok(message)) = stream.next().await {
+            // Consumer errors (the broker restarting) are passed over: the consumer reconnects.
+            while let Some(item) = stream.next().await {
+                let Ok(message) = item else { continue };
                 let Some(payload) = message.payload() else {
                     continue;
                 };

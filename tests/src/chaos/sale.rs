@@ -376,7 +376,9 @@ impl Payer {
             let permits = Arc::new(Semaphore::new(32));
             let mut seen = HashSet::new();
             let mut stream = consumer.stream();
-            while let Some(Ok(message)) = stream.next().await {
+            // Consumer errors (the broker restarting) are passed over: the consumer reconnects.
+            while let Some(item) = stream.next().await {
+                let Ok(message) = item else { continue };
                 let Some(payload) = message.payload() else {
                     continue;
                 };
@@ -436,10 +438,13 @@ impl Drop for Payer {
     }
 }
 
+/// How long a fan keeps trying to pay one order.
+pub const PAY_WITHIN: Duration = Duration::from_secs(90);
+
 /// Pays an order with `tok_success`, retrying while ingest cannot take it yet (503, no
 /// answer) or does not see the reservation yet (404/409 while its store catches up).
 async fn pay(api: &Api, token: &str, order_id: &str, price: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + PAY_WITHIN;
     let mut pause = Duration::from_millis(200);
     loop {
         let answer = api

@@ -1,0 +1,287 @@
+//! The payment processor and the notifier's in-app channel when the CQL store loses writes it
+//! had acknowledged, against real Kafka, a real CQL store and a real registry. The loss is made
+//! by hand, exactly: rows removed together with the consumer's stored watermark, while Kafka's
+//! committed offset stays ahead. Each test first proves the rows are gone.
+//!
+//! - payments: the running processor sees its watermark go backwards and replays; a restarted
+//!   one sees the store behind the committed offset and replays; lost payments come back
+//!   captured, the provider is asked again with the same idempotency key and never charges
+//!   twice, and the outcomes are the same records;
+//! - notifier: lost in-app rows are written again.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap fails the test"
+)]
+
+mod notifier_common;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use boxoffice_avro::ids;
+use boxoffice_avro::records::{
+    BookingCommand, PaymentRequest, PaymentRequested, PaymentSubmitted, RecordGroup,
+};
+use boxoffice_processors::payments::gateway::Gateway;
+use boxoffice_sinks::notify::Channel;
+use boxoffice_tests::load::now_ms;
+use boxoffice_tests::pipeline::Pipeline;
+use boxoffice_tests::{services, wait};
+use notifier_common::{RunningNotifier, new_id, order_life, produce, settings};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn order(i: usize) -> String {
+    format!("loss-order-{i:03}")
+}
+
+fn requests(range: std::ops::Range<usize>) -> Vec<PaymentRequest> {
+    let mut out = Vec::new();
+    for i in range {
+        let order = order(i);
+        let payment_id = ids::payment_id(&order);
+        out.push(PaymentRequest::PaymentRequested(PaymentRequested {
+            record_id: ids::record_id_for::<PaymentRequested>(&[&order]),
+            payment_id: payment_id.clone(),
+            order_id: order.clone(),
+            event_id: "loss-event".into(),
+            user_id: format!("fan-{i}"),
+            amount_minor: 4500,
+            currency: "EUR".into(),
+            hold_expires_at: now_ms() + 600_000,
+            occurred_at: now_ms(),
+        }));
+        out.push(PaymentRequest::PaymentSubmitted(PaymentSubmitted {
+            record_id: ids::record_id_for::<PaymentSubmitted>(&[&order]),
+            payment_id,
+            order_id: order,
+            event_id: "loss-event".into(),
+            user_id: format!("fan-{i}"),
+            amount_minor: 4500,
+            currency: "EUR".into(),
+            payment_method_token: "tok_success".into(),
+            occurred_at: now_ms(),
+        }));
+    }
+    out
+}
+
+/// Removes the payments' rows (and history, timers) and every watermark of the group: what a
+/// store that lost the writes since the watermark holds.
+async fn lose_payments(pipeline: &Pipeline, orders: &[String]) {
+    let ks = &pipeline.keyspace;
+    for order in orders {
+        let payment = ids::payment_id(order);
+        for table in [
+            "payments WHERE id = ?",
+            "payment_histories WHERE payment_id = ?",
+        ] {
+            pipeline
+                .session
+                .query_unpaged(format!("DELETE FROM \"{ks}\".{table}"), (&payment,))
+                .await
+                .unwrap();
+        }
+    }
+    pipeline
+        .session
+        .query_unpaged(format!("TRUNCATE \"{ks}\".consumer_watermarks"), &[])
+        .await
+        .unwrap();
+    let store = pipeline.payment_store().await.unwrap();
+    for order in orders {
+        assert!(
+            store.load(&ids::payment_id(order)).await.unwrap().is_none(),
+            "the fault happened: {order}'s payment is gone from the store"
+        );
+    }
+}
+
+async fn captured(pipeline: &Pipeline, orders: &[String]) {
+    let store = pipeline.payment_store().await.unwrap();
+    wait::until("the lost payments captured again", WAIT, || {
+        let store = &store;
+        async move {
+            for order in orders {
+                let payment = store.load(&ids::payment_id(order)).await.ok().flatten()?;
+                if payment.status != "CAPTURED" {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn replays(gateway: &Gateway) -> u64 {
+    gateway.replays()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payment_processor_replays_what_the_store_lost_and_never_charges_twice() {
+    let pipeline = Pipeline::create(services().await, "payments_loss")
+        .await
+        .unwrap();
+    let mut outcomes = pipeline.reader(&pipeline.topics.commands).unwrap();
+    let processor = pipeline.start_payment_processor().await.unwrap();
+    pipeline
+        .produce_payment_requests(&requests(0..20))
+        .await
+        .unwrap();
+    outcomes
+        .read_group_until(WAIT, |o: &[BookingCommand]| o.len() >= 20)
+        .await
+        .unwrap();
+    let all: Vec<String> = (0..20).map(order).collect();
+    captured(&pipeline, &all).await;
+
+    // The running processor: its watermark goes backwards under it.
+    let lost: Vec<String> = (0..10).map(order).collect();
+    let before = replays(&processor.gateway);
+    lose_payments(&pipeline, &lost).await;
+    captured(&pipeline, &lost).await;
+    assert!(
+        processor.metrics.store_loss_replays.load(Ordering::Relaxed) >= 1,
+        "the loss was seen"
+    );
+    assert!(
+        replays(&processor.gateway) >= before + lost.len() as u64,
+        "the provider was asked again with the same keys (never a new charge)"
+    );
+    processor.stop().await.unwrap();
+
+    // A restarted processor: the store is behind the committed offset.
+    let lost: Vec<String> = (10..20).map(order).collect();
+    lose_payments(&pipeline, &lost).await;
+    let processor = pipeline.start_payment_processor().await.unwrap();
+    captured(&pipeline, &lost).await;
+    assert!(processor.metrics.store_loss_replays.load(Ordering::Relaxed) >= 1);
+
+    processor.stop().await.unwrap();
+
+    // Every outcome is the same record as before: 20 distinct PaymentSucceeded, no other, in
+    // the whole log.
+    let distinct = everything_on(&pipeline, &pipeline.topics.commands).await;
+    assert_eq!(distinct.len(), 20, "one outcome per payment: {distinct:?}");
+    assert!(
+        distinct
+            .values()
+            .all(|o| matches!(o, BookingCommand::PaymentSucceeded(_))),
+        "{distinct:?}"
+    );
+}
+
+/// Every record of `topic` up to its end, by record id.
+async fn everything_on(
+    pipeline: &Pipeline,
+    topic: &str,
+) -> std::collections::HashMap<String, BookingCommand> {
+    let kafka = pipeline.services.kafka();
+    let topic = topic.to_owned();
+    let payloads = tokio::task::spawn_blocking(move || {
+        let mut payloads = Vec::new();
+        for partition in 0..boxoffice_tests::pipeline::COMMAND_PARTITIONS {
+            boxoffice_topics::reader::read_to_end(
+                &kafka,
+                "store-loss-test",
+                &topic,
+                partition,
+                None,
+                WAIT,
+                |m| {
+                    if let Some(p) = rdkafka::Message::payload(m) {
+                        payloads.push(p.to_vec());
+                    }
+                },
+            )
+            .unwrap();
+        }
+        payloads
+    })
+    .await
+    .unwrap();
+    let mut distinct = std::collections::HashMap::new();
+    for payload in payloads {
+        let command = pipeline
+            .codec
+            .decode_group::<BookingCommand>(&payload)
+            .await
+            .unwrap();
+        distinct.insert(command.record_id().to_owned(), command);
+    }
+    distinct
+}
+
+async fn in_app_ids(pipeline: &Pipeline, user: &str) -> HashSet<String> {
+    pipeline
+        .session
+        .query_unpaged(
+            format!(
+                "SELECT notification_id FROM \"{}\".notifications WHERE user_id = ?",
+                pipeline.keyspace
+            ),
+            (user,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(String,)>()
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_notifier_writes_again_in_app_rows_the_store_lost() {
+    let pipeline = Pipeline::create(services().await, "inapp_loss")
+        .await
+        .unwrap();
+    let users: Vec<String> = (0..3).map(|_| new_id()).collect();
+    let mut notifications = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        for n in 0..5 {
+            notifications.extend(order_life(user, &new_id(), now_ms() + (i * 10 + n) as i64));
+        }
+    }
+    produce(&pipeline, &notifications).await;
+    let notifier =
+        RunningNotifier::start(&pipeline, settings(&pipeline, &[Channel::Inapp], 1)).await;
+    for user in &users {
+        wait::until("every in-app row stored", WAIT, || async {
+            (in_app_ids(&pipeline, user).await.len() == 10).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
+    // The store loses one user's rows and the channel's watermarks.
+    let ks = &pipeline.keyspace;
+    pipeline
+        .session
+        .query_unpaged(
+            format!("DELETE FROM \"{ks}\".notifications WHERE user_id = ?"),
+            (&users[0],),
+        )
+        .await
+        .unwrap();
+    pipeline
+        .session
+        .query_unpaged(format!("TRUNCATE \"{ks}\".consumer_watermarks"), &[])
+        .await
+        .unwrap();
+    assert!(
+        in_app_ids(&pipeline, &users[0]).await.is_empty(),
+        "the fault happened"
+    );
+    wait::until("the lost rows written again", WAIT, || async {
+        (in_app_ids(&pipeline, &users[0]).await.len() == 10).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(notifier.metrics.store_loss_replays.load(Ordering::Relaxed) >= 1);
+    notifier.stop().await.unwrap();
+}
