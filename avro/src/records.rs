@@ -812,6 +812,37 @@ record_group!(
     }
 );
 
+impl OrderEvent {
+    /// The order the fact is about (also its key: `RecordGroup::key`).
+    pub fn order_id(&self) -> &str {
+        self.key()
+    }
+
+    /// The fan who placed the order.
+    pub fn user_id(&self) -> &str {
+        match self {
+            OrderEvent::OrderReserved(r) => &r.user_id,
+            OrderEvent::OrderRejected(r) => &r.user_id,
+            OrderEvent::OrderConfirmed(r) => &r.user_id,
+            OrderEvent::OrderCancelled(r) => &r.user_id,
+            OrderEvent::OrderExpired(r) => &r.user_id,
+            OrderEvent::TicketsIssued(r) => &r.user_id,
+        }
+    }
+
+    /// The event the order is for.
+    pub fn event_id(&self) -> &str {
+        match self {
+            OrderEvent::OrderReserved(r) => &r.event_id,
+            OrderEvent::OrderRejected(r) => &r.event_id,
+            OrderEvent::OrderConfirmed(r) => &r.event_id,
+            OrderEvent::OrderCancelled(r) => &r.event_id,
+            OrderEvent::OrderExpired(r) => &r.event_id,
+            OrderEvent::TicketsIssued(r) => &r.event_id,
+        }
+    }
+}
+
 record_group!(
     /// What `payments.requests` carries: work for the payment processor.
     PaymentRequest, topic = topic::PAYMENTS_REQUESTS, {

@@ -89,30 +89,6 @@ impl Default for Live {
     }
 }
 
-/// The order id of an order fact.
-pub fn order_id_of(event: &OrderEvent) -> &str {
-    match event {
-        OrderEvent::OrderReserved(r) => &r.order_id,
-        OrderEvent::OrderRejected(r) => &r.order_id,
-        OrderEvent::OrderConfirmed(r) => &r.order_id,
-        OrderEvent::OrderCancelled(r) => &r.order_id,
-        OrderEvent::OrderExpired(r) => &r.order_id,
-        OrderEvent::TicketsIssued(r) => &r.order_id,
-    }
-}
-
-/// The user of an order fact.
-pub fn user_id_of(event: &OrderEvent) -> &str {
-    match event {
-        OrderEvent::OrderReserved(r) => &r.user_id,
-        OrderEvent::OrderRejected(r) => &r.user_id,
-        OrderEvent::OrderConfirmed(r) => &r.user_id,
-        OrderEvent::OrderCancelled(r) => &r.user_id,
-        OrderEvent::OrderExpired(r) => &r.user_id,
-        OrderEvent::TicketsIssued(r) => &r.user_id,
-    }
-}
-
 /// A waiter for an order's first decision; unregisters itself when dropped.
 #[derive(Debug)]
 pub struct OrderWaiter {
@@ -197,7 +173,7 @@ impl Live {
         );
         if decides
             && let Ok(mut waiters) = self.waiters.lock()
-            && let Some(list) = waiters.remove(order_id_of(&event))
+            && let Some(list) = waiters.remove(event.order_id())
         {
             for (_, sender) in list {
                 let _ = sender.send(Arc::clone(&event));

@@ -38,7 +38,10 @@
 //! limits are the CQL frame and the commit log's largest mutation (16 MiB by default on both).
 //! Measured on Cassandra 5: 20,000 rows of ~240 bytes (about 5 MB) in one conditional batch
 //! applied in 0.6 s; the same rows spread over two partitions were refused ("Batch too large").
-//! [`MAX_SAVE_BYTES`] keeps a save well below the limits (about 30,000 typical orders).
+//! [`MAX_SAVE_BYTES`] keeps a save well below the limits (about 15,000 typical orders), and its
+//! Paxos round well inside the default 2 s write timeout: at 8 MiB, a save on a busy 2-core node
+//! timed out (`WriteTimeout`, `write_type: CAS`), and a timed-out conditional write has an
+//! unknown outcome that the caller must then resolve by reloading.
 //!
 //! Writing the order rows first, in separate unconditional batches, and then the fenced
 //! statics, was considered and rejected: it is not crash-safe and not fence-safe.
@@ -100,8 +103,8 @@ use crate::scylla::{execution_is_transient, next_page_is_transient, prepare_is_t
 
 /// Order rows fetched per page when loading an event.
 pub const ORDER_PAGE_SIZE: i32 = 5_000;
-/// Largest estimated request one save may send (see the module docs): about 30,000 orders.
-pub const MAX_SAVE_BYTES: usize = 8 * 1024 * 1024;
+/// Largest estimated request one save may send (see the module docs): about 15,000 orders.
+pub const MAX_SAVE_BYTES: usize = 4 * 1024 * 1024;
 /// A batch holds at most `u16::MAX` statements; one is the statics update.
 pub const MAX_ORDERS_PER_SAVE: usize = u16::MAX as usize - 1;
 /// How often a load starts over when a concurrent save moved the offset under it.
@@ -1171,9 +1174,9 @@ mod tests {
     fn oversized_saves_are_refused_with_the_limits() {
         let typical = order(&uuid_like(0));
         let per_order = typical.estimated_bytes(&uuid_like(1));
-        // About 30,000 typical orders fit (ids are 36-character UUIDs).
+        // About 15,000 typical orders fit (ids are 36-character UUIDs).
         let fitting = MAX_SAVE_BYTES / per_order;
-        assert!((25_000..40_000).contains(&fitting), "{fitting} orders fit");
+        assert!((12_000..20_000).contains(&fitting), "{fitting} orders fit");
 
         let orders: Vec<StoredOrder> = (0..fitting + 10).map(|i| order(&uuid_like(i))).collect();
         let mut u = update(orders);

@@ -106,3 +106,22 @@ pub async fn seek_and_resume<C: ConsumerContext>(
     tpl.add_partition(topic, partition);
     consumer.resume(&tpl)
 }
+
+/// The group's committed offset of `topic`/`partition` (`None`: the group never committed one).
+/// Blocks for at most `timeout` (librdkafka asks the group coordinator).
+pub fn committed_offset<C: ConsumerContext>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: std::time::Duration,
+) -> Result<Option<i64>, rdkafka::error::KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    Ok(committed
+        .find_partition(topic, partition)
+        .and_then(|e| match e.offset() {
+            rdkafka::Offset::Offset(at) => Some(at),
+            _ => None,
+        }))
+}

@@ -77,17 +77,6 @@ fn payment_for(reserved: &boxoffice_avro::records::OrderReserved) -> BookingComm
     })
 }
 
-fn order_id(fact: &OrderEvent) -> &str {
-    match fact {
-        OrderEvent::OrderReserved(r) => &r.order_id,
-        OrderEvent::OrderRejected(r) => &r.order_id,
-        OrderEvent::OrderConfirmed(r) => &r.order_id,
-        OrderEvent::OrderCancelled(r) => &r.order_id,
-        OrderEvent::OrderExpired(r) => &r.order_id,
-        OrderEvent::TicketsIssued(r) => &r.order_id,
-    }
-}
-
 fn is_decision(fact: &OrderEvent) -> bool {
     matches!(
         fact,
@@ -103,9 +92,9 @@ fn decisions_by_event(
     let mut reserved: HashMap<String, Vec<_>> = HashMap::new();
     for fact in facts.iter().filter(|f| is_decision(f)) {
         assert!(
-            decided.insert(order_id(fact)),
+            decided.insert(fact.order_id()),
             "order {} decided twice",
-            order_id(fact)
+            fact.order_id()
         );
         if let OrderEvent::OrderReserved(r) = fact {
             reserved
@@ -204,7 +193,7 @@ async fn flash_sale_sells_exactly_the_capacity_and_nothing_more() {
     let confirmed: HashSet<&str> = facts
         .iter()
         .filter(|f| matches!(f, OrderEvent::OrderConfirmed(_)))
-        .map(order_id)
+        .map(OrderEvent::order_id)
         .collect();
     assert_eq!(confirmed.len(), 1800);
     processor.stop().await.unwrap();
@@ -494,7 +483,7 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_and_processing_continues(
         .read_group_until(Duration::from_secs(60), |f: &[OrderEvent]| f.len() >= 2)
         .await
         .unwrap();
-    let decided: HashSet<&str> = facts.iter().map(order_id).collect();
+    let decided: HashSet<&str> = facts.iter().map(OrderEvent::order_id).collect();
     assert_eq!(
         decided,
         HashSet::from(["before", "after"]),

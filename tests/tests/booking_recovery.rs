@@ -57,17 +57,6 @@ fn bookings(event_id: &str, range: std::ops::Range<usize>) -> Vec<BookingCommand
     range.map(|i| booking(event_id, i)).collect()
 }
 
-fn order_of(fact: &OrderEvent) -> &str {
-    match fact {
-        OrderEvent::OrderReserved(r) => &r.order_id,
-        OrderEvent::OrderRejected(r) => &r.order_id,
-        OrderEvent::OrderConfirmed(r) => &r.order_id,
-        OrderEvent::OrderCancelled(r) => &r.order_id,
-        OrderEvent::OrderExpired(r) => &r.order_id,
-        OrderEvent::TicketsIssued(r) => &r.order_id,
-    }
-}
-
 /// What fans of the event were told so far, by reading `orders.events`.
 #[derive(Debug, Default)]
 struct Told {
@@ -95,7 +84,7 @@ async fn told(reader: &mut TopicReader, told: &mut Told, orders: usize) {
                     fact,
                     OrderEvent::OrderReserved(_) | OrderEvent::OrderRejected(_)
                 ) {
-                    decided.insert(order_of(fact).to_owned());
+                    decided.insert(fact.order_id().to_owned());
                 }
             }
             decided.len() >= orders

@@ -93,17 +93,6 @@ fn pay(reserved: &OrderReserved, token: &str) -> PaymentRequest {
     )
 }
 
-fn order_of(fact: &OrderEvent) -> &str {
-    match fact {
-        OrderEvent::OrderReserved(r) => &r.order_id,
-        OrderEvent::OrderRejected(r) => &r.order_id,
-        OrderEvent::OrderConfirmed(r) => &r.order_id,
-        OrderEvent::OrderCancelled(r) => &r.order_id,
-        OrderEvent::OrderExpired(r) => &r.order_id,
-        OrderEvent::TicketsIssued(r) => &r.order_id,
-    }
-}
-
 async fn reserved(orders: &mut TopicReader, order_id: &str) -> OrderReserved {
     let facts = orders
         .read_group_until(WAIT, |f: &[OrderEvent]| {
@@ -129,13 +118,13 @@ async fn until_fact(
 ) -> Vec<OrderEvent> {
     let facts = orders
         .read_group_until(WAIT, |f: &[OrderEvent]| {
-            f.iter().any(|f| order_of(f) == order_id && matches(f))
+            f.iter().any(|f| f.order_id() == order_id && matches(f))
         })
         .await
         .unwrap();
     facts
         .into_iter()
-        .filter(|f| order_of(f) == order_id)
+        .filter(|f| f.order_id() == order_id)
         .collect()
 }
 

@@ -151,12 +151,55 @@ async fn the_payment_processor_replays_what_the_store_lost_and_never_charges_twi
         replays(&processor.gateway) >= before + lost.len() as u64,
         "the provider was asked again with the same keys (never a new charge)"
     );
+
+    // Negative control: the same loss, but the store claims to hold everything (its watermark
+    // far ahead, as it would be without the watermark mechanism: nothing to compare with).
+    // The rows stay lost: it is the comparison that brings them back.
+    let control: Vec<String> = vec![order(0)];
+    lose_payments(&pipeline, &control).await;
+    let watermarks = pipeline.watermarks().await.unwrap();
+    for partition in 0..3 {
+        watermarks
+            .save(
+                &format!("{}payments", pipeline.prefix),
+                &pipeline.topics.payments,
+                partition,
+                i64::MAX / 2,
+            )
+            .await
+            .unwrap();
+    }
+    // Two watermark checks (5 s apart) pass without a replay.
+    let replays_before = processor.metrics.store_loss_replays.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let store = pipeline.payment_store().await.unwrap();
+    assert!(
+        store
+            .load(&ids::payment_id(&control[0]))
+            .await
+            .unwrap()
+            .is_none(),
+        "without the comparison nothing is replayed"
+    );
+    assert_eq!(
+        processor.metrics.store_loss_replays.load(Ordering::Relaxed),
+        replays_before
+    );
     processor.stop().await.unwrap();
+    pipeline
+        .session
+        .query_unpaged(
+            format!("TRUNCATE \"{}\".consumer_watermarks", pipeline.keyspace),
+            &[],
+        )
+        .await
+        .unwrap();
 
     // A restarted processor: the store is behind the committed offset.
-    let lost: Vec<String> = (10..20).map(order).collect();
+    let mut lost: Vec<String> = (10..20).map(order).collect();
     lose_payments(&pipeline, &lost).await;
     let processor = pipeline.start_payment_processor().await.unwrap();
+    lost.extend(control);
     captured(&pipeline, &lost).await;
     assert!(processor.metrics.store_loss_replays.load(Ordering::Relaxed) >= 1);
 

@@ -23,7 +23,7 @@ use super::views::{AvailabilityView, NotificationView, OrderView};
 use crate::auth::AuthUser;
 use crate::error::{ApiResult, Problem};
 use crate::extract::{ApiPath, ApiQuery};
-use crate::live::{Resume, order_id_of};
+use crate::live::Resume;
 use crate::state::SharedState;
 use crate::stores::NotificationRecord;
 
@@ -218,7 +218,7 @@ pub async fn order_stream(
                 fact = facts.recv() => fact,
             };
             let fact = match fact {
-                Ok(fact) if order_id_of(&fact) == order.id => fact,
+                Ok(fact) if fact.order_id() == order.id => fact,
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
             };

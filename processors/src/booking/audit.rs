@@ -178,7 +178,7 @@ pub async fn verify_event(
             if let Output::Order(fact) = output {
                 fold.facts.insert(
                     fact.record_id().to_owned(),
-                    (order_of(fact).to_owned(), fact_name(fact)),
+                    (fact.order_id().to_owned(), fact_name(fact)),
                 );
                 if published_offset.is_some_and(|p| offset <= p) {
                     fold.facts_until_published
@@ -347,11 +347,11 @@ async fn check_published_facts(
             Ok(fact) => fact,
             Err(e) => return Err(AuditError::Decode(topics.orders.clone(), e.to_string())),
         };
-        if event_of(&fact) != event_id || !published.insert(fact.record_id().to_owned()) {
+        if fact.event_id() != event_id || !published.insert(fact.record_id().to_owned()) {
             continue;
         }
         report.published_facts += 1;
-        let order = order_of(&fact).to_owned();
+        let order = fact.order_id().to_owned();
         told.entry(order.clone())
             .or_default()
             .push(fact_name(&fact));
@@ -447,28 +447,6 @@ fn folded(core: &Partition, event_id: &str) -> EventState {
         .get(event_id)
         .cloned()
         .unwrap_or_else(|| EventState::new(event_id))
-}
-
-fn order_of(fact: &OrderEvent) -> &str {
-    match fact {
-        OrderEvent::OrderReserved(r) => &r.order_id,
-        OrderEvent::OrderRejected(r) => &r.order_id,
-        OrderEvent::OrderConfirmed(r) => &r.order_id,
-        OrderEvent::OrderCancelled(r) => &r.order_id,
-        OrderEvent::OrderExpired(r) => &r.order_id,
-        OrderEvent::TicketsIssued(r) => &r.order_id,
-    }
-}
-
-fn event_of(fact: &OrderEvent) -> &str {
-    match fact {
-        OrderEvent::OrderReserved(r) => &r.event_id,
-        OrderEvent::OrderRejected(r) => &r.event_id,
-        OrderEvent::OrderConfirmed(r) => &r.event_id,
-        OrderEvent::OrderCancelled(r) => &r.event_id,
-        OrderEvent::OrderExpired(r) => &r.event_id,
-        OrderEvent::TicketsIssued(r) => &r.event_id,
-    }
 }
 
 fn fact_name(fact: &OrderEvent) -> &'static str {

@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 use boxoffice_avro::records::EventProgress;
 use boxoffice_topics::reader::{read_to_end, span};
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::partition::Partition;
@@ -22,7 +21,7 @@ use super::runtime::{BookingDeps, Tracked, Worker};
 use super::state::{DecisionDigest, EventState};
 use super::store;
 use super::topics::Topics;
-use crate::rebalance::{GroupContext, seek_and_resume};
+use crate::rebalance::{GroupContext, committed_offset, seek_and_resume};
 
 /// Events loaded from the store at once during a restore.
 const LOAD_CONCURRENCY: usize = 16;
@@ -59,7 +58,9 @@ pub async fn restore(
         .await
         .map_err(|e| RestoreError::Retry(e.to_string()))?
         .map_err(|e| RestoreError::Retry(format!("watermarks of {}: {e}", topics.commands)))?;
-    let committed = committed_offset(consumer, &topics.commands, partition, deps)?;
+    // Exact: the group's offset moves only inside the transactions.
+    let committed = committed_offset(consumer, &topics.commands, partition, deps.kafka.timeout)
+        .map_err(retry("committed offset"))?;
     let progress = read_progress(deps, topics, partition).await?;
     let registered: Vec<String> = deps
         .store
@@ -211,27 +212,6 @@ async fn fence(
         .map_err(|e| RestoreError::Retry(e.to_string()))?
         .map_err(|e| RestoreError::Retry(format!("init_transactions({transactional_id}): {e}")))?;
     Ok(producer)
-}
-
-/// The group's committed offset for the partition (exact: it moves only inside the
-/// transactions); `None` when the group never committed one.
-fn committed_offset(
-    consumer: &StreamConsumer<GroupContext>,
-    topic: &str,
-    partition: i32,
-    deps: &BookingDeps,
-) -> Result<Option<i64>, RestoreError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    let committed = consumer
-        .committed_offsets(tpl, deps.kafka.timeout)
-        .map_err(retry("committed offset"))?;
-    Ok(committed
-        .find_partition(topic, partition)
-        .and_then(|e| match e.offset() {
-            Offset::Offset(at) => Some(at),
-            _ => None,
-        }))
 }
 
 /// The partition's `booking.progress`, latest per event.

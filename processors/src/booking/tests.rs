@@ -581,21 +581,14 @@ impl Observed {
         for output in &decision.outputs {
             match output {
                 Output::Order(fact) => {
-                    let order_id = match fact {
-                        OrderEvent::OrderReserved(r) => &r.order_id,
-                        OrderEvent::OrderRejected(r) => &r.order_id,
-                        OrderEvent::OrderConfirmed(r) => &r.order_id,
-                        OrderEvent::OrderCancelled(r) => &r.order_id,
-                        OrderEvent::OrderExpired(r) => &r.order_id,
-                        OrderEvent::TicketsIssued(r) => &r.order_id,
-                    };
+                    let order_id = fact.order_id();
                     let next = next_lifecycle(self.lifecycle.get(order_id).copied(), fact)
                         .map_err(|e| TestCaseError::fail(format!("order {order_id}: {e}")))?;
-                    self.lifecycle.insert(order_id.clone(), next);
+                    self.lifecycle.insert(order_id.to_owned(), next);
                     match fact {
                         OrderEvent::TicketsIssued(t) => {
                             self.tickets_valid
-                                .insert(order_id.clone(), t.ticket_ids.len());
+                                .insert(order_id.to_owned(), t.ticket_ids.len());
                         }
                         OrderEvent::OrderCancelled(_) => {
                             self.tickets_valid.remove(order_id);

@@ -103,7 +103,7 @@ use super::provider::{ProviderError, ProviderGateway, ProviderSettings};
 use super::render::{Output, render};
 use super::store::{self, Stored};
 use super::timers::{PaymentLocks, TimerWheel};
-use crate::rebalance::{GroupContext, Membership, seek_and_resume};
+use crate::rebalance::{GroupContext, Membership, committed_offset, seek_and_resume};
 
 /// Most payments the timer loop works on at once (each is a few provider and store calls).
 pub const MAX_CONCURRENT_WAKES: usize = 16;
@@ -365,24 +365,6 @@ fn now_millis() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
-}
-
-/// The group's committed offset of a partition (`None`: never committed).
-fn committed_offset(
-    consumer: &PaymentConsumer,
-    topic: &str,
-    partition: i32,
-    timeout: Duration,
-) -> Result<Option<i64>, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    let committed = consumer.committed_offsets(tpl, timeout)?;
-    Ok(committed
-        .find_partition(topic, partition)
-        .and_then(|e| match e.offset() {
-            Offset::Offset(at) => Some(at),
-            _ => None,
-        }))
 }
 
 /// 50 ms doubling to 5 s.

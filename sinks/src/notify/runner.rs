@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use boxoffice_avro::records::{DeadLetter, DeadLetterErrorKind, NotificationRequested, Record};
+use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -19,7 +19,7 @@ use super::email::EmailSender;
 use super::store::{Delivery, DeliveryState, WebhookEndpoint};
 use super::webhook::WebhookSender;
 use super::{Channel, NotifierDeps, NotifierError, SendError};
-use crate::rebalance::{GroupContext, Membership, seek_and_resume};
+use crate::rebalance::{GroupContext, Membership, committed_offset, seek_and_resume};
 use crate::watermarks::Resume;
 
 fn now_millis() -> i64 {
@@ -327,7 +327,12 @@ impl ChannelRunner {
                 .watermarks
                 .load(&self.group_id, &self.topic, partition)
                 .await;
-            let committed = self.committed(partition);
+            let committed = committed_offset(
+                &self.consumer,
+                &self.topic,
+                partition,
+                self.deps.kafka.timeout,
+            );
             match (watermark, committed) {
                 (Ok(watermark), Ok(committed)) => {
                     let resume = Resume::decide(watermark, committed);
@@ -372,20 +377,6 @@ impl ChannelRunner {
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
         }
-    }
-
-    fn committed(&self, partition: i32) -> Result<Option<i64>, rdkafka::error::KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, partition);
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, self.deps.kafka.timeout)?;
-        Ok(committed
-            .find_partition(&self.topic, partition)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(at) => Some(at),
-                _ => None,
-            }))
     }
 
     /// In-app only: stores the watermark before the offset may be committed; `false` when the

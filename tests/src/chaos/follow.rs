@@ -81,18 +81,19 @@ impl Follower {
                 let Ok(fact) = codec_orders.decode_group::<OrderEvent>(payload).await else {
                     continue;
                 };
-                let (order, event, kind) = match &fact {
-                    OrderEvent::OrderReserved(r) => (&r.order_id, &r.event_id, Fact::Reserved),
-                    OrderEvent::OrderRejected(r) => (&r.order_id, &r.event_id, Fact::Rejected),
-                    OrderEvent::OrderConfirmed(r) => (&r.order_id, &r.event_id, Fact::Confirmed),
-                    OrderEvent::OrderCancelled(r) => (&r.order_id, &r.event_id, Fact::Cancelled),
-                    OrderEvent::OrderExpired(r) => (&r.order_id, &r.event_id, Fact::Expired),
-                    OrderEvent::TicketsIssued(r) => (&r.order_id, &r.event_id, Fact::TicketsIssued),
+                let kind = match &fact {
+                    OrderEvent::OrderReserved(_) => Fact::Reserved,
+                    OrderEvent::OrderRejected(_) => Fact::Rejected,
+                    OrderEvent::OrderConfirmed(_) => Fact::Confirmed,
+                    OrderEvent::OrderCancelled(_) => Fact::Cancelled,
+                    OrderEvent::OrderExpired(_) => Fact::Expired,
+                    OrderEvent::TicketsIssued(_) => Fact::TicketsIssued,
                 };
+                let (order, event) = (fact.order_id().to_owned(), fact.event_id().to_owned());
                 let mut seen = seen_orders.lock().unwrap_or_else(|p| p.into_inner());
                 if seen.record_ids.insert(fact.record_id().to_owned()) {
                     seen.facts.entry(order.clone()).or_default().insert(kind);
-                    seen.event_of.insert(order.clone(), event.clone());
+                    seen.event_of.insert(order, event);
                 }
             }
         });
