@@ -2,6 +2,7 @@
 //!
 //! - `schemas`: the `.avsc` files in `avro/schemas/` (the source of truth), compiled in.
 //! - `records`: the Rust types that mirror them, the `Record` trait and the per-topic enums.
+//! - `clock`: the wall clock records' timestamps are read from (ms since the Unix epoch).
 //! - `ids`: deterministic (UUID v5) ids, so replays produce the same ids and consumers dedupe.
 //! - `codec`: the Confluent wire format through schema_registry_converter against a registry.
 //! - `compat`: a pure BACKWARD-compatibility check that names the field that breaks.
@@ -9,6 +10,7 @@
 //!
 //! See avro/README.md for the records table, the subject naming strategy and evolution rules.
 
+pub mod clock;
 pub mod codec;
 pub mod compat;
 pub mod ids;

@@ -135,8 +135,22 @@ macro_rules! impl_record {
 // Enums
 
 /// Why a payment failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    AvroSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[avro(namespace = "boxoffice")]
 pub enum PaymentFailureReason {
     Declined,
@@ -146,8 +160,22 @@ pub enum PaymentFailureReason {
 }
 
 /// What a provider's asynchronous event says about a charge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    AvroSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[avro(namespace = "boxoffice")]
 pub enum ProviderChargeOutcome {
     Captured,
@@ -155,8 +183,22 @@ pub enum ProviderChargeOutcome {
 }
 
 /// Why a booking request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    AvroSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[avro(namespace = "boxoffice")]
 pub enum RejectReason {
     SoldOut,
@@ -167,8 +209,22 @@ pub enum RejectReason {
 }
 
 /// Why an order was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    AvroSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[avro(namespace = "boxoffice")]
 pub enum CancelReason {
     UserRequested,
@@ -176,8 +232,22 @@ pub enum CancelReason {
 }
 
 /// Why a payment is refunded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    AvroSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[avro(namespace = "boxoffice")]
 pub enum RefundReason {
     OrderCancelled,
@@ -185,8 +255,22 @@ pub enum RefundReason {
 }
 
 /// What a notification tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    AvroSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[avro(namespace = "boxoffice")]
 pub enum NotificationKind {
     OrderReserved,
@@ -200,8 +284,23 @@ pub enum NotificationKind {
 
 /// Class of a dead-lettered failure. `Other` is also the Avro enum default, so a reader that
 /// predates a newer kind still reads the record (as `Other`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    AvroSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[avro(namespace = "boxoffice")]
 pub enum DeadLetterErrorKind {
     ShortFrame,
@@ -217,6 +316,30 @@ pub enum DeadLetterErrorKind {
     #[default]
     Other,
 }
+
+/// One wire name per variant: the Avro symbol, the JSON value, the header value and the name
+/// templates match. serde and strum both derive it from `SCREAMING_SNAKE_CASE` and a test checks
+/// they agree, so every producer and consumer uses `wire_name()` and `str::parse`.
+macro_rules! wire_names {
+    ($($t:ty),* $(,)?) => {$(
+        impl $t {
+            /// The variant's name on the wire (`SOLD_OUT`).
+            pub fn wire_name(self) -> &'static str {
+                self.into()
+            }
+        }
+    )*};
+}
+
+wire_names!(
+    PaymentFailureReason,
+    ProviderChargeOutcome,
+    RejectReason,
+    CancelReason,
+    RefundReason,
+    NotificationKind,
+    DeadLetterErrorKind,
+);
 
 // ---------------------------------------------------------------------------------------------
 // booking.commands (key event_id)

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use boxoffice_avro::records::topic;
+pub use boxoffice_topics::names::{TopicPrefix, Topics};
 
 /// Shortest JWT signing secret accepted, in bytes (HS256 wants at least the hash size).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -21,13 +21,8 @@ pub struct IngestSettings {
     )]
     pub listen: SocketAddr,
 
-    /// Prefix of every topic name (empty in production; tests and side-by-side deployments).
-    #[arg(
-        long = "topic-prefix",
-        env = "BOXOFFICE_TOPIC_PREFIX",
-        default_value = ""
-    )]
-    pub topic_prefix: String,
+    #[command(flatten)]
+    pub topic_prefix: TopicPrefix,
 
     /// Secret that signs access tokens (HS256) and pagination tokens; at least 32 bytes.
     /// Required: there is no default.
@@ -228,28 +223,6 @@ pub fn parse_tolerance(raw: &str) -> Result<Duration, String> {
         );
     }
     Ok(tolerance)
-}
-
-/// The topics ingest writes and follows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    pub commands: String,
-    pub orders: String,
-    pub payments: String,
-    pub availability: String,
-    pub notifications: String,
-}
-
-impl Topics {
-    pub fn with_prefix(prefix: &str) -> Self {
-        Topics {
-            commands: format!("{prefix}{}", topic::BOOKING_COMMANDS),
-            orders: format!("{prefix}{}", topic::ORDERS_EVENTS),
-            payments: format!("{prefix}{}", topic::PAYMENTS_REQUESTS),
-            availability: format!("{prefix}{}", topic::AVAILABILITY),
-            notifications: format!("{prefix}{}", topic::NOTIFICATIONS),
-        }
-    }
 }
 
 #[cfg(test)]

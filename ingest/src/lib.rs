@@ -29,7 +29,7 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -46,7 +46,7 @@ use utoipa_scalar::Servable;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::limiter::RateLimiter;
 use crate::bus::Bus;
-use crate::config::{IngestSettings, ProviderWebhookSettings, Topics};
+use crate::config::{IngestSettings, ProviderWebhookSettings};
 use crate::error::{ApiError, problem_response};
 use crate::live::Live;
 use crate::pagination::Pager;
@@ -56,13 +56,7 @@ use crate::stores::{Role, Stores};
 /// Largest request body accepted (larger ones get 413).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use boxoffice_avro::clock::now_millis;
 
 /// What [`run`] needs from the outside world.
 pub struct Deps {
@@ -297,7 +291,7 @@ pub async fn run_with(
     );
     let stopping = state.stopping.subscribe();
     if let Some(follow) = deps.follow {
-        let topics = Topics::with_prefix(&deps.settings.topic_prefix);
+        let topics = deps.settings.topic_prefix.topics();
         let mut stop = stopping.clone();
         tokio::spawn(live::follow(
             follow.kafka,

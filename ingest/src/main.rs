@@ -9,13 +9,13 @@ use anyhow::Context;
 use boxoffice_avro::Codec;
 use boxoffice_avro::registry::RegistryArgs;
 use boxoffice_ingest::bus::KafkaBus;
-use boxoffice_ingest::config::{IngestSettings, ProviderWebhookSettings, Topics};
+use boxoffice_ingest::config::{IngestSettings, ProviderWebhookSettings};
 use boxoffice_ingest::live::Live;
 use boxoffice_ingest::stores::cql::CqlStores;
 use boxoffice_ingest::{Deps, Follow, ensure_admin};
-use boxoffice_sinks::schema::SchemaArgs;
-use boxoffice_sinks::scylla::ScyllaArgs;
-use boxoffice_sinks::startup::{connect_services, init_tracing, shutdown_signal};
+use boxoffice_runtime::startup::{connect_services, init_tracing, shutdown_signal};
+use boxoffice_store::schema::SchemaArgs;
+use boxoffice_store::session::ScyllaArgs;
 use boxoffice_topics::kafka::KafkaArgs;
 use clap::{Parser, Subcommand};
 use tracing::info;
@@ -106,7 +106,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         .context("preparing ingest's CQL statements")?
         .into_stores();
     let codec = Arc::new(Codec::new(&cli.registry)?);
-    let topics = Topics::with_prefix(&cli.settings.topic_prefix);
+    let topics = cli.settings.topic_prefix.topics();
     let bus = Arc::new(
         KafkaBus::new(
             &cli.kafka,

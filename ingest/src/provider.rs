@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{PaymentFailureReason, PaymentProviderEvent, ProviderChargeOutcome};
-use boxoffice_sinks::notify::webhook::timestamped_mac;
-use hmac::Mac;
+use boxoffice_runtime::signature::{self, TAG_LEN};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -59,32 +58,10 @@ pub enum SignatureError {
 
 /// The header value a provider sends for `body` at `timestamp` (tests and tools).
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let tag = timestamped_mac(secret, &timestamp.to_string(), body)
-        .finalize()
-        .into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={timestamp},v1={hex}")
-}
-
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
-}
-
-/// 64 lower-case hex digits as the 32 bytes of a tag.
-fn decode_tag(hex: &str) -> Option<[u8; 32]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut tag = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        tag[i] = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
-    }
-    Some(tag)
+    format!(
+        "t={timestamp},v1={}",
+        signature::tag_hex(secret, timestamp, body)
+    )
 }
 
 /// A parsed signature header: the timestamp as sent (its digits are what was signed) and the
@@ -93,7 +70,7 @@ fn decode_tag(hex: &str) -> Option<[u8; 32]> {
 struct SignatureHeader<'a> {
     timestamp_text: &'a str,
     timestamp: i64,
-    tags: Vec<[u8; 32]>,
+    tags: Vec<[u8; TAG_LEN]>,
 }
 
 /// `t=<digits>` once and `v1=<64 hex>` one or more times, comma-separated, in any order;
@@ -123,7 +100,7 @@ fn parse_header(header: &str) -> Result<SignatureHeader<'_>, SignatureError> {
                 if tags.len() == MAX_SIGNATURES {
                     return Err(SignatureError::Malformed("too many v1 entries"));
                 }
-                let Some(tag) = decode_tag(value) else {
+                let Some(tag) = signature::decode_tag(value) else {
                     return Err(SignatureError::Malformed(
                         "v1 must be 64 lower-case hex digits",
                     ));
@@ -161,12 +138,10 @@ pub fn verify(
     if parsed.timestamp.abs_diff(now_secs) > tolerance_secs {
         return Err(SignatureError::OutsideTolerance { tolerance_secs });
     }
-    let mac = timestamped_mac(secret, parsed.timestamp_text, body);
-    // `verify_slice` compares in constant time; each candidate gets its own copy of the state.
     let matches = parsed
         .tags
         .iter()
-        .any(|tag| mac.clone().verify_slice(tag).is_ok());
+        .any(|tag| signature::verify_tag(secret, parsed.timestamp_text, body, tag));
     if matches {
         Ok(parsed.timestamp)
     } else {

@@ -6,5 +6,5 @@
 pub mod booking;
 pub mod metrics;
 pub mod payments;
-/// Consumer-group membership, shared with the notifier (it lives in `boxoffice_sinks`).
-pub use boxoffice_sinks::rebalance;
+/// Consumer-group membership, shared with the notifier (it lives in `boxoffice_runtime`).
+pub use boxoffice_runtime::rebalance;

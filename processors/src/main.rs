@@ -12,11 +12,12 @@ use boxoffice_avro::registry::RegistryArgs;
 use boxoffice_processors::booking::audit::verify_event;
 use boxoffice_processors::booking::runtime::{BookingDeps, BookingSettings, run};
 use boxoffice_processors::metrics::BookingMetrics;
-use boxoffice_sinks::inventory::InventoryStore;
-use boxoffice_sinks::schema::SchemaArgs;
-use boxoffice_sinks::scylla::ScyllaArgs;
-use boxoffice_sinks::startup::{connect_services, init_tracing, shutdown_signal};
+use boxoffice_runtime::startup::{connect_services, init_tracing, shutdown_signal};
+use boxoffice_store::inventory::InventoryStore;
+use boxoffice_store::schema::SchemaArgs;
+use boxoffice_store::session::ScyllaArgs;
 use boxoffice_topics::kafka::KafkaArgs;
+use boxoffice_topics::names::TopicPrefix;
 use clap::{Parser, Subcommand};
 use tracing::info;
 
@@ -76,13 +77,8 @@ enum Command {
     },
     /// Put the demo events on sale (idempotent: fixed ids, the processor ignores repeats).
     SeedDemo {
-        /// Prefix of every topic name (as given to the processor).
-        #[arg(
-            long = "topic-prefix",
-            env = "BOXOFFICE_TOPIC_PREFIX",
-            default_value = ""
-        )]
-        topic_prefix: String,
+        #[command(flatten)]
+        topic_prefix: TopicPrefix,
     },
     /// Re-fold an event's commands from the log and compare with ScyllaDB, with what
     /// booking.progress says was published, and with what fans were told (orders.events,
@@ -90,13 +86,8 @@ enum Command {
     VerifyEvent {
         /// The event to audit.
         event_id: String,
-        /// Prefix of every topic name (as given to the processor).
-        #[arg(
-            long = "topic-prefix",
-            env = "BOXOFFICE_TOPIC_PREFIX",
-            default_value = ""
-        )]
-        topic_prefix: String,
+        #[command(flatten)]
+        topic_prefix: TopicPrefix,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -173,13 +164,13 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             tokio::spawn(payments::serve_metrics(listener, metrics.clone()));
             info!(%metrics_addr, "metrics at /metrics");
-            let watermarks = boxoffice_sinks::watermarks::WatermarkStore::new(
+            let watermarks = boxoffice_store::watermarks::WatermarkStore::new(
                 Arc::clone(&payments_session),
                 &settings.keyspace,
             )
             .await?;
             let payment_store =
-                boxoffice_sinks::payments::PaymentStore::new(payments_session, &settings.keyspace)
+                boxoffice_store::payments::PaymentStore::new(payments_session, &settings.keyspace)
                     .await?;
             let deps = PaymentDeps {
                 kafka: cli.kafka,
@@ -195,10 +186,7 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::SeedDemo { topic_prefix } => {
-            let topic = format!(
-                "{topic_prefix}{}",
-                boxoffice_avro::records::topic::BOOKING_COMMANDS
-            );
+            let topic = topic_prefix.topics().commands;
             let producer: rdkafka::producer::FutureProducer =
                 cli.kafka.durable_producer_config().create()?;
             for event in boxoffice_processors::booking::demo::events() {
@@ -227,7 +215,7 @@ async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
             topic_prefix,
             json,
         } => {
-            let topics = boxoffice_processors::booking::topics::Topics::with_prefix(&topic_prefix);
+            let topics = topic_prefix.topics();
             let report = verify_event(&cli.kafka, &codec, &store, &topics, &event_id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 
-pub use boxoffice_sinks::metrics::{Histogram, LATENCY_BUCKETS_MS, render_counters, render_gauges};
+pub use boxoffice_runtime::metrics::{
+    Histogram, LATENCY_BUCKETS_MS, render_counters, render_gauges,
+};
 
 /// Upper bounds of the batch size histogram buckets.
 const BATCH_BUCKETS: [u64; 8] = [1, 10, 50, 100, 500, 1000, 2000, 5000];
@@ -216,7 +218,7 @@ impl BookingMetrics {
 /// processed, with the reasons) until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<BookingMetrics>) {
     let ready = Arc::clone(&metrics);
-    boxoffice_sinks::metrics::serve_with_readiness(
+    boxoffice_runtime::metrics::serve_with_readiness(
         listener,
         move || metrics.render(),
         move || ready.readiness(),

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use boxoffice_avro::Codec;
 use boxoffice_avro::registry::RegistryArgs;
+use boxoffice_runtime::startup::{connect_services, init_tracing, shutdown_signal};
 use boxoffice_sinks::notify::{NotifierDeps, NotifierMetrics, NotifierSettings, NotifyStore, run};
-use boxoffice_sinks::schema::SchemaArgs;
-use boxoffice_sinks::scylla::ScyllaArgs;
-use boxoffice_sinks::startup::{connect_services, init_tracing, shutdown_signal};
+use boxoffice_store::schema::SchemaArgs;
+use boxoffice_store::session::ScyllaArgs;
 use boxoffice_topics::kafka::KafkaArgs;
 use clap::Parser;
 use tracing::info;
@@ -73,7 +73,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
             )
         })?;
     let served = metrics.clone();
-    tokio::spawn(boxoffice_sinks::metrics::serve(listener, move || {
+    tokio::spawn(boxoffice_runtime::metrics::serve(listener, move || {
         served.render()
     }));
     info!(metrics_addr = %cli.metrics_addr, "metrics at /metrics");
@@ -81,7 +81,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         kafka: cli.kafka,
         codec: Arc::new(Codec::new(&cli.registry)?),
         watermarks: Arc::new(
-            boxoffice_sinks::watermarks::WatermarkStore::new(
+            boxoffice_store::watermarks::WatermarkStore::new(
                 Arc::clone(&session),
                 &schema.keyspace,
             )

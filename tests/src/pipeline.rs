@@ -12,8 +12,9 @@ use boxoffice_avro::Codec;
 use boxoffice_avro::records::{BookingCommand, Record, RecordGroup};
 use boxoffice_processors::booking::runtime::{BookingDeps, BookingSettings, Topics, run};
 use boxoffice_processors::metrics::BookingMetrics;
-use boxoffice_sinks::inventory::InventoryStore;
-use boxoffice_sinks::schema::{Keyspace, SchemaSettings, ensure_schema};
+use boxoffice_store::inventory::InventoryStore;
+use boxoffice_store::schema::{Keyspace, SchemaSettings, ensure_schema};
+use boxoffice_topics::names::TopicPrefix;
 use futures::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -116,7 +117,8 @@ impl Pipeline {
     pub fn settings(&self) -> BookingSettings {
         BookingSettings {
             group_id: format!("{}booking", self.prefix),
-            topic_prefix: self.prefix.clone(),
+            topic_prefix: TopicPrefix::new(&self.prefix)
+                .expect("test prefixes are valid topic-name starts"),
             max_batch_records: 2000,
             max_batch_wait: Duration::from_millis(20),
             retry_budget: Duration::from_secs(30),
@@ -464,7 +466,8 @@ impl Pipeline {
     pub fn payment_settings(&self) -> boxoffice_processors::payments::runtime::PaymentSettings {
         boxoffice_processors::payments::runtime::PaymentSettings {
             group_id: format!("{}payments", self.prefix),
-            topic_prefix: self.prefix.clone(),
+            topic_prefix: TopicPrefix::new(&self.prefix)
+                .expect("test prefixes are valid topic-name starts"),
             max_batch_records: 500,
             max_batch_wait: Duration::from_millis(20),
             gateway: "sandbox".to_owned(),
@@ -477,20 +480,20 @@ impl Pipeline {
 
     pub async fn payment_store(
         &self,
-    ) -> anyhow::Result<Arc<boxoffice_sinks::payments::PaymentStore>> {
+    ) -> anyhow::Result<Arc<boxoffice_store::payments::PaymentStore>> {
         let keyspace = Keyspace::new(&self.keyspace).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Arc::new(
-            boxoffice_sinks::payments::PaymentStore::new(self.session.clone(), &keyspace).await?,
+            boxoffice_store::payments::PaymentStore::new(self.session.clone(), &keyspace).await?,
         ))
     }
 
     /// The consumers' watermarks in this pipeline's keyspace.
     pub async fn watermarks(
         &self,
-    ) -> anyhow::Result<Arc<boxoffice_sinks::watermarks::WatermarkStore>> {
+    ) -> anyhow::Result<Arc<boxoffice_store::watermarks::WatermarkStore>> {
         let keyspace = Keyspace::new(&self.keyspace).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Arc::new(
-            boxoffice_sinks::watermarks::WatermarkStore::new(self.session.clone(), &keyspace)
+            boxoffice_store::watermarks::WatermarkStore::new(self.session.clone(), &keyspace)
                 .await?,
         ))
     }

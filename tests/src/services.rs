@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use boxoffice_avro::registry::RegistryArgs;
-use boxoffice_sinks::scylla::ScyllaArgs;
+use boxoffice_store::session::ScyllaArgs;
 use boxoffice_topics::kafka::KafkaArgs;
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;

@@ -25,7 +25,7 @@ use boxoffice_avro::records::{
 };
 use boxoffice_processors::booking::audit::verify_event;
 use boxoffice_processors::booking::recovery::RecoverySource;
-use boxoffice_sinks::inventory::{SaveOutcome, StoredEvent, StoredEventUpdate};
+use boxoffice_store::inventory::{SaveOutcome, StoredEvent, StoredEventUpdate};
 use boxoffice_tests::load::{event_on_sale, now_ms};
 use boxoffice_tests::pipeline::{Pipeline, RunningProcessor, TopicReader};
 use boxoffice_tests::{services, wait};
@@ -374,11 +374,20 @@ async fn a_restarted_processor_refolds_an_event_the_store_lost_entirely() {
     told(&mut reader, &mut fans, 120).await;
     assert_eq!(fans.told_both(), 0);
     assert_eq!(fans.reserved.len(), CAPACITY as usize);
-    assert!(processor.metrics.events_refolded.load(Ordering::Relaxed) >= 1);
-    assert!(
-        processor.metrics.commands_refolded.load(Ordering::Relaxed) >= 51,
-        "the event and its 50 bookings folded again"
-    );
+    // The counters move after the batch's state is saved, which follows the transaction fans
+    // read from: wait for them rather than race the save.
+    let refolded = wait::until(
+        "the event and its 50 bookings folded again",
+        DECIDED_WITHIN,
+        || async {
+            let metrics = &processor.metrics;
+            let events = metrics.events_refolded.load(Ordering::Relaxed);
+            let commands = metrics.commands_refolded.load(Ordering::Relaxed);
+            (events >= 1 && commands >= 51).then_some((events, commands))
+        },
+    )
+    .await;
+    assert!(refolded.is_ok(), "{refolded:?}");
     assert_audit_ok(&pipeline, event_id).await;
     processor.stop().await.unwrap();
 }

@@ -326,7 +326,7 @@ async fn an_older_orders_table_gets_ingests_columns() {
     let services = services().await;
     let session = services.scylla().connect().await.unwrap();
     let name = boxoffice_tests::names::unique("ingest_migrate");
-    let keyspace = boxoffice_sinks::schema::Keyspace::new(&name).unwrap();
+    let keyspace = boxoffice_store::schema::Keyspace::new(&name).unwrap();
     session
         .query_unpaged(
             format!(

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use boxoffice_sinks::inventory::{
+use boxoffice_store::inventory::{
     InventoryStore, MAX_SAVE_BYTES, SaveOutcome, StoredConfig, StoredEvent, StoredEventUpdate,
     StoredOrder, StoredStatus,
 };
-use boxoffice_sinks::schema::{Keyspace, SchemaSettings, TABLES, ensure_schema};
+use boxoffice_store::schema::{Keyspace, SchemaSettings, TABLES, ensure_schema};
 use boxoffice_tests::{names, services};
 use scylla::client::session::Session;
 

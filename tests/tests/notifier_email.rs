@@ -15,8 +15,8 @@ use boxoffice_avro::ids;
 use boxoffice_avro::records::NotificationKind;
 use boxoffice_sinks::notify::Channel;
 use boxoffice_sinks::notify::email::message_id;
-use boxoffice_sinks::notify::store::DeliveryState;
 use boxoffice_sinks::notify::templates::format_millis;
+use boxoffice_store::notifications::DeliveryState;
 use boxoffice_tests::pipeline::Pipeline;
 use boxoffice_tests::{services, wait};
 use notifier_common::*;
@@ -37,7 +37,7 @@ async fn emails_are_sent_once_per_notification_in_order() {
         &alice,
         &o2,
         NotificationKind::OrderRejected,
-        &[("reason", "SoldOut"), ("event_name", "Night Gig")],
+        &[("reason", "SOLD_OUT"), ("event_name", "Night Gig")],
         t + 10,
     ));
     all.push(notification(
@@ -58,7 +58,7 @@ async fn emails_are_sent_once_per_notification_in_order() {
         &bob,
         &o4,
         NotificationKind::OrderCancelled,
-        &[("reason", "UserRequested"), ("refund", "true")],
+        &[("reason", "USER_REQUESTED"), ("refund", "true")],
         t + 40,
     ));
     all.push(notification(
@@ -66,7 +66,7 @@ async fn emails_are_sent_once_per_notification_in_order() {
         &o4,
         NotificationKind::OrderRefunded,
         &[
-            ("reason", "OrderCancelled"),
+            ("reason", "ORDER_CANCELLED"),
             ("amount_minor", "5000"),
             ("currency", "EUR"),
         ],

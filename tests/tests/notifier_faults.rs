@@ -17,7 +17,7 @@ use boxoffice_avro::records::NotificationRequested;
 use boxoffice_sinks::notify::Channel;
 use boxoffice_sinks::notify::email::message_id;
 use boxoffice_sinks::notify::runner::lane_of;
-use boxoffice_sinks::notify::store::DeliveryState;
+use boxoffice_store::notifications::DeliveryState;
 use boxoffice_tests::pipeline::Pipeline;
 use boxoffice_tests::{services, wait};
 use notifier_common::*;

@@ -53,7 +53,7 @@ async fn in_app_notifications_are_stored_once_and_in_order() {
         &alice,
         &o2,
         NotificationKind::OrderRejected,
-        &[("reason", "SoldOut")],
+        &[("reason", "SOLD_OUT")],
         t + 10,
     ));
     all.push(notification(

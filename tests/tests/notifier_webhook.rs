@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use boxoffice_avro::records::{DeadLetter, NotificationKind};
 use boxoffice_sinks::notify::Channel;
-use boxoffice_sinks::notify::store::DeliveryState;
+use boxoffice_store::notifications::DeliveryState;
 use boxoffice_tests::pipeline::Pipeline;
 use boxoffice_tests::{services, wait};
 use notifier_common::*;

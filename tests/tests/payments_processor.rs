@@ -17,7 +17,7 @@ use boxoffice_avro::records::{
     PaymentSubmitted,
 };
 use boxoffice_processors::payments::render::refund_notification_id;
-use boxoffice_sinks::payments::StoredPayment;
+use boxoffice_store::payments::StoredPayment;
 use boxoffice_tests::pipeline::{Pipeline, TopicReader};
 use boxoffice_tests::{services, wait};
 

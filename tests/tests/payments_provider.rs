@@ -37,7 +37,7 @@ use boxoffice_processors::payments::provider::{ApiKey, ProviderGateway, Provider
 use boxoffice_processors::payments::runtime::{
     PaymentDeps, PaymentMetrics, PaymentSettings, run as run_payments,
 };
-use boxoffice_sinks::payments::{HistoryEntry, StoredPayment};
+use boxoffice_store::payments::{HistoryEntry, StoredPayment};
 use boxoffice_tests::pipeline::{Pipeline, processor_binary};
 use boxoffice_tests::provider_sim::{self, ProviderSim, SimSettings};
 use boxoffice_tests::{services, wait};

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::catalogue::{Catalogue, CatalogueError, DEFAULT_CATALOGUE};
 use crate::cluster::{Cluster, ClusterError, MetadataView, Source};
 use crate::kafka::KafkaArgs;
+use crate::names::TopicPrefix;
 use crate::plan::{self, Change, Permissions, Plan, Scope};
 use crate::render::{self, Output, Table};
 use crate::schemas::{self, Registry, SchemaError, Status};
@@ -65,8 +66,8 @@ pub struct ScopeArgs {
     /// Prefix put in front of every catalogue topic name (and so every subject). Only cluster
     /// topics starting with it are in scope, so side-by-side copies of the catalogue (tests,
     /// shared development clusters) never see each other.
-    #[arg(long, env = "BOXOFFICE_TOPIC_PREFIX", default_value = "", value_parser = parse_prefix)]
-    pub topic_prefix: String,
+    #[command(flatten)]
+    pub topic_prefix: TopicPrefix,
 }
 
 /// Where the catalogue is and which environment overlay to use.
@@ -86,7 +87,8 @@ pub struct CatalogueArgs {
 
 impl CatalogueArgs {
     fn load(&self) -> Result<Catalogue, CatalogueError> {
-        Ok(Catalogue::load(&self.catalogue, &self.env)?.with_prefix(&self.scope.topic_prefix))
+        Ok(Catalogue::load(&self.catalogue, &self.env)?
+            .with_prefix(self.scope.topic_prefix.as_str()))
     }
 }
 
@@ -225,24 +227,6 @@ pub struct SchemasArgs {
     pub registry: RegistryArgs,
 }
 
-fn parse_prefix(raw: &str) -> Result<String, String> {
-    if raw.is_empty() {
-        return Ok(String::new());
-    }
-    if raw.starts_with('_') {
-        return Err("a prefix may not start with `_` (reserved for internal topics)".to_owned());
-    }
-    match raw
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        Some(bad) => Err(format!(
-            "`{bad}` is not allowed in a topic name; use [a-zA-Z0-9._-]"
-        )),
-        None => Ok(raw.to_owned()),
-    }
-}
-
 /// Everything that ends a command with exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -348,7 +332,7 @@ async fn read_plan(
     // The catalogue is validated before any connection: a bad file never reaches a cluster.
     let catalogue = catalogue_args.load()?;
     let (cluster, _) = connect(kafka, err).await?;
-    let scope = Scope::new(&catalogue_args.scope.topic_prefix);
+    let scope = Scope::new(catalogue_args.scope.topic_prefix.as_str());
     progress(err, "reading topics and configs …");
     let (snapshot, _) = cluster.snapshot(&scope).await?;
     let plan = plan::plan(&catalogue, &snapshot, &scope);
@@ -502,7 +486,7 @@ async fn apply_command(args: &ApplyArgs, out: Out<'_>, err: Out<'_>) -> Result<E
     // The broker acknowledged every step; confirm the cluster now reads as the catalogue says
     // (metadata can lag an acknowledgement by a moment, so poll within the timeout).
     progress(err, "verifying …");
-    let scope = Scope::new(&args.catalogue.scope.topic_prefix);
+    let scope = Scope::new(args.catalogue.scope.topic_prefix.as_str());
     let deadline = Instant::now() + args.kafka.timeout;
     loop {
         let (snapshot, _) = cluster.snapshot(&scope).await?;
@@ -573,7 +557,7 @@ async fn list_command(
 ) -> Result<Exit, Error> {
     let catalogue = catalogue_args.load()?;
     let (_, metadata) = connect(kafka, err).await?;
-    let scope = Scope::new(&catalogue_args.scope.topic_prefix);
+    let scope = Scope::new(catalogue_args.scope.topic_prefix.as_str());
 
     #[derive(serde::Serialize)]
     struct Row<'a> {
@@ -833,7 +817,7 @@ async fn delete_command(args: &DeleteArgs, out: Out<'_>, err: Out<'_>) -> Result
 
 async fn lag_command(args: &LagArgs, out: Out<'_>, err: Out<'_>) -> Result<Exit, Error> {
     let (cluster, metadata) = connect(&args.kafka, err).await?;
-    let scope = Scope::new(&args.scope.topic_prefix);
+    let scope = Scope::new(args.scope.topic_prefix.as_str());
     let topics: Vec<String> = if args.topics.is_empty() {
         metadata
             .topics
@@ -1002,6 +986,7 @@ async fn schemas_command(
 mod tests {
     use super::*;
     use crate::catalogue;
+    use crate::names::parse_prefix;
 
     async fn run_args(args: &[&str]) -> (Exit, String, String) {
         let mut out = Vec::new();

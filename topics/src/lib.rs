@@ -10,6 +10,7 @@
 //! - `docs` generates the README's Topics table;
 //! - `partitioner` is Kafka's murmur2 key partitioner, shared by producers and processors;
 //! - `reader` reads one partition to its last stable offset, outside any group (recovery, audits);
+//! - `names` is every topic's name as the services use it, and the shared `--topic-prefix`;
 //! - `cli` parses arguments and runs the commands, returning the exit code.
 
 pub mod catalogue;
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod docs;
 pub mod kafka;
 pub mod lag;
+pub mod names;
 pub mod partitioner;
 pub mod plan;
 pub mod reader;

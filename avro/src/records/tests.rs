@@ -588,3 +588,28 @@ fn samples_differ_by_seed() {
     let b: BookingRequested = sample(2);
     assert_ne!(a, b);
 }
+
+fn wire_names_agree_with_serde<T>()
+where
+    T: strum::VariantArray + Copy + Serialize + std::str::FromStr + PartialEq + std::fmt::Debug,
+    &'static str: From<T>,
+{
+    for &variant in T::VARIANTS {
+        let wire: &'static str = variant.into();
+        let json = serde_json::to_value(variant).expect("unit variants serialise");
+        assert_eq!(json.as_str(), Some(wire), "{variant:?}");
+        assert_eq!(wire.parse::<T>().ok(), Some(variant), "{wire}");
+    }
+}
+
+#[test]
+fn every_enum_has_one_wire_name_table() {
+    wire_names_agree_with_serde::<PaymentFailureReason>();
+    wire_names_agree_with_serde::<ProviderChargeOutcome>();
+    wire_names_agree_with_serde::<RejectReason>();
+    wire_names_agree_with_serde::<CancelReason>();
+    wire_names_agree_with_serde::<RefundReason>();
+    wire_names_agree_with_serde::<NotificationKind>();
+    wire_names_agree_with_serde::<DeadLetterErrorKind>();
+    assert_eq!(RejectReason::SoldOut.wire_name(), "SOLD_OUT");
+}

@@ -70,10 +70,7 @@ impl TokenKeys {
     pub fn new(secret: &JwtSecret, issuer: &str, audience: &str, ttl: Duration) -> Self {
         // The key id names the secret without revealing it, so rotating the secret is visible.
         let digest = Sha256::digest(secret.bytes());
-        let kid = digest[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        let kid = hex::encode(&digest[..8]);
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.set_issuer(&[issuer]);

@@ -17,10 +17,7 @@ pub fn generate() -> String {
 
 /// The stored form of a token: SHA-256, hex.
 pub fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Whether `token` has the shape of one we issue (43 base64url characters); anything else is

@@ -53,10 +53,9 @@ pub struct OrderWaitQuery {
 /// The fingerprint of a booking request, stored with the order so that a reused
 /// `Idempotency-Key` with another body is refused.
 pub fn fingerprint(event_id: &str, number_slot: i32) -> String {
-    Sha256::digest(format!("{event_id}\n{number_slot}").as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(
+        format!("{event_id}\n{number_slot}").as_bytes(),
+    ))
 }
 
 /// An Avro enum symbol as it is written on the wire (`SOLD_OUT`, `USER_REQUESTED`).

@@ -171,13 +171,7 @@ pub async fn search(
     let list = {
         let identity = serde_json::to_vec(&(&filter, sort, descending)).unwrap_or_default();
         let digest = Sha256::digest(&identity);
-        format!(
-            "events:{}",
-            digest[..12]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        )
+        format!("events:{}", hex::encode(&digest[..12]))
     };
     let position: Option<(Direction, EventCursor)> = match &query.page_token {
         Some(token) => Some(state.pager.verify(&list, token)?),

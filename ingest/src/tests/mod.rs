@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::config::{IngestSettings, JwtSecret};
+use crate::config::{IngestSettings, JwtSecret, TopicPrefix};
 use crate::live::Live;
 use crate::state::SharedState;
 use crate::stores::{EventRecord, OrderDecision, Role};
@@ -27,7 +27,7 @@ const SECRET: &str = "router-test-secret-of-at-least-32-bytes!";
 fn settings(secret: &str) -> IngestSettings {
     IngestSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        topic_prefix: String::new(),
+        topic_prefix: TopicPrefix::default(),
         jwt_secret: JwtSecret::new(secret.as_bytes().to_vec()).unwrap(),
         jwt_issuer: "boxoffice-ingest".into(),
         jwt_audience: "boxoffice-api".into(),

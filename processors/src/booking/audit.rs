@@ -21,7 +21,7 @@ use boxoffice_avro::Codec;
 use boxoffice_avro::records::{
     AvailabilityChanged, BookingCommand, EventProgress, OrderEvent, RecordGroup,
 };
-use boxoffice_sinks::inventory::InventoryStore;
+use boxoffice_store::inventory::InventoryStore;
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::partitioner::partition_for;
 use boxoffice_topics::reader::{ReadError, read_to_end};

@@ -3,31 +3,25 @@
 //! the consumer offset, so what Kafka holds is exactly what was decided and nothing else.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use boxoffice_avro::clock::now_millis;
 use boxoffice_avro::ids;
-use boxoffice_avro::records::{
-    DeadLetter, DeadLetterErrorKind, EventProgress, Record, RecordGroup,
-};
+use boxoffice_avro::records::{DeadLetterErrorKind, EventProgress, Record, RecordGroup};
 use boxoffice_avro::{Codec, CodecError};
+use boxoffice_runtime::dead_letter;
 use futures::future::join_all;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
 use super::render::Output;
-use super::state::{EventState, Millis};
-use super::topics::Topics;
-
-pub fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+use super::state::EventState;
+use super::topics::{Topics, topic_for};
 
 /// A record to produce, encoded.
 #[derive(Debug)]
@@ -76,7 +70,7 @@ pub async fn encode_output(
     output: &Output,
     budget: Duration,
 ) -> Result<Encoded, CodecError> {
-    let topic = topics.for_output(output);
+    let topic = topic_for(topics, output);
     let payload = encode_with_retry(budget, "output", || async {
         match output {
             Output::Order(r) => codec.encode_group(topic, r).await,
@@ -160,53 +154,16 @@ pub async fn dead_letter(
     reason: &str,
     budget: Duration,
 ) -> Result<Encoded, CodecError> {
-    let now = now_millis();
-    let record = DeadLetter {
-        record_id: DeadLetter::record_id_for(
-            consumer,
-            message.topic(),
-            message.partition(),
-            message.offset(),
-        ),
-        source_topic: message.topic().to_owned(),
-        source_partition: message.partition(),
-        source_offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec),
-        reason: reason.to_owned(),
-        error_kind: kind,
-        consumer: consumer.to_owned(),
-        failed_at: now,
-        occurred_at: message.timestamp().to_millis().unwrap_or(now),
-    };
+    let record = dead_letter::dead_letter(consumer, message, kind, reason, now_millis());
     let payload = encode_with_retry(budget, "dead letter", || {
         codec.encode(&topics.dead_letters, &record)
     })
     .await?;
-    let kind_name = format!("{kind:?}");
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "dlq.reason",
-            value: Some(reason),
-        })
-        .insert(Header {
-            key: "dlq.error_kind",
-            value: Some(kind_name.as_str()),
-        })
-        .insert(Header {
-            key: "dlq.source",
-            value: Some(&format!(
-                "{}/{}/{}",
-                message.topic(),
-                message.partition(),
-                message.offset()
-            )),
-        });
     Ok(Encoded {
         topic: topics.dead_letters.clone(),
-        key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+        key: dead_letter::key(&record).unwrap_or_default().to_vec(),
         payload,
-        headers: Some(headers),
+        headers: Some(dead_letter::headers(&record)),
     })
 }
 

@@ -119,7 +119,7 @@ pub fn render(
                 occurred_at: at,
             })));
             let mut params = BTreeMap::new();
-            params.insert("reason".into(), format!("{reason:?}"));
+            params.insert("reason".into(), reason.wire_name().to_owned());
             params.insert("number_slot".into(), slots.to_string());
             if let Some(config) = &state.config {
                 params.insert("event_name".into(), config.name.clone());
@@ -195,7 +195,7 @@ pub fn render(
                 ));
             }
             let mut params = order_params(state, order);
-            params.insert("reason".into(), format!("{reason:?}"));
+            params.insert("reason".into(), reason.wire_name().to_owned());
             params.insert("refund".into(), refund.to_string());
             out.push(notification(
                 effect,
@@ -294,7 +294,7 @@ fn notification(
         .unwrap_or(NotificationKind::OrderRejected);
     Output::Notification(NotificationRequested {
         // One notification per order and kind: a replay names the same one.
-        record_id: ids::record_id("notification", &[order_id, kind_name(kind)]),
+        record_id: ids::record_id("notification", &[order_id, kind.wire_name()]),
         user_id: user_id.to_owned(),
         order_id: Some(order_id.to_owned()),
         event_id: Some(event_id.to_owned()),
@@ -302,18 +302,6 @@ fn notification(
         params,
         occurred_at: at,
     })
-}
-
-fn kind_name(kind: NotificationKind) -> &'static str {
-    match kind {
-        NotificationKind::OrderReserved => "ORDER_RESERVED",
-        NotificationKind::OrderConfirmed => "ORDER_CONFIRMED",
-        NotificationKind::OrderRejected => "ORDER_REJECTED",
-        NotificationKind::OrderExpired => "ORDER_EXPIRED",
-        NotificationKind::OrderCancelled => "ORDER_CANCELLED",
-        NotificationKind::OrderRefunded => "ORDER_REFUNDED",
-        NotificationKind::LatePaymentReallocated => "LATE_PAYMENT_REALLOCATED",
-    }
 }
 
 fn order_params(state: &EventState, order: &Order) -> BTreeMap<String, String> {

@@ -28,10 +28,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use boxoffice_avro::Codec;
+use boxoffice_avro::clock::now_millis;
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{BookingCommand, DeadLetterErrorKind, HoldExpired, RecordGroup};
-use boxoffice_sinks::inventory::{InventoryStore, SaveOutcome, StoredEventUpdate};
+use boxoffice_store::inventory::{InventoryStore, SaveOutcome, StoredEventUpdate};
 use boxoffice_topics::kafka::KafkaArgs;
+use boxoffice_topics::names::TopicPrefix;
 use boxoffice_topics::partitioner::partition_for;
 use futures::future::join_all;
 use rdkafka::TopicPartitionList;
@@ -44,7 +46,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::partition::{Partition, TimerChange};
 use super::publish::{
     Encoded, OffsetCommit, TxnError, abort, backoff, dead_letter, encode_output, encode_progress,
-    now_millis, progress_record, transaction,
+    progress_record, transaction,
 };
 use super::recovery::{Published, RecoverySource, RefoldCheck, check_refold};
 use super::restore::{RestoreError, restore};
@@ -65,13 +67,8 @@ pub struct BookingSettings {
     )]
     pub group_id: String,
 
-    /// Prefix of every topic name (empty in production; tests and side-by-side deployments).
-    #[arg(
-        long = "topic-prefix",
-        env = "BOXOFFICE_TOPIC_PREFIX",
-        default_value = ""
-    )]
-    pub topic_prefix: String,
+    #[command(flatten)]
+    pub topic_prefix: TopicPrefix,
 
     /// Most records decided in one batch (one transaction and one state write per event).
     /// At most 10,000: a record changes at most one order, and 10,000 typical orders (about
@@ -107,7 +104,7 @@ pub struct BookingSettings {
 
 impl BookingSettings {
     pub fn topics(&self) -> Topics {
-        Topics::with_prefix(&self.topic_prefix)
+        self.topic_prefix.topics()
     }
 }
 
@@ -1174,7 +1171,7 @@ impl BatchJob<'_> {
     fn store_failure(
         &self,
         what: &str,
-        e: &boxoffice_sinks::inventory::StoreError,
+        e: &boxoffice_store::inventory::StoreError,
     ) -> BatchOutcome {
         if e.is_retryable() {
             self.deps

@@ -1,10 +1,10 @@
-//! Conversions between the core's per-event state and the rows `sinks::inventory` stores. The
+//! Conversions between the core's per-event state and the rows `boxoffice_store::inventory` stores. The
 //! CQL lives in sinks; this module only knows the shapes on both sides.
 
 use std::collections::HashMap;
 
 use boxoffice_avro::records::{CancelReason, RejectReason};
-use boxoffice_sinks::inventory::{StoredConfig, StoredEvent, StoredEventUpdate, StoredOrder};
+use boxoffice_store::inventory::{StoredConfig, StoredEvent, StoredEventUpdate, StoredOrder};
 
 use super::state::{DecisionDigest, EventConfig, EventState, Order, OrderStatus};
 

@@ -2,7 +2,7 @@
 //! [`gateway::PaymentGateway`], and tells the booking processor the outcome on
 //! `booking.commands`. `core` decides (pure, property-tested), `gateway` is the provider seam
 //! and the sandbox provider, `provider` the HTTP provider, `store` maps state to the rows of
-//! `sinks::payments`, `render` turns outcomes into records, `timers` holds the in-memory timers
+//! `boxoffice_store::payments`, `render` turns outcomes into records, `timers` holds the in-memory timers
 //! and per-payment locks, and `runtime` runs it against Kafka and ScyllaDB.
 
 pub mod core;

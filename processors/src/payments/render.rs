@@ -91,11 +91,7 @@ pub fn render(state: &PaymentState, outcome: &Outcome, now: Millis) -> Output {
             params.insert("refund_status".to_owned(), "REFUNDED".to_owned());
             if let Some(refund) = &state.refund {
                 // Why, in the record's own words (`LATE_PAYMENT_SOLD_OUT`): the email says it.
-                let reason = serde_json::to_value(refund.reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                params.insert("reason".to_owned(), reason);
+                params.insert("reason".to_owned(), refund.reason.wire_name().to_owned());
             }
             Output::Notification(NotificationRequested {
                 record_id: refund_notification_id(refund_id),

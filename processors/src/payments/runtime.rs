@@ -71,18 +71,21 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use boxoffice_avro::clock::now_millis;
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{
-    DeadLetter, DeadLetterErrorKind, PaymentFailureReason, PaymentProviderEvent, PaymentRequest,
-    ProviderChargeOutcome, RecordGroup, topic,
+    DeadLetterErrorKind, PaymentFailureReason, PaymentProviderEvent, PaymentRequest,
+    ProviderChargeOutcome, RecordGroup,
 };
 use boxoffice_avro::{Codec, CodecError};
-use boxoffice_sinks::metrics::{render_counters, render_gauges};
-use boxoffice_sinks::payments::{HistoryEntry, PaymentSaveOutcome, PaymentStore};
-use boxoffice_sinks::watermarks::{Resume, WatermarkStore};
+use boxoffice_runtime::dead_letter;
+use boxoffice_runtime::metrics::{render_counters, render_gauges};
+use boxoffice_store::payments::{HistoryEntry, PaymentSaveOutcome, PaymentStore};
+use boxoffice_store::watermarks::{Resume, WatermarkStore};
 use boxoffice_topics::kafka::KafkaArgs;
+use boxoffice_topics::names::{TopicPrefix, Topics};
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
@@ -116,26 +119,6 @@ const WATERMARK_CHECK: Duration = Duration::from_secs(5);
 /// broken core from spinning: the payment's timer brings it back).
 const MAX_STEPS: u32 = 32;
 
-/// The topics the payment processor reads and writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    pub requests: String,
-    pub commands: String,
-    pub notifications: String,
-    pub dead_letters: String,
-}
-
-impl Topics {
-    pub fn with_prefix(prefix: &str) -> Self {
-        Topics {
-            requests: format!("{prefix}{}", topic::PAYMENTS_REQUESTS),
-            commands: format!("{prefix}{}", topic::BOOKING_COMMANDS),
-            notifications: format!("{prefix}{}", topic::NOTIFICATIONS),
-            dead_letters: format!("{prefix}{}", topic::DEAD_LETTERS),
-        }
-    }
-}
-
 /// How the payment processor batches, identifies itself and reaches its provider. The HTTP
 /// provider's own settings are [`ProviderSettings`] (`--provider-*`).
 #[derive(Debug, Clone, clap::Args)]
@@ -148,13 +131,8 @@ pub struct PaymentSettings {
     )]
     pub group_id: String,
 
-    /// Prefix of every topic name (empty in production; tests and side-by-side deployments).
-    #[arg(
-        long = "topic-prefix",
-        env = "BOXOFFICE_TOPIC_PREFIX",
-        default_value = ""
-    )]
-    pub topic_prefix: String,
+    #[command(flatten)]
+    pub topic_prefix: TopicPrefix,
 
     /// Most records taken in one batch.
     #[arg(long = "max-batch-records", env = "PAYMENTS_MAX_BATCH_RECORDS", default_value_t = 500,
@@ -203,7 +181,7 @@ pub enum GatewayError {
 
 impl PaymentSettings {
     pub fn topics(&self) -> Topics {
-        Topics::with_prefix(&self.topic_prefix)
+        self.topic_prefix.topics()
     }
 
     /// The configured provider: the in-process sandbox, or the HTTP provider (`--provider-*`).
@@ -323,7 +301,7 @@ impl PaymentMetrics {
 
 /// Serves `/metrics` and `/healthz` until the process ends.
 pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<PaymentMetrics>) {
-    boxoffice_sinks::metrics::serve(listener, move || metrics.render()).await;
+    boxoffice_runtime::metrics::serve(listener, move || metrics.render()).await;
 }
 
 /// Why the processor stopped.
@@ -344,7 +322,7 @@ pub struct PaymentDeps {
     pub kafka: KafkaArgs,
     pub codec: Arc<Codec>,
     pub store: Arc<PaymentStore>,
-    /// Where each partition may resume (see `boxoffice_sinks::watermarks`).
+    /// Where each partition may resume (see `boxoffice_store::watermarks`).
     pub watermarks: Arc<WatermarkStore>,
     pub gateway: Arc<Gateway>,
     pub settings: PaymentSettings,
@@ -359,12 +337,6 @@ impl std::fmt::Debug for PaymentDeps {
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
-}
-
-fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// 50 ms doubling to 5 s.
@@ -404,21 +376,21 @@ pub async fn run(deps: PaymentDeps, shutdown: impl Future<Output = ()>) -> Resul
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "10")
         .create_with_context(context.clone())?;
-    let metadata = consumer.fetch_metadata(Some(&topics.requests), deps.kafka.timeout)?;
+    let metadata = consumer.fetch_metadata(Some(&topics.payments), deps.kafka.timeout)?;
     let exists = metadata
         .topics()
         .iter()
-        .any(|t| t.name() == topics.requests && t.error().is_none() && !t.partitions().is_empty());
+        .any(|t| t.name() == topics.payments && t.error().is_none() && !t.partitions().is_empty());
     if !exists {
         return Err(RunError::MissingTopic {
-            topic: topics.requests.clone(),
+            topic: topics.payments.clone(),
         });
     }
-    consumer.subscribe(&[&topics.requests])?;
+    consumer.subscribe(&[&topics.payments])?;
     let producer: FutureProducer = deps.kafka.durable_producer_config().create()?;
     info!(
         group = %deps.settings.group_id,
-        topic = %topics.requests,
+        topic = %topics.payments,
         gateway = deps.gateway.kind(),
         pending_check_ms = deps.policy.pending_check_ms,
         "payment processor joined its group"
@@ -556,7 +528,7 @@ impl Runtime {
             match self
                 .deps
                 .store
-                .timers(&self.topics.requests, partition)
+                .timers(&self.topics.payments, partition)
                 .await
             {
                 Ok(timers) => {
@@ -587,7 +559,7 @@ impl Runtime {
     /// after it are applied again, idempotently). Retries until the store answers; the
     /// partition stays paused meanwhile.
     async fn reposition(&self, consumer: &PaymentConsumer, partition: i32) {
-        let topic = &self.topics.requests;
+        let topic = &self.topics.payments;
         let group = &self.deps.settings.group_id;
         let mut attempt = 0u32;
         loop {
@@ -651,7 +623,7 @@ impl Runtime {
                 .watermarks
                 .load(
                     &self.deps.settings.group_id,
-                    &self.topics.requests,
+                    &self.topics.payments,
                     partition,
                 )
                 .await
@@ -677,7 +649,7 @@ impl Runtime {
             );
             let target = stored.map_or(Offset::Beginning, Offset::Offset);
             match consumer.seek(
-                &self.topics.requests,
+                &self.topics.payments,
                 partition,
                 target,
                 self.deps.kafka.timeout,
@@ -700,7 +672,7 @@ impl Runtime {
             match self
                 .deps
                 .store
-                .timers(&self.topics.requests, partition)
+                .timers(&self.topics.payments, partition)
                 .await
             {
                 Ok(timers) => {
@@ -761,7 +733,7 @@ impl Runtime {
                 && self.store_watermark(partition, last + 1).await
             {
                 let _ = commit.add_partition_offset(
-                    &self.topics.requests,
+                    &self.topics.payments,
                     partition,
                     Offset::Offset(last + 1),
                 );
@@ -787,7 +759,7 @@ impl Runtime {
                 .watermarks
                 .save(
                     &self.deps.settings.group_id,
-                    &self.topics.requests,
+                    &self.topics.payments,
                     partition,
                     next_offset,
                 )
@@ -1077,7 +1049,7 @@ impl Runtime {
             match self
                 .deps
                 .store
-                .schedule(&self.topics.requests, partition, payment_id, at)
+                .schedule(&self.topics.payments, partition, payment_id, at)
                 .await
             {
                 Ok(()) => break,
@@ -1107,7 +1079,7 @@ impl Runtime {
             match self
                 .deps
                 .store
-                .unschedule(&self.topics.requests, partition, payment_id)
+                .unschedule(&self.topics.payments, partition, payment_id)
                 .await
             {
                 Ok(()) => break,
@@ -1384,26 +1356,13 @@ impl Runtime {
         kind: DeadLetterErrorKind,
         reason: &str,
     ) -> Result<(), CodecError> {
-        let now = now_millis();
-        let group = &self.deps.settings.group_id;
-        let record = DeadLetter {
-            record_id: DeadLetter::record_id_for(
-                group,
-                message.topic(),
-                message.partition(),
-                message.offset(),
-            ),
-            source_topic: message.topic().to_owned(),
-            source_partition: message.partition(),
-            source_offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            reason: reason.to_owned(),
-            error_kind: kind,
-            consumer: group.clone(),
-            failed_at: now,
-            occurred_at: message.timestamp().to_millis().unwrap_or(now),
-        };
+        let record = dead_letter::dead_letter(
+            &self.deps.settings.group_id,
+            message,
+            kind,
+            reason,
+            now_millis(),
+        );
         let mut attempt = 0u32;
         let payload = loop {
             match self
@@ -1420,31 +1379,12 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         };
-        let kind_name = format!("{kind:?}");
-        let source = format!(
-            "{}/{}/{}",
-            message.topic(),
-            message.partition(),
-            message.offset()
-        );
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "dlq.reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "dlq.error_kind",
-                value: Some(kind_name.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.source",
-                value: Some(source.as_str()),
-            });
-        let key = message.key().map(<[u8]>::to_vec).unwrap_or_default();
+        let headers = dead_letter::headers(&record);
+        let key = dead_letter::key(&record).unwrap_or_default();
         let mut attempt = 0u32;
         loop {
             let out = FutureRecord::to(&self.topics.dead_letters)
-                .key(&key)
+                .key(key)
                 .payload(&payload)
                 .headers(headers.clone());
             match self.producer.send(out, Duration::from_secs(30)).await {

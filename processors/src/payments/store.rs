@@ -1,7 +1,7 @@
-//! A payment's state to and from the row of `sinks::payments` (plain data both ways).
+//! A payment's state to and from the row of `boxoffice_store::payments` (plain data both ways).
 
 use boxoffice_avro::records::{PaymentFailureReason, RefundReason};
-use boxoffice_sinks::payments::StoredPayment;
+use boxoffice_store::payments::StoredPayment;
 
 use super::core::{PaymentState, Refund, Status, Submission};
 use super::gateway::Token;

@@ -39,7 +39,7 @@
 
 pub mod email;
 pub mod runner;
-pub mod store;
+pub use boxoffice_store::notifications as store;
 pub mod templates;
 pub mod webhook;
 
@@ -49,10 +49,10 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use boxoffice_avro::Codec;
-use boxoffice_avro::records::topic;
 use boxoffice_topics::kafka::KafkaArgs;
+use boxoffice_topics::names::TopicPrefix;
 
-use crate::metrics::{Histogram, LATENCY_BUCKETS_MS, render_counters};
+use boxoffice_runtime::metrics::{Histogram, LATENCY_BUCKETS_MS, render_counters};
 
 pub use store::NotifyStore;
 
@@ -96,13 +96,8 @@ impl Channel {
 /// The notifier's settings (flags and environment variables).
 #[derive(Debug, Clone, clap::Args)]
 pub struct NotifierSettings {
-    /// Prefix of every topic name (empty in production; tests and side-by-side deployments).
-    #[arg(
-        long = "topic-prefix",
-        env = "BOXOFFICE_TOPIC_PREFIX",
-        default_value = ""
-    )]
-    pub topic_prefix: String,
+    #[command(flatten)]
+    pub topic_prefix: TopicPrefix,
 
     /// Prefix of the per-channel consumer groups (`<prefix>inapp`, `<prefix>email`,
     /// `<prefix>webhook`).
@@ -177,11 +172,11 @@ pub struct NotifierSettings {
 
 impl NotifierSettings {
     pub fn notifications_topic(&self) -> String {
-        format!("{}{}", self.topic_prefix, topic::NOTIFICATIONS)
+        self.topic_prefix.topics().notifications
     }
 
     pub fn dead_letters_topic(&self) -> String {
-        format!("{}{}", self.topic_prefix, topic::DEAD_LETTERS)
+        self.topic_prefix.topics().dead_letters
     }
 
     pub fn group_id(&self, channel: Channel) -> String {
@@ -334,8 +329,8 @@ pub struct NotifierDeps {
     pub kafka: KafkaArgs,
     pub codec: Arc<Codec>,
     pub store: Arc<NotifyStore>,
-    /// Where the in-app channel may resume (see `crate::watermarks`).
-    pub watermarks: Arc<crate::watermarks::WatermarkStore>,
+    /// Where the in-app channel may resume (see `boxoffice_store::watermarks`).
+    pub watermarks: Arc<boxoffice_store::watermarks::WatermarkStore>,
     pub settings: NotifierSettings,
     pub metrics: Arc<NotifierMetrics>,
 }

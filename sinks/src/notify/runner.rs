@@ -5,12 +5,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use boxoffice_avro::records::{DeadLetter, DeadLetterErrorKind, NotificationRequested, Record};
+use boxoffice_avro::clock::now_millis;
+use boxoffice_avro::records::{DeadLetterErrorKind, NotificationRequested};
+use boxoffice_runtime::dead_letter;
 use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -19,14 +21,8 @@ use super::email::EmailSender;
 use super::store::{Delivery, DeliveryState, WebhookEndpoint};
 use super::webhook::WebhookSender;
 use super::{Channel, NotifierDeps, NotifierError, SendError};
-use crate::rebalance::{GroupContext, Membership, committed_offset, seek_and_resume};
-use crate::watermarks::Resume;
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+use boxoffice_runtime::rebalance::{GroupContext, Membership, committed_offset, seek_and_resume};
+use boxoffice_store::watermarks::Resume;
 
 /// Records waiting per lane before the consumer waits for the lane.
 const LANE_CAPACITY: usize = 256;
@@ -792,25 +788,7 @@ impl ChannelRunner {
         } else {
             format!("{}/{target}", self.group_id)
         };
-        let now = now_millis();
-        let record = DeadLetter {
-            record_id: DeadLetter::record_id_for(
-                &consumer,
-                message.topic(),
-                message.partition(),
-                message.offset(),
-            ),
-            source_topic: message.topic().to_owned(),
-            source_partition: message.partition(),
-            source_offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            reason: reason.to_owned(),
-            error_kind: kind,
-            consumer,
-            failed_at: now,
-            occurred_at: message.timestamp().to_millis().unwrap_or(now),
-        };
+        let record = dead_letter::dead_letter(&consumer, message, kind, reason, now_millis());
         let topic = self.deps.settings.dead_letters_topic();
         let mut attempt = 0;
         loop {
@@ -824,22 +802,9 @@ impl ChannelRunner {
                     continue;
                 }
             };
-            let kind_name = format!("{kind:?}");
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "dlq.reason",
-                    value: Some(reason),
-                })
-                .insert(Header {
-                    key: "dlq.error_kind",
-                    value: Some(kind_name.as_str()),
-                })
-                .insert(Header {
-                    key: "record_id",
-                    value: Some(record.record_id.as_str()),
-                });
+            let headers = dead_letter::headers(&record);
             let mut out = FutureRecord::to(&topic).payload(&payload).headers(headers);
-            if let Some(key) = record.kafka_key() {
+            if let Some(key) = dead_letter::key(&record) {
                 out = out.key(key);
             }
             match self.dead_letters.send(out, Duration::from_secs(30)).await {

@@ -15,53 +15,34 @@
 use std::time::Duration;
 
 use boxoffice_avro::records::NotificationRequested;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use boxoffice_runtime::signature;
 
 use super::SendError;
 use super::store::WebhookEndpoint;
-use super::templates::kind_name;
 
 pub const DELIVERY_ID_HEADER: &str = "X-Boxoffice-Delivery-Id";
 pub const TIMESTAMP_HEADER: &str = "X-Boxoffice-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-Boxoffice-Signature";
 
-/// HMAC-SHA256 keyed with `secret` over `"<timestamp>.<body>"`: the signed payload of the
-/// notifier's webhooks and of the payment provider's (ingest verifies those). `timestamp` is
-/// the text as sent, so a verifier signs exactly what it received.
-pub fn timestamped_mac(secret: &[u8], timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
-    // HMAC accepts keys of any length: `new_from_slice` cannot fail for it.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    };
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
-}
-
 /// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let tag = timestamped_mac(secret, &timestamp.to_string(), body)
-        .finalize()
-        .into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("v1={hex}")
+    format!("v1={}", signature::tag_hex(secret, timestamp, body))
 }
 
 /// Checks a signature header the way a receiver should (constant-time comparison).
 pub fn verify(secret: &[u8], timestamp: i64, body: &[u8], header: &str) -> bool {
-    let expected = signature(secret, timestamp, body);
-    let (a, b) = (expected.as_bytes(), header.trim().as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    header
+        .trim()
+        .strip_prefix("v1=")
+        .and_then(signature::decode_tag)
+        .is_some_and(|tag| signature::verify_tag(secret, &timestamp.to_string(), body, &tag))
 }
 
 /// The JSON body of a notification's webhook.
 pub fn body(n: &NotificationRequested) -> Vec<u8> {
     let value = serde_json::json!({
         "id": n.notification_id(),
-        "type": kind_name(n.kind),
+        "type": n.kind.wire_name(),
         "user_id": n.user_id,
         "order_id": n.order_id,
         "event_id": n.event_id,

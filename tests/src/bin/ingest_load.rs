@@ -35,9 +35,10 @@ use boxoffice_ingest::config::{IngestSettings, JwtSecret, Topics};
 use boxoffice_ingest::live::Live;
 use boxoffice_ingest::stores::cql::CqlStores;
 use boxoffice_ingest::{Deps, Follow};
-use boxoffice_sinks::schema::Keyspace;
+use boxoffice_store::schema::Keyspace;
 use boxoffice_tests::load::percentile;
 use boxoffice_tests::pipeline::{Pipeline, RunningProcessor};
+use boxoffice_topics::names::TopicPrefix;
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -600,7 +601,7 @@ fn settings(prefix: &str, users: usize) -> anyhow::Result<IngestSettings> {
     let secret = uuid::Uuid::new_v4().simple().to_string().repeat(2);
     Ok(IngestSettings {
         listen: "127.0.0.1:0".parse()?,
-        topic_prefix: prefix.to_owned(),
+        topic_prefix: TopicPrefix::new(prefix).expect("test prefixes are valid topic-name starts"),
         jwt_secret: JwtSecret::new(secret.into_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?,
         jwt_issuer: "boxoffice-ingest".into(),
         jwt_audience: "boxoffice-api".into(),

@@ -31,9 +31,10 @@ use boxoffice_avro::records::{BookingCommand, BookingRequested, Record};
 use boxoffice_sinks::notify::{
     Channel, NotifierDeps, NotifierMetrics, NotifierSettings, NotifyStore, run as run_notifier,
 };
-use boxoffice_sinks::schema::Keyspace;
+use boxoffice_store::schema::Keyspace;
 use boxoffice_tests::load::{event_on_sale, now_ms, percentile};
 use boxoffice_tests::pipeline::Pipeline;
+use boxoffice_topics::names::TopicPrefix;
 use clap::Parser;
 use futures::StreamExt;
 use rdkafka::Message;
@@ -274,7 +275,8 @@ async fn main() -> anyhow::Result<()> {
         store: Arc::new(NotifyStore::new(pipeline.session.clone(), &keyspace).await?),
         watermarks: pipeline.watermarks().await?,
         settings: NotifierSettings {
-            topic_prefix: pipeline.prefix.clone(),
+            topic_prefix: TopicPrefix::new(&pipeline.prefix)
+                .expect("test prefixes are valid topic-name starts"),
             group_prefix: format!("{}notifier-", pipeline.prefix),
             channels: Channel::ALL.to_vec(),
             lanes: cli.lanes,

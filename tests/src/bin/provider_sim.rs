@@ -119,7 +119,7 @@ async fn main() -> ExitCode {
         sim.url(),
         sim.url()
     );
-    boxoffice_sinks::startup::shutdown_signal().await;
+    boxoffice_runtime::startup::shutdown_signal().await;
     println!("final stats: {:?}", sim.stats());
     sim.shutdown().await;
     ExitCode::SUCCESS

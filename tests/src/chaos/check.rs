@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use boxoffice_processors::booking::audit::{AuditReport, verify_event};
 use boxoffice_processors::booking::topics::Topics;
-use boxoffice_sinks::inventory::InventoryStore;
-use boxoffice_sinks::schema::Keyspace;
+use boxoffice_store::inventory::InventoryStore;
+use boxoffice_store::schema::Keyspace;
 
 use super::follow::{Fact, Follower};
 use super::sale::Fan;

@@ -11,10 +11,11 @@ use boxoffice_ingest::config::{IngestSettings, JwtSecret, ProviderWebhookSetting
 use boxoffice_ingest::live::Live;
 use boxoffice_ingest::stores::cql::CqlStores;
 use boxoffice_ingest::{Deps, Follow};
-use boxoffice_sinks::schema::Keyspace;
+use boxoffice_store::schema::Keyspace;
 use boxoffice_tests::pipeline::{Pipeline, RunningProcessor};
 use boxoffice_tests::services;
 use boxoffice_topics::kafka::KafkaArgs;
+use boxoffice_topics::names::TopicPrefix;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use serde_json::{Value, json};
@@ -27,7 +28,7 @@ pub const PASSWORD: &str = "a good password";
 pub fn settings(prefix: &str) -> IngestSettings {
     IngestSettings {
         listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-        topic_prefix: prefix.to_owned(),
+        topic_prefix: TopicPrefix::new(prefix).expect("test prefixes are valid topic-name starts"),
         jwt_secret: JwtSecret::new(SECRET.as_bytes().to_vec()).unwrap_or_else(|e| panic!("{e}")),
         jwt_issuer: "boxoffice-ingest".into(),
         jwt_audience: "boxoffice-api".into(),

@@ -19,8 +19,9 @@ use boxoffice_avro::records::{NotificationKind, NotificationRequested, Record};
 use boxoffice_sinks::notify::{
     Channel, NotifierDeps, NotifierMetrics, NotifierSettings, NotifyStore, run,
 };
-use boxoffice_sinks::schema::Keyspace;
+use boxoffice_store::schema::Keyspace;
 use boxoffice_tests::pipeline::Pipeline;
+use boxoffice_topics::names::TopicPrefix;
 use rdkafka::producer::FutureRecord;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -50,7 +51,7 @@ pub fn notification(
     params: &[(&str, &str)],
     occurred_at: i64,
 ) -> NotificationRequested {
-    let kind_name = boxoffice_sinks::notify::templates::kind_name(kind);
+    let kind_name = kind.wire_name();
     NotificationRequested {
         record_id: ids::record_id("notification", &[order_id, kind_name]),
         user_id: user_id.to_owned(),
@@ -154,7 +155,8 @@ pub async fn notify_store(pipeline: &Pipeline) -> Arc<NotifyStore> {
 
 pub fn settings(pipeline: &Pipeline, channels: &[Channel], smtp_port: u16) -> NotifierSettings {
     NotifierSettings {
-        topic_prefix: pipeline.prefix.clone(),
+        topic_prefix: TopicPrefix::new(&pipeline.prefix)
+            .expect("test prefixes are valid topic-name starts"),
         group_prefix: format!("{}notifier-", pipeline.prefix),
         channels: channels.to_vec(),
         lanes: 8,
@@ -247,7 +249,10 @@ impl NotifierChild {
             .env("NOTIFIER_METRICS_ADDR", "127.0.0.1:0")
             .env("NOTIFIER_RETRY_BASE", "100ms")
             .env("NOTIFIER_RETRY_MAX", "800ms")
-            .env("RUST_LOG", "warn,boxoffice_sinks=info")
+            .env(
+                "RUST_LOG",
+                "warn,boxoffice_sinks=info,boxoffice_store=info,boxoffice_runtime=info",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

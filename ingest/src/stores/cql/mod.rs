@@ -16,7 +16,7 @@ mod webhooks;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use boxoffice_sinks::schema::Keyspace;
+use boxoffice_store::schema::Keyspace;
 use scylla::client::session::Session;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
@@ -27,11 +27,11 @@ use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 use super::{Direction, Page, PageRequest, StoreError, StoreProbe, StoreResult, Stores};
 
-/// Adds the columns of `boxoffice_sinks::schema::MIGRATIONS` that an existing keyspace lacks
+/// Adds the columns of `boxoffice_store::schema::MIGRATIONS` that an existing keyspace lacks
 /// (`CREATE TABLE IF NOT EXISTS` does not change a table that exists). Safe to run from several
 /// replicas at once.
 pub async fn ensure_columns(session: &Session, keyspace: &Keyspace) -> StoreResult<()> {
-    boxoffice_sinks::schema::apply_migrations(session, keyspace)
+    boxoffice_store::schema::apply_migrations(session, keyspace)
         .await
         .map_err(|e| StoreError::unavailable("adding columns", e))
 }

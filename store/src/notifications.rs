@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
+use boxoffice_avro::clock::now_millis;
 use boxoffice_avro::records::NotificationRequested;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 
-use super::templates::kind_name;
 use crate::schema::Keyspace;
 
 /// A CQL call failed. The notifier treats every store failure as an outage: retried, nothing
@@ -111,12 +111,6 @@ pub struct NotifyStore {
     insert_endpoint: PreparedStatement,
 }
 
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl NotifyStore {
     pub async fn new(session: Arc<Session>, keyspace: &Keyspace) -> Result<Self, NotifyStoreError> {
         let t = |table: &str| keyspace.table(table);
@@ -188,7 +182,7 @@ impl NotifyStore {
                     &n.user_id,
                     CqlTimestamp(n.occurred_at),
                     n.notification_id(),
-                    kind_name(n.kind),
+                    n.kind.wire_name(),
                     n.order_id.as_deref().unwrap_or_default(),
                     n.event_id.as_deref().unwrap_or_default(),
                     &n.params,

@@ -99,7 +99,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
 use crate::schema::Keyspace;
-use crate::scylla::{execution_is_transient, next_page_is_transient, prepare_is_transient};
+use crate::session::{execution_is_transient, next_page_is_transient, prepare_is_transient};
 
 /// Order rows fetched per page when loading an event.
 pub const ORDER_PAGE_SIZE: i32 = 5_000;
@@ -1049,7 +1049,7 @@ impl InventoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scylla::CAS_WRITE_UNKNOWN;
+    use crate::session::CAS_WRITE_UNKNOWN;
     use scylla::errors::{DbError, RequestAttemptError};
 
     fn order(id: &str) -> StoredOrder {

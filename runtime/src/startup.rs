@@ -9,8 +9,8 @@ use boxoffice_topics::kafka::{KafkaArgs, KafkaConnectError};
 use scylla::client::session::Session;
 use tracing::info;
 
-use crate::schema::{SchemaError, SchemaSettings, ensure_schema};
-use crate::scylla::{ScyllaArgs, ScyllaConnectError};
+use boxoffice_store::schema::{SchemaError, SchemaSettings, ensure_schema};
+use boxoffice_store::session::{ScyllaArgs, ScyllaConnectError};
 
 /// A service the binary needs did not answer, or the schema could not be created.
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,7 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::schema::Keyspace;
-use crate::scylla::{execution_is_transient, prepare_is_transient};
+use crate::session::{execution_is_transient, prepare_is_transient};
 
 /// A watermark read or write failed.
 #[derive(Debug, thiserror::Error)]

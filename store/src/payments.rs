@@ -53,7 +53,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 use crate::schema::Keyspace;
-use crate::scylla::{execution_is_transient, prepare_is_transient};
+use crate::session::{execution_is_transient, prepare_is_transient};
 
 /// One payment as stored. Absent texts are `""`, absent numbers `0`.
 #[derive(Clone, PartialEq, Eq, Default)]
