@@ -1,11 +1,11 @@
 //! Processor metrics: plain atomics, rendered in the Prometheus text format on `/metrics` (the
 //! consumer-lag dashboards scrape it beside Kafka's own lag).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::{Arc, Mutex};
 
 pub use boxoffice_runtime::metrics::{
-    Histogram, LATENCY_BUCKETS_MS, render_counters, render_gauges,
+    Histogram, LATENCY_BUCKETS_MS, Readiness, render_counters, render_gauges,
 };
 
 /// Upper bounds of the batch size histogram buckets.
@@ -48,7 +48,7 @@ pub struct BookingMetrics {
     /// Events whose state is lost beyond the log start (their commands are dead-lettered).
     pub events_lost: AtomicI64,
     /// Why the instance is not ready (empty: ready).
-    not_ready: Mutex<Vec<String>>,
+    readiness: Readiness,
 }
 
 impl Default for BookingMetrics {
@@ -76,7 +76,7 @@ impl Default for BookingMetrics {
             refold_mismatches: AtomicU64::new(0),
             retries_exhausted: AtomicU64::new(0),
             events_lost: AtomicI64::new(0),
-            not_ready: Mutex::new(Vec::new()),
+            readiness: Readiness::default(),
         }
     }
 }
@@ -84,19 +84,12 @@ impl Default for BookingMetrics {
 impl BookingMetrics {
     /// Records why the instance is not ready (every assigned partition not processed).
     pub fn set_not_ready(&self, reasons: Vec<String>) {
-        // A poisoned lock only means a panic elsewhere; the data is a plain list.
-        let mut guard = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
-        *guard = reasons;
+        self.readiness.set(reasons);
     }
 
     /// `Ok` when every assigned partition is processed; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
-        let guard = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_empty() {
-            Ok(())
-        } else {
-            Err(guard.join("\n"))
-        }
+        self.readiness.check()
     }
 
     pub fn render(&self) -> String {

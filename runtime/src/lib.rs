@@ -1,11 +1,13 @@
 //! What every long-running boxoffice service shares around its domain logic: what a binary
 //! does at start and stop (`startup`), the one dead-letter builder (`dead_letter`),
-//! consumer-group membership and where a partition resumes (`rebalance`), the `/metrics`,
+//! consumer-group membership and where a partition resumes (`rebalance`), the one bounded retry
+//! policy (`retry`), the `/metrics`,
 //! `/healthz` and `/readyz` every service serves (`metrics`), and the HMAC signature of webhooks
 //! in both directions (`signature`).
 
 pub mod dead_letter;
 pub mod metrics;
 pub mod rebalance;
+pub mod retry;
 pub mod signature;
 pub mod startup;

@@ -75,6 +75,31 @@ pub fn render_gauges(out: &mut String, gauges: &[(&str, &str, &AtomicI64)]) {
     }
 }
 
+/// Why a service is not ready (empty: ready), for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    reasons: std::sync::Mutex<Vec<String>>,
+}
+
+impl Readiness {
+    /// Replaces the reasons (an empty list: ready).
+    pub fn set(&self, reasons: Vec<String>) {
+        // A poisoned lock only means a panic elsewhere; the data is a plain list.
+        let mut guard = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        *guard = reasons;
+    }
+
+    /// `Ok` when ready; otherwise the reasons, one per line.
+    pub fn check(&self) -> Result<(), String> {
+        let guard = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_empty() {
+            Ok(())
+        } else {
+            Err(guard.join("\n"))
+        }
+    }
+}
+
 /// Serves `/metrics` (whatever `render` answers) and `/healthz` until the process ends.
 pub async fn serve<F>(listener: tokio::net::TcpListener, render: F)
 where

@@ -474,6 +474,7 @@ impl Pipeline {
             sandbox_slow: Duration::from_millis(300),
             sandbox_pending: Duration::from_millis(300),
             sandbox_ledger: None,
+            retry_budget: Duration::from_secs(30),
             provider: Default::default(),
         }
     }

@@ -3,13 +3,14 @@
 //! the consumer offset, so what Kafka holds is exactly what was decided and nothing else.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boxoffice_avro::clock::now_millis;
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{DeadLetterErrorKind, EventProgress, Record, RecordGroup};
 use boxoffice_avro::{Codec, CodecError};
 use boxoffice_runtime::dead_letter;
+use boxoffice_runtime::retry::RetryPolicy;
 use futures::future::join_all;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
@@ -32,11 +33,6 @@ pub struct Encoded {
     pub headers: Option<OwnedHeaders>,
 }
 
-/// 50 ms doubling to 5 s.
-pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7)).min(5_000))
-}
-
 /// Encodes with `encode`, waiting out registry outages for at most `budget`; `Err` for what no
 /// retry fixes, or when the budget ran out (then `is_retryable()` is still true).
 async fn encode_with_retry<F, Fut>(
@@ -48,15 +44,17 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<u8>, CodecError>>,
 {
-    let started = tokio::time::Instant::now();
-    let mut attempt = 0;
+    let mut retries = RetryPolicy::with_budget(budget).start(Instant::now());
     loop {
         match encode().await {
             Ok(bytes) => return Ok(bytes),
-            Err(e) if e.is_retryable() && started.elapsed() < budget => {
-                attempt += 1;
+            Err(e) if e.is_retryable() => {
+                let Some(delay) = retries.next_delay(Instant::now()) else {
+                    return Err(e);
+                };
+                let attempt = retries.attempts();
                 warn!(attempt, what, error = %e, "registry unavailable while encoding; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(e),
         }

@@ -31,6 +31,7 @@ use boxoffice_avro::Codec;
 use boxoffice_avro::clock::now_millis;
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{BookingCommand, DeadLetterErrorKind, HoldExpired, RecordGroup};
+use boxoffice_runtime::retry::RetryPolicy;
 use boxoffice_store::inventory::{InventoryStore, SaveOutcome, StoredEventUpdate};
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::names::TopicPrefix;
@@ -45,7 +46,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::partition::{Partition, TimerChange};
 use super::publish::{
-    Encoded, OffsetCommit, TxnError, abort, backoff, dead_letter, encode_output, encode_progress,
+    Encoded, OffsetCommit, TxnError, abort, dead_letter, encode_output, encode_progress,
     progress_record, transaction,
 };
 use super::recovery::{Published, RecoverySource, RefoldCheck, check_refold};
@@ -105,6 +106,12 @@ pub struct BookingSettings {
 impl BookingSettings {
     pub fn topics(&self) -> Topics {
         self.topic_prefix.topics()
+    }
+
+    /// How store writes, output transactions and registry calls are retried (see
+    /// `--retry-budget`).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::with_budget(self.retry_budget)
     }
 }
 
@@ -474,7 +481,12 @@ impl Runtime {
                 Err(RestoreError::Retry(reason)) => {
                     warn!(partition = p, attempt, reason = %reason, "restoring the partition failed; will try again");
                     Slot::Waiting {
-                        retry_at: Instant::now() + backoff(attempt + 3),
+                        retry_at: Instant::now()
+                            + self
+                                .deps
+                                .settings
+                                .retry_policy()
+                                .jittered_delay(attempt + 3),
                         attempt: attempt + 1,
                         reason,
                     }
@@ -716,6 +728,10 @@ struct Decided {
 }
 
 impl BatchJob<'_> {
+    fn retry_policy(&self) -> RetryPolicy {
+        self.deps.settings.retry_policy()
+    }
+
     /// Decides one partition's share of a batch, publishes its outputs and progress in one
     /// transaction, persists the touched events.
     async fn run(self, worker: &mut Worker, records: Vec<OwnedMessage>) -> (i32, BatchOutcome) {
@@ -991,8 +1007,7 @@ impl BatchJob<'_> {
         last_offset: i64,
     ) -> Result<(), BatchOutcome> {
         let timeout = self.deps.kafka.timeout;
-        let started = Instant::now();
-        let mut attempt = 0u32;
+        let mut retries = self.retry_policy().start(Instant::now());
         loop {
             let Some(group) = self.consumer.group_metadata() else {
                 return Err(BatchOutcome::Rebuild {
@@ -1024,12 +1039,11 @@ impl BatchJob<'_> {
                 }
                 Err(TxnError::Retry(reason)) => {
                     abort(&worker.producer, timeout).await;
-                    attempt += 1;
                     self.deps
                         .metrics
                         .produce_retries
                         .fetch_add(1, Ordering::Relaxed);
-                    if started.elapsed() >= self.deps.settings.retry_budget {
+                    let Some(delay) = retries.next_delay(Instant::now()) else {
                         self.deps
                             .metrics
                             .retries_exhausted
@@ -1037,13 +1051,14 @@ impl BatchJob<'_> {
                         return Err(BatchOutcome::Rebuild {
                             reason: format!(
                                 "output transaction kept failing for {:?}: {reason}",
-                                started.elapsed()
+                                retries.elapsed(Instant::now())
                             ),
                             after: Duration::ZERO,
                         });
-                    }
+                    };
+                    let attempt = retries.attempts();
                     warn!(partition = worker.partition, attempt, reason = %reason, "output transaction failed; retrying the batch");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
@@ -1110,29 +1125,31 @@ impl BatchJob<'_> {
     }
 
     async fn register_event(&self, partition: i32, event_id: &str) -> Result<(), BatchOutcome> {
-        let started = Instant::now();
-        let mut attempt = 0;
+        let mut retries = self.retry_policy().start(Instant::now());
         loop {
-            match self
+            let e = match self
                 .deps
                 .store
                 .register_event(&self.topics.commands, partition, event_id)
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(e)
-                    if e.is_retryable() && started.elapsed() < self.deps.settings.retry_budget =>
-                {
-                    attempt += 1;
-                    self.deps
-                        .metrics
-                        .store_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(partition, event_id, attempt, error = %e, "registering an event failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(self.store_failure("registering an event", &e)),
-            }
+                Err(e) => e,
+            };
+            let delay = e
+                .is_retryable()
+                .then(|| retries.next_delay(Instant::now()))
+                .flatten();
+            let Some(delay) = delay else {
+                return Err(self.store_failure("registering an event", &e));
+            };
+            self.deps
+                .metrics
+                .store_retries
+                .fetch_add(1, Ordering::Relaxed);
+            let attempt = retries.attempts();
+            warn!(partition, event_id, attempt, error = %e, "registering an event failed; retrying");
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -1141,30 +1158,32 @@ impl BatchJob<'_> {
         &self,
         update: &StoredEventUpdate,
     ) -> Result<SaveOutcome, BatchOutcome> {
-        let started = Instant::now();
-        let mut attempt = 0;
+        let mut retries = self.retry_policy().start(Instant::now());
         loop {
-            match self.deps.store.save(update).await {
+            let e = match self.deps.store.save(update).await {
                 // A retried save whose first attempt landed (it timed out, but was applied).
                 Ok(SaveOutcome::Conflict {
                     current_offset: Some(current),
-                }) if attempt > 0 && current == update.new_offset => {
+                }) if retries.attempts() > 0 && current == update.new_offset => {
                     return Ok(SaveOutcome::Applied);
                 }
                 Ok(outcome) => return Ok(outcome),
-                Err(e)
-                    if e.is_retryable() && started.elapsed() < self.deps.settings.retry_budget =>
-                {
-                    attempt += 1;
-                    self.deps
-                        .metrics
-                        .store_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(event_id = %update.event_id, attempt, error = %e, "saving event state failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(self.store_failure("saving event state", &e)),
-            }
+                Err(e) => e,
+            };
+            let delay = e
+                .is_retryable()
+                .then(|| retries.next_delay(Instant::now()))
+                .flatten();
+            let Some(delay) = delay else {
+                return Err(self.store_failure("saving event state", &e));
+            };
+            self.deps
+                .metrics
+                .store_retries
+                .fetch_add(1, Ordering::Relaxed);
+            let attempt = retries.attempts();
+            warn!(event_id = %update.event_id, attempt, error = %e, "saving event state failed; retrying");
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -1200,8 +1219,7 @@ impl BatchJob<'_> {
                 "record has no value".to_owned(),
             ));
         };
-        let started = Instant::now();
-        let mut attempt = 0;
+        let mut retries = self.retry_policy().start(Instant::now());
         let command = loop {
             match self
                 .deps
@@ -1211,14 +1229,14 @@ impl BatchJob<'_> {
             {
                 Ok(command) => break command,
                 Err(e) if e.is_retryable() => {
-                    if started.elapsed() >= self.deps.settings.retry_budget {
+                    let Some(delay) = retries.next_delay(Instant::now()) else {
                         return Err(DecodeFailure::Registry(
                             boxoffice_avro::CodecError::Registry(e.to_string()),
                         ));
-                    }
-                    attempt += 1;
+                    };
+                    let attempt = retries.attempts();
                     warn!(offset = message.offset(), attempt, error = %e, "registry unavailable while decoding; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(DecodeFailure::Record(e.dead_letter_kind(), e.to_string())),
             }

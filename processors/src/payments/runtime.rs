@@ -66,7 +66,7 @@
 //! id and every outcome is the gateway's answer for the payment's idempotency key, so a
 //! duplicate (from a replay, a zombie or a wake racing a handover) can only repeat the same fact.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -79,10 +79,13 @@ use boxoffice_avro::records::{
     DeadLetterErrorKind, PaymentFailureReason, PaymentProviderEvent, PaymentRequest,
     ProviderChargeOutcome, RecordGroup,
 };
-use boxoffice_avro::{Codec, CodecError};
+use boxoffice_avro::{Codec, CodecError, DecodeError};
 use boxoffice_runtime::dead_letter;
-use boxoffice_runtime::metrics::{render_counters, render_gauges};
-use boxoffice_store::payments::{HistoryEntry, PaymentSaveOutcome, PaymentStore};
+use boxoffice_runtime::metrics::{Readiness, render_counters, render_gauges};
+use boxoffice_runtime::retry::RetryPolicy;
+use boxoffice_store::payments::{
+    HistoryEntry, PaymentSaveOutcome, PaymentStore, PaymentStoreError,
+};
 use boxoffice_store::watermarks::{Resume, WatermarkStore};
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::names::{TopicPrefix, Topics};
@@ -115,6 +118,8 @@ const TIMER_RESCAN: Duration = Duration::from_secs(60);
 /// How often the owned partitions' stored watermarks are compared with what this instance
 /// wrote (a store that lost writes shows an older one).
 const WATERMARK_CHECK: Duration = Duration::from_secs(5);
+/// How long one produce may wait for the broker's acknowledgement (then it is retried).
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most decision steps one input may chain (the core bounds them far lower; this only stops a
 /// broken core from spinning: the payment's timer brings it back).
 const MAX_STEPS: u32 = 32;
@@ -165,6 +170,13 @@ pub struct PaymentSettings {
     #[arg(long = "sandbox-ledger", env = "PAYMENTS_SANDBOX_LEDGER")]
     pub sandbox_ledger: Option<PathBuf>,
 
+    /// How long a store call, a produce or a registry call is retried before its partition is
+    /// given up: paused, `/readyz` 503, `payments_retries_exhausted_total` counted, and taken
+    /// again through the path of a new assignment once the fault clears (e.g. `30s`).
+    #[arg(long = "retry-budget", env = "PAYMENTS_RETRY_BUDGET", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub retry_budget: Duration,
+
     /// The HTTP provider (`--provider-*`), used with `--gateway provider`.
     #[command(flatten)]
     pub provider: ProviderSettings,
@@ -182,6 +194,11 @@ pub enum GatewayError {
 impl PaymentSettings {
     pub fn topics(&self) -> Topics {
         self.topic_prefix.topics()
+    }
+
+    /// How store calls, produces and registry calls are retried (see `--retry-budget`).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::with_budget(self.retry_budget)
     }
 
     /// The configured provider: the in-process sandbox, or the HTTP provider (`--provider-*`).
@@ -218,6 +235,12 @@ pub struct PaymentMetrics {
     /// Partitions replayed because the store's watermark was behind Kafka or went backwards
     /// (the store lost writes it had acknowledged).
     pub store_loss_replays: AtomicU64,
+    /// Calls still failing when their retry budget ran out (their partition was given up).
+    pub retries_exhausted: AtomicU64,
+    /// Partitions given up and waiting to be taken again (gauge).
+    pub partitions_parked: AtomicI64,
+    /// Why the instance is not ready: the partitions given up.
+    pub readiness: Readiness,
 }
 
 impl PaymentMetrics {
@@ -285,23 +308,42 @@ impl PaymentMetrics {
                 "Partitions replayed from the store's watermark (the store lost writes)",
                 &self.store_loss_replays,
             ),
+            (
+                "payments_retries_exhausted_total",
+                "Calls still failing after the retry budget (their partition was given up)",
+                &self.retries_exhausted,
+            ),
         ];
         render_counters(&mut out, &counters);
         render_gauges(
             &mut out,
-            &[(
-                "payments_timers",
-                "Payment timers held for the owned partitions",
-                &self.timers,
-            )],
+            &[
+                (
+                    "payments_timers",
+                    "Payment timers held for the owned partitions",
+                    &self.timers,
+                ),
+                (
+                    "payments_partitions_parked",
+                    "Partitions given up after a fault outlasted the retry budget",
+                    &self.partitions_parked,
+                ),
+            ],
         );
         out
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the process ends.
+/// Serves `/metrics`, `/healthz` and `/readyz` (503 while a partition is given up) until the
+/// process ends.
 pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<PaymentMetrics>) {
-    boxoffice_runtime::metrics::serve(listener, move || metrics.render()).await;
+    let ready = metrics.clone();
+    boxoffice_runtime::metrics::serve_with_readiness(
+        listener,
+        move || metrics.render(),
+        move || ready.readiness.check(),
+    )
+    .await;
 }
 
 /// Why the processor stopped.
@@ -339,11 +381,6 @@ impl std::fmt::Debug for PaymentDeps {
     }
 }
 
-/// 50 ms doubling to 5 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7)).min(5_000))
-}
-
 type PaymentConsumer = StreamConsumer<GroupContext>;
 
 struct Runtime {
@@ -356,6 +393,46 @@ struct Runtime {
     timer_set: Notify,
     /// The watermark this instance last stored per owned partition.
     written: Mutex<HashMap<i32, Option<i64>>>,
+    /// Owned partitions given up after a fault outlasted the retry budget (see [`Parked`]).
+    parked: Mutex<BTreeMap<i32, Parked>>,
+}
+
+/// A partition given up: its records are not applied and its timers are dropped until it is
+/// taken again through the path of a new assignment (timers loaded, resume point decided from
+/// the store's watermark and the group's offset), never from what memory held.
+#[derive(Debug)]
+struct Parked {
+    reason: String,
+    /// Paused on the consumer yet (a wake may park a partition; the record loop pauses it).
+    paused: bool,
+    /// Tries to take it again so far.
+    attempt: u32,
+    retry_at: Instant,
+}
+
+/// Why a record could not be decoded.
+enum DecodeFailure {
+    /// The record itself is bad: it goes to the dead-letter topic.
+    Record(DeadLetterErrorKind, String),
+    /// The registry stayed unavailable for the retry budget.
+    GaveUp(String),
+}
+
+/// Why a retried call ended without a value.
+enum Failed<E> {
+    /// Not transient: no retry fixes it.
+    Permanent(E),
+    /// Still failing when the retry budget ran out.
+    GaveUp(E),
+}
+
+impl<E: std::fmt::Display> Failed<E> {
+    fn into_step(self, what: &str) -> StepError {
+        match self {
+            Failed::Permanent(e) => StepError::Fatal(format!("{what}: {e}")),
+            Failed::GaveUp(e) => StepError::GaveUp(format!("{what}: {e}")),
+        }
+    }
 }
 
 /// Runs the payment processor until `shutdown` resolves; then finishes the batch and the wakes
@@ -403,6 +480,7 @@ pub async fn run(deps: PaymentDeps, shutdown: impl Future<Output = ()>) -> Resul
         timers: Mutex::new(TimerWheel::default()),
         timer_set: Notify::new(),
         written: Mutex::new(HashMap::new()),
+        parked: Mutex::new(BTreeMap::new()),
     };
     let (stop, stopping) = watch::channel(false);
     let records = async {
@@ -448,6 +526,8 @@ async fn collect_batch(
 enum StepError {
     /// Another processor wrote the payment meanwhile.
     Conflict(String),
+    /// A fault outlasted the retry budget: the partition is given up (see [`Parked`]).
+    GaveUp(String),
     /// Nothing a retry can fix.
     Fatal(String),
 }
@@ -469,6 +549,7 @@ impl Runtime {
                 batch = collect_batch(consumer, &self.deps.settings) => batch,
             };
             self.apply_membership(consumer, context).await;
+            self.tend_parked(consumer).await;
             if rescanned.elapsed() >= TIMER_RESCAN {
                 rescanned = Instant::now();
                 self.rescan_timers().await;
@@ -487,14 +568,15 @@ impl Runtime {
         self.timers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Acts on rebalances noted since the last batch: drops revoked partitions' timers, loads
-    /// the assigned ones' from ScyllaDB and decides where each resumes.
+    /// Acts on rebalances noted since the last batch: drops revoked partitions' timers, takes
+    /// the assigned ones (see [`take`](Self::take)).
     async fn apply_membership(&self, consumer: &PaymentConsumer, context: &GroupContext) {
         for change in context.take() {
             match change {
                 Membership::Revoked(partitions) => {
                     for partition in partitions {
                         self.written_map().remove(&partition);
+                        self.parked_map().remove(&partition);
                         let dropped = self.wheel().revoke(partition);
                         info!(
                             partition,
@@ -505,48 +587,202 @@ impl Runtime {
                 }
                 Membership::Assigned(partitions) => {
                     for partition in partitions {
-                        self.wheel().assign(partition);
-                        let loaded = self.load_timers(partition).await;
-                        info!(
-                            partition,
-                            timers = loaded,
-                            "partition assigned; timers loaded"
-                        );
-                        self.reposition(consumer, partition).await;
+                        // Assigned partitions arrive paused (the pausing context).
+                        if let Err(reason) = self.take(consumer, partition, self.policy()).await {
+                            self.park(partition, reason, true);
+                        }
                     }
                 }
             }
         }
+        self.publish_parked();
         self.update_timer_gauge();
     }
 
-    /// Loads a partition's timers, retrying until the store answers: a partition's payments
-    /// are never left without their timers.
-    async fn load_timers(&self, partition: i32) -> usize {
-        let mut attempt = 0u32;
-        loop {
+    /// Takes a (paused) partition: loads its timers from the store and decides where it
+    /// resumes, then resumes it. The path of every new assignment, and of a parked partition
+    /// taken again: nothing is kept from before.
+    async fn take(
+        &self,
+        consumer: &PaymentConsumer,
+        partition: i32,
+        policy: RetryPolicy,
+    ) -> Result<(), String> {
+        self.wheel().assign(partition);
+        let loaded = self.load_timers(partition, policy).await?;
+        info!(
+            partition,
+            timers = loaded,
+            "partition assigned; timers loaded"
+        );
+        self.reposition(consumer, partition, policy).await
+    }
+
+    fn parked_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Parked>> {
+        // A panic while holding the map leaves it whole (single inserts and removes).
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_parked(&self, partition: i32) -> bool {
+        self.parked_map().contains_key(&partition)
+    }
+
+    /// Gives a partition up after a fault outlasted the retry budget: its timers are dropped,
+    /// its records are not applied, `/readyz` answers 503, and [`tend_parked`](Self::tend_parked)
+    /// takes it again later. `paused`: the consumer already paused it.
+    fn park(&self, partition: i32, reason: String, paused: bool) {
+        let dropped = self.wheel().revoke(partition);
+        self.written_map().remove(&partition);
+        let mut parked = self.parked_map();
+        let before = parked.get(&partition);
+        let attempt = before.map_or(0, |p| p.attempt.saturating_add(1));
+        let paused = paused || before.is_some_and(|p| p.paused);
+        let wait = self.policy().jittered_delay(attempt.saturating_add(3));
+        if attempt == 0 {
+            warn!(partition, timers_dropped = dropped, reason = %reason, "partition given up after its retry budget; it is taken again when the fault clears");
+        } else {
+            debug!(partition, attempt, reason = %reason, "taking the parked partition again failed");
+        }
+        parked.insert(
+            partition,
+            Parked {
+                reason,
+                paused,
+                attempt,
+                retry_at: Instant::now() + wait,
+            },
+        );
+        drop(parked);
+        self.publish_parked();
+    }
+
+    /// Pauses partitions parked since the last batch, and tries once to take again each parked
+    /// partition whose wait is over (its wait grows, jittered, up to the policy's longest delay).
+    async fn tend_parked(&self, consumer: &PaymentConsumer) {
+        let now = Instant::now();
+        let (to_pause, due) = {
+            let mut parked = self.parked_map();
+            let mut to_pause = TopicPartitionList::new();
+            for (partition, p) in parked.iter_mut().filter(|(_, p)| !p.paused) {
+                to_pause.add_partition(&self.topics.payments, *partition);
+                p.paused = true;
+            }
+            let due: Vec<i32> = parked
+                .iter()
+                .filter(|(_, p)| p.retry_at <= now)
+                .map(|(partition, _)| *partition)
+                .collect();
+            (to_pause, due)
+        };
+        if to_pause.count() > 0
+            && let Err(e) = consumer.pause(&to_pause)
+        {
+            warn!(error = %e, "pausing parked partitions failed; their records are dropped until they are taken again");
+        }
+        for partition in due {
+            // One try: the parked wait is the retry, and healthy partitions keep going.
             match self
-                .deps
-                .store
-                .timers(&self.topics.payments, partition)
+                .take(
+                    consumer,
+                    partition,
+                    RetryPolicy::with_budget(Duration::ZERO),
+                )
                 .await
             {
-                Ok(timers) => {
-                    let mut wheel = self.wheel();
-                    for timer in &timers {
-                        wheel.merge(partition, &timer.payment_id, timer.due_at);
-                    }
-                    drop(wheel);
-                    self.timer_set.notify_one();
-                    return timers.len();
+                Ok(()) => {
+                    self.parked_map().remove(&partition);
+                    info!(partition, "parked partition taken again: the fault cleared");
                 }
-                Err(e) => {
-                    attempt += 1;
-                    warn!(partition, attempt, error = %e, "loading payment timers failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
+                Err(reason) => self.park(partition, reason, true),
             }
         }
+        self.publish_parked();
+    }
+
+    fn publish_parked(&self) {
+        let parked = self.parked_map();
+        let reasons = parked
+            .iter()
+            .map(|(partition, p)| format!("partition {partition} given up: {}", p.reason))
+            .collect();
+        let count = i64::try_from(parked.len()).unwrap_or(i64::MAX);
+        drop(parked);
+        let metrics = &self.deps.metrics;
+        metrics.partitions_parked.store(count, Ordering::Relaxed);
+        metrics.readiness.set(reasons);
+    }
+
+    fn policy(&self) -> RetryPolicy {
+        self.deps.settings.retry_policy()
+    }
+
+    /// Calls `call` (given the number of retries so far) until it succeeds, fails for good
+    /// (`transient` says no), or `policy`'s budget is spent; `counter` counts the retries.
+    async fn retrying<T, E, F, Fut>(
+        &self,
+        policy: RetryPolicy,
+        what: &str,
+        counter: Option<&AtomicU64>,
+        transient: impl Fn(&E) -> bool,
+        mut call: F,
+    ) -> Result<T, Failed<E>>
+    where
+        E: std::fmt::Display,
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut retries = policy.start(Instant::now());
+        loop {
+            let e = match call(retries.attempts()).await {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            if !transient(&e) {
+                return Err(Failed::Permanent(e));
+            }
+            let Some(delay) = retries.next_delay(Instant::now()) else {
+                if !policy.budget.is_zero() {
+                    self.deps
+                        .metrics
+                        .retries_exhausted
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(attempts = retries.attempts(), error = %e, "{what} failed for longer than the retry budget; giving up");
+                }
+                return Err(Failed::GaveUp(e));
+            };
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            warn!(attempt = retries.attempts(), error = %e, "{what} failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Loads a partition's timers into the wheel.
+    async fn load_timers(&self, partition: i32, policy: RetryPolicy) -> Result<usize, String> {
+        let store = &self.deps.store;
+        let topic = &self.topics.payments;
+        let timers = self
+            .retrying(
+                policy,
+                "loading payment timers",
+                Some(&self.deps.metrics.store_retries),
+                |_: &PaymentStoreError| true,
+                |_| store.timers(topic, partition),
+            )
+            .await
+            .map_err(|f| match f {
+                Failed::Permanent(e) | Failed::GaveUp(e) => {
+                    format!("loading payment timers: {e}")
+                }
+            })?;
+        let mut wheel = self.wheel();
+        for timer in &timers {
+            wheel.merge(partition, &timer.payment_id, timer.due_at);
+        }
+        drop(wheel);
+        self.timer_set.notify_one();
+        Ok(timers.len())
     }
 
     fn written_map(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Option<i64>>> {
@@ -556,59 +792,57 @@ impl Runtime {
 
     /// Decides where a newly assigned partition resumes: at the group's committed offset, or
     /// at the store's watermark when the store is behind Kafka (it lost writes: the records
-    /// after it are applied again, idempotently). Retries until the store answers; the
-    /// partition stays paused meanwhile.
-    async fn reposition(&self, consumer: &PaymentConsumer, partition: i32) {
+    /// after it are applied again, idempotently), and resumes it there. The partition stays
+    /// paused until then.
+    async fn reposition(
+        &self,
+        consumer: &PaymentConsumer,
+        partition: i32,
+        policy: RetryPolicy,
+    ) -> Result<(), String> {
         let topic = &self.topics.payments;
         let group = &self.deps.settings.group_id;
-        let mut attempt = 0u32;
-        loop {
-            let stored = self.deps.watermarks.load(group, topic, partition).await;
-            let committed = committed_offset(consumer, topic, partition, self.deps.kafka.timeout);
-            match (stored, committed) {
-                (Ok(stored), Ok(committed)) => {
+        let timeout = self.deps.kafka.timeout;
+        let watermarks = &self.deps.watermarks;
+        let decided = self
+            .retrying(
+                policy,
+                "deciding where the partition resumes",
+                None,
+                |_: &String| true,
+                |_| async move {
+                    let stored = watermarks
+                        .load(group, topic, partition)
+                        .await
+                        .map_err(|e| format!("reading the partition's watermark: {e}"))?;
+                    let committed = committed_offset(consumer, topic, partition, timeout)
+                        .map_err(|e| format!("reading the committed offset: {e}"))?;
                     let resume = Resume::decide(stored, committed);
-                    if let Resume::Replay { from, committed } = resume {
-                        self.deps
-                            .metrics
-                            .store_loss_replays
-                            .fetch_add(1, Ordering::Relaxed);
-                        warn!(
-                            partition,
-                            ?from,
-                            committed,
-                            "the store is behind Kafka (it lost writes it had acknowledged): replaying the partition from the store's watermark"
-                        );
-                    }
-                    match seek_and_resume(
-                        consumer,
-                        topic,
-                        partition,
-                        resume.offset(),
-                        self.deps.kafka.timeout,
-                    )
-                    .await
-                    {
-                        Ok(()) => {
-                            self.written_map().insert(partition, stored);
-                            info!(partition, resume = ?resume, "partition resumes");
-                            return;
-                        }
-                        Err(e) => {
-                            warn!(partition, error = %e, "seeking the assigned partition failed; retrying")
-                        }
-                    }
-                }
-                (Err(e), _) => {
-                    warn!(partition, error = %e, "reading the partition's watermark failed; retrying")
-                }
-                (_, Err(e)) => {
-                    warn!(partition, error = %e, "reading the committed offset failed; retrying")
-                }
-            }
-            attempt += 1;
-            tokio::time::sleep(backoff(attempt)).await;
+                    seek_and_resume(consumer, topic, partition, resume.offset(), timeout)
+                        .await
+                        .map_err(|e| format!("seeking the assigned partition: {e}"))?;
+                    Ok((stored, resume))
+                },
+            )
+            .await;
+        let (stored, resume) = decided.map_err(|f| match f {
+            Failed::Permanent(e) | Failed::GaveUp(e) => e,
+        })?;
+        if let Resume::Replay { from, committed } = resume {
+            self.deps
+                .metrics
+                .store_loss_replays
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(
+                partition,
+                ?from,
+                committed,
+                "the store is behind Kafka (it lost writes it had acknowledged): replaying the partition from the store's watermark"
+            );
         }
+        self.written_map().insert(partition, stored);
+        info!(partition, resume = ?resume, "partition resumes");
+        Ok(())
     }
 
     /// Compares each owned partition's stored watermark with the one this instance wrote: an
@@ -716,16 +950,32 @@ impl Runtime {
             async move {
                 let mut last = None;
                 for message in &records {
-                    self.process_record(message).await?;
-                    last = Some(message.offset());
+                    // A parked partition's records are read again once it is taken again.
+                    if self.is_parked(partition) {
+                        break;
+                    }
+                    match self.process_record(message).await {
+                        Ok(()) => last = Some(message.offset()),
+                        Err(StepError::GaveUp(reason)) => {
+                            return Ok((partition, last, Some(reason)));
+                        }
+                        Err(StepError::Fatal(reason) | StepError::Conflict(reason)) => {
+                            return Err(RunError::Fatal(reason));
+                        }
+                    }
                 }
-                Ok::<_, RunError>((partition, last))
+                Ok::<_, RunError>((partition, last, None))
             }
             .instrument(span)
         });
         let mut commit = TopicPartitionList::new();
         for outcome in join_all(jobs).await {
-            let (partition, last) = outcome?;
+            let (partition, last, gave_up) = outcome?;
+            if let Some(reason) = gave_up {
+                // Applied records before the one that failed are committed below; that one
+                // and the rest are read again when the partition is taken again.
+                self.park(partition, reason, false);
+            }
             // The group's offset never passes what the store says it holds: the watermark is
             // written first, and a partition whose watermark could not be written is not
             // committed this time (the next batch writes both).
@@ -774,7 +1024,7 @@ impl Runtime {
                         .metrics
                         .store_retries
                         .fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(self.policy().jittered_delay(attempt)).await;
                 }
                 Err(e) => {
                     warn!(partition, next_offset, error = %e, "storing the watermark failed; the offset is not committed this time");
@@ -785,24 +1035,24 @@ impl Runtime {
         false
     }
 
-    /// Applies one record fully (or dead-letters it). `Err` only for what no retry fixes.
-    async fn process_record(&self, message: &OwnedMessage) -> Result<(), RunError> {
+    /// Applies one record fully (or dead-letters it). `Err`: a fault outlasted the retry budget
+    /// (`GaveUp`), or nothing a retry fixes (`Fatal`).
+    async fn process_record(&self, message: &OwnedMessage) -> Result<(), StepError> {
         let metrics = &self.deps.metrics;
         let (partition, offset) = (message.partition(), message.offset());
         let request = match self.decode(message).await {
             Ok(request) => request,
-            Err((kind, reason)) => {
+            Err(DecodeFailure::Record(kind, reason)) => {
                 warn!(partition, offset, ?kind, reason = %reason, "dead-lettering a record");
-                self.dead_letter(message, kind, &reason)
-                    .await
-                    .map_err(|e| RunError::Fatal(e.to_string()))?;
+                self.dead_letter(message, kind, &reason).await?;
                 metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
+            Err(DecodeFailure::GaveUp(reason)) => return Err(StepError::GaveUp(reason)),
         };
         let payment_id = payment_id_of(&request).to_owned();
         let order_id = request.key().to_owned();
-        let mut attempt = 0u32;
+        let mut retries = self.policy().start(Instant::now());
         loop {
             let applied = {
                 let _lock = self.locks.lock(&payment_id).await;
@@ -820,15 +1070,22 @@ impl Runtime {
                     return Ok(());
                 }
                 Err(StepError::Conflict(reason)) => {
-                    attempt += 1;
                     metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                    let Some(delay) = retries.next_delay(Instant::now()) else {
+                        metrics.retries_exhausted.fetch_add(1, Ordering::Relaxed);
+                        return Err(StepError::GaveUp(format!(
+                            "payment {payment_id} kept being written by another processor: {reason}"
+                        )));
+                    };
+                    let attempt = retries.attempts();
                     warn!(payment_id, order_id, partition, offset, attempt, reason = %reason, "payment written by another processor; reloading");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(delay).await;
                 }
                 Err(StepError::Fatal(reason)) => {
                     error!(payment_id, order_id, partition, offset, reason = %reason, "record cannot be applied; stopping");
-                    return Err(RunError::Fatal(reason));
+                    return Err(StepError::Fatal(reason));
                 }
+                Err(gave_up @ StepError::GaveUp(_)) => return Err(gave_up),
             }
         }
     }
@@ -887,30 +1144,26 @@ impl Runtime {
     }
 
     async fn load(&self, payment_id: &str) -> Result<(PaymentState, Stored), StepError> {
-        let mut attempt = 0;
-        loop {
-            match self.deps.store.load(payment_id).await {
-                Ok(None) => {
-                    return Ok((
-                        PaymentState::new(payment_id),
-                        Stored {
-                            applied_offset: None,
-                            revision: 0,
-                        },
-                    ));
-                }
-                Ok(Some(row)) => return store::restore(row).map_err(StepError::Fatal),
-                Err(e) if e.is_retryable() => {
-                    attempt += 1;
-                    self.deps
-                        .metrics
-                        .store_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(payment_id, attempt, error = %e, "loading a payment failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(StepError::Fatal(e.to_string())),
-            }
+        let store = &self.deps.store;
+        let row = self
+            .retrying(
+                self.policy(),
+                "loading a payment",
+                Some(&self.deps.metrics.store_retries),
+                PaymentStoreError::is_retryable,
+                |_| store.load(payment_id),
+            )
+            .await
+            .map_err(|f| f.into_step("loading a payment"))?;
+        match row {
+            None => Ok((
+                PaymentState::new(payment_id),
+                Stored {
+                    applied_offset: None,
+                    revision: 0,
+                },
+            )),
+            Some(row) => store::restore(row).map_err(StepError::Fatal),
         }
     }
 
@@ -1044,27 +1297,16 @@ impl Runtime {
         at: Millis,
     ) -> Result<(), StepError> {
         let payment_id = &state.payment_id;
-        let mut attempt = 0u32;
-        loop {
-            match self
-                .deps
-                .store
-                .schedule(&self.topics.payments, partition, payment_id, at)
-                .await
-            {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() => {
-                    attempt += 1;
-                    self.deps
-                        .metrics
-                        .store_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(payment_id, partition, attempt, error = %e, "writing a payment timer failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(StepError::Fatal(e.to_string())),
-            }
-        }
+        let (store, topic) = (&self.deps.store, &self.topics.payments);
+        self.retrying(
+            self.policy(),
+            "writing a payment timer",
+            Some(&self.deps.metrics.store_retries),
+            PaymentStoreError::is_retryable,
+            |_| store.schedule(topic, partition, payment_id, at),
+        )
+        .await
+        .map_err(|f| f.into_step("writing a payment timer"))?;
         debug!(payment_id, order_id = %state.order_id, partition, due_in_ms = at - now_millis(), status = state.status.name(), "payment timer set");
         self.wheel().set(partition, payment_id, at);
         self.timer_set.notify_one();
@@ -1074,27 +1316,16 @@ impl Runtime {
 
     /// Deletes the payment's timer (retrying outages) and takes it out of the wheel.
     async fn unschedule(&self, partition: i32, payment_id: &str) -> Result<(), StepError> {
-        let mut attempt = 0u32;
-        loop {
-            match self
-                .deps
-                .store
-                .unschedule(&self.topics.payments, partition, payment_id)
-                .await
-            {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() => {
-                    attempt += 1;
-                    self.deps
-                        .metrics
-                        .store_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(payment_id, partition, attempt, error = %e, "deleting a payment timer failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(StepError::Fatal(e.to_string())),
-            }
-        }
+        let (store, topic) = (&self.deps.store, &self.topics.payments);
+        self.retrying(
+            self.policy(),
+            "deleting a payment timer",
+            Some(&self.deps.metrics.store_retries),
+            PaymentStoreError::is_retryable,
+            |_| store.unschedule(topic, partition, payment_id),
+        )
+        .await
+        .map_err(|f| f.into_step("deleting a payment timer"))?;
         self.wheel().cancel(payment_id);
         self.update_timer_gauge();
         Ok(())
@@ -1167,6 +1398,11 @@ impl Runtime {
                     error!(reason = %reason, "waking a payment failed; trying again in a minute");
                     Some(Duration::from_secs(60))
                 }
+                Some(Err(StepError::GaveUp(reason))) => {
+                    // The partition's timers are dropped and reloaded when it is taken again.
+                    self.park(partition, reason, false);
+                    None
+                }
                 Some(Ok(())) | None => None,
             };
             let mut wheel = self.wheel();
@@ -1200,47 +1436,44 @@ impl Runtime {
         history: &[HistoryEntry],
     ) -> Result<(), StepError> {
         let store = &self.deps.store;
-        let mut attempt = 0u32;
-        let retry = |attempt: &mut u32, what: &str, e: &dyn std::fmt::Display| {
-            *attempt += 1;
-            self.deps
-                .metrics
-                .store_retries
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(payment_id = %state.payment_id, attempt = *attempt, error = %e, "{what} failed; retrying");
-            backoff(*attempt)
-        };
-        loop {
-            match store.append_history(&state.payment_id, history).await {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() => {
-                    tokio::time::sleep(retry(&mut attempt, "appending history", &e)).await
-                }
-                Err(e) => return Err(StepError::Fatal(e.to_string())),
-            }
-        }
+        let counter = Some(&self.deps.metrics.store_retries);
+        self.retrying(
+            self.policy(),
+            "appending payment history",
+            counter,
+            PaymentStoreError::is_retryable,
+            |_| store.append_history(&state.payment_id, history),
+        )
+        .await
+        .map_err(|f| f.into_step("appending payment history"))?;
         let next = stored.revision + 1;
         let row = store::to_stored(state, stored.applied_offset, next);
         let expected = (stored.revision > 0).then_some(stored.revision);
-        let mut retried = false;
-        loop {
-            match store.save(&row, expected).await {
-                Ok(PaymentSaveOutcome::Applied) => break,
-                // A retried save whose first attempt landed.
-                Ok(PaymentSaveOutcome::Conflict {
-                    current_revision: Some(current),
-                }) if retried && current == next => break,
-                Ok(PaymentSaveOutcome::Conflict { current_revision }) => {
-                    return Err(StepError::Conflict(format!(
-                        "stored revision {current_revision:?}, expected {expected:?}"
-                    )));
-                }
-                Err(e) if e.is_retryable() => {
-                    retried = true;
-                    tokio::time::sleep(retry(&mut attempt, "saving the payment", &e)).await;
-                }
-                Err(e) => return Err(StepError::Fatal(e.to_string())),
-            }
+        let saved = self
+            .retrying(
+                self.policy(),
+                "saving the payment",
+                counter,
+                PaymentStoreError::is_retryable,
+                |retried| {
+                    let row = &row;
+                    async move {
+                        match store.save(row, expected).await {
+                            // A retried save whose first attempt landed.
+                            Ok(PaymentSaveOutcome::Conflict {
+                                current_revision: Some(current),
+                            }) if retried > 0 && current == next => Ok(PaymentSaveOutcome::Applied),
+                            other => other,
+                        }
+                    }
+                },
+            )
+            .await
+            .map_err(|f| f.into_step("saving the payment"))?;
+        if let PaymentSaveOutcome::Conflict { current_revision } = saved {
+            return Err(StepError::Conflict(format!(
+                "stored revision {current_revision:?}, expected {expected:?}"
+            )));
         }
         stored.revision = next;
         Ok(())
@@ -1253,93 +1486,97 @@ impl Runtime {
             key: "record_id",
             value: Some(output.record_id()),
         });
-        let mut attempt = 0u32;
-        loop {
-            let record = FutureRecord::to(&topic)
-                .key(output.key())
-                .payload(&payload)
-                .headers(headers.clone());
-            match self.producer.send(record, Duration::from_secs(30)).await {
-                Ok(_) => {
-                    self.deps
-                        .metrics
-                        .outputs_produced
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+        let (producer, topic) = (&self.producer, topic.as_str());
+        self.retrying(
+            self.policy(),
+            "producing an outcome",
+            None,
+            |_: &KafkaError| true,
+            |_| {
+                let record = FutureRecord::to(topic)
+                    .key(output.key())
+                    .payload(&payload)
+                    .headers(headers.clone());
+                async move {
+                    producer
+                        .send(record, PRODUCE_TIMEOUT)
+                        .await
+                        .map_err(|(e, _)| e)
                 }
-                Err((e, _)) => {
-                    attempt += 1;
-                    warn!(attempt, error = %e, topic = %topic, "producing an outcome failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-            }
-        }
+            },
+        )
+        .await
+        .map_err(|f| f.into_step("producing an outcome"))?;
+        self.deps
+            .metrics
+            .outputs_produced
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn encode(&self, output: &Output) -> Result<(String, Vec<u8>), StepError> {
-        let codec = &self.deps.codec;
-        let mut attempt = 0u32;
-        loop {
-            let encoded = match output {
-                Output::Command(r) => codec
-                    .encode_group(&self.topics.commands, r)
-                    .await
-                    .map(|p| (self.topics.commands.clone(), p)),
-                Output::Notification(r) => codec
-                    .encode(&self.topics.notifications, r)
-                    .await
-                    .map(|p| (self.topics.notifications.clone(), p)),
-            };
-            match encoded {
-                Ok(done) => return Ok(done),
-                Err(e) if e.is_retryable() => {
-                    attempt += 1;
-                    warn!(attempt, error = %e, "registry unavailable while encoding; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
+        let (codec, topics) = (&self.deps.codec, &self.topics);
+        self.retrying(
+            self.policy(),
+            "encoding an output",
+            None,
+            CodecError::is_retryable,
+            |_| async move {
+                match output {
+                    Output::Command(r) => codec
+                        .encode_group(&topics.commands, r)
+                        .await
+                        .map(|p| (topics.commands.clone(), p)),
+                    Output::Notification(r) => codec
+                        .encode(&topics.notifications, r)
+                        .await
+                        .map(|p| (topics.notifications.clone(), p)),
                 }
-                Err(e) => return Err(StepError::Fatal(format!("encoding an output: {e}"))),
-            }
-        }
+            },
+        )
+        .await
+        .map_err(|f| f.into_step("encoding an output"))
     }
 
     /// Decodes a request and checks it is consistent. Registry outages are waited out.
-    async fn decode(
-        &self,
-        message: &OwnedMessage,
-    ) -> Result<PaymentRequest, (DeadLetterErrorKind, String)> {
+    async fn decode(&self, message: &OwnedMessage) -> Result<PaymentRequest, DecodeFailure> {
         let Some(payload) = message.payload() else {
-            return Err((
+            return Err(DecodeFailure::Record(
                 DeadLetterErrorKind::InvalidRecord,
                 "record has no value".to_owned(),
             ));
         };
-        let mut attempt = 0;
-        let request = loop {
-            match self
-                .deps
-                .codec
-                .decode_group::<PaymentRequest>(payload)
-                .await
-            {
-                Ok(request) => break request,
-                Err(e) if e.is_retryable() => {
-                    attempt += 1;
-                    warn!(offset = message.offset(), attempt, error = %e, "registry unavailable while decoding; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err((e.dead_letter_kind(), e.to_string())),
+        let codec = &self.deps.codec;
+        let decoded = self
+            .retrying(
+                self.policy(),
+                "decoding a request (registry unavailable)",
+                None,
+                DecodeError::is_retryable,
+                |_| codec.decode_group::<PaymentRequest>(payload),
+            )
+            .await;
+        let request = match decoded {
+            Ok(request) => request,
+            Err(Failed::Permanent(e)) => {
+                return Err(DecodeFailure::Record(e.dead_letter_kind(), e.to_string()));
+            }
+            Err(Failed::GaveUp(e)) => {
+                return Err(DecodeFailure::GaveUp(format!(
+                    "decoding a request: registry unavailable: {e}"
+                )));
             }
         };
         let order_id = request.key();
         if message.key().unwrap_or_default() != order_id.as_bytes() {
-            return Err((
+            return Err(DecodeFailure::Record(
                 DeadLetterErrorKind::InvalidRecord,
                 format!("record key does not match its order_id {order_id}"),
             ));
         }
         // One payment per order: a request naming another payment id is not ours to act on.
         if payment_id_of(&request) != ids::payment_id(order_id) {
-            return Err((
+            return Err(DecodeFailure::Record(
                 DeadLetterErrorKind::InvalidRecord,
                 format!(
                     "payment id {} is not the payment of order {order_id}",
@@ -1355,7 +1592,7 @@ impl Runtime {
         message: &OwnedMessage,
         kind: DeadLetterErrorKind,
         reason: &str,
-    ) -> Result<(), CodecError> {
+    ) -> Result<(), StepError> {
         let record = dead_letter::dead_letter(
             &self.deps.settings.group_id,
             message,
@@ -1363,39 +1600,41 @@ impl Runtime {
             reason,
             now_millis(),
         );
-        let mut attempt = 0u32;
-        let payload = loop {
-            match self
-                .deps
-                .codec
-                .encode(&self.topics.dead_letters, &record)
-                .await
-            {
-                Ok(payload) => break payload,
-                Err(e) if e.is_retryable() => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let (codec, topic) = (&self.deps.codec, self.topics.dead_letters.as_str());
+        let payload = self
+            .retrying(
+                self.policy(),
+                "encoding a dead letter",
+                None,
+                CodecError::is_retryable,
+                |_| codec.encode(topic, &record),
+            )
+            .await
+            .map_err(|f| f.into_step("encoding a dead letter"))?;
         let headers = dead_letter::headers(&record);
         let key = dead_letter::key(&record).unwrap_or_default();
-        let mut attempt = 0u32;
-        loop {
-            let out = FutureRecord::to(&self.topics.dead_letters)
-                .key(key)
-                .payload(&payload)
-                .headers(headers.clone());
-            match self.producer.send(out, Duration::from_secs(30)).await {
-                Ok(_) => return Ok(()),
-                Err((e, _)) => {
-                    attempt += 1;
-                    warn!(attempt, error = %e, "producing a dead letter failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
+        let producer = &self.producer;
+        self.retrying(
+            self.policy(),
+            "producing a dead letter",
+            None,
+            |_: &KafkaError| true,
+            |_| {
+                let out = FutureRecord::to(topic)
+                    .key(key)
+                    .payload(&payload)
+                    .headers(headers.clone());
+                async move {
+                    producer
+                        .send(out, PRODUCE_TIMEOUT)
+                        .await
+                        .map_err(|(e, _)| e)
                 }
-            }
-        }
+            },
+        )
+        .await
+        .map_err(|f| f.into_step("producing a dead letter"))?;
+        Ok(())
     }
 }
 

@@ -87,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let mut failed = 0;
     let mut total = 0;
+    let (mut store_runs, mut loss_seen) = (0, 0);
     for fault in faults {
         for run in 1..=cli.runs {
             let report = suite.run(fault, config).await?;
@@ -95,9 +96,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !report.ok() {
                 failed += 1;
             }
+            if fault.kills_store() {
+                store_runs += 1;
+                loss_seen += usize::from(report.loss_observed);
+            }
         }
     }
     println!("{failed} of {total} runs failed their checks");
+    if store_runs > 0 {
+        println!(
+            "the store lost acknowledged writes (seen and repaired) in {loss_seen} of {store_runs} store runs"
+        );
+    }
     let ok = if cli.expect_violations {
         failed > 0
     } else {

@@ -93,8 +93,10 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// No check failed. Whether a store kill lost writes is up to the store's last sync; the
+    /// suite asks that at least one store run saw the loss (see `tests/tests/chaos.rs`).
     pub fn ok(&self) -> bool {
-        self.violations.is_empty() && (!self.fault.kills_store() || self.loss_observed)
+        self.violations.is_empty()
     }
 
     pub fn summary(&self) -> String {
