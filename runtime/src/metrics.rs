@@ -75,27 +75,34 @@ pub fn render_gauges(out: &mut String, gauges: &[(&str, &str, &AtomicI64)]) {
     }
 }
 
-/// Why a service is not ready (empty: ready), for `/readyz`.
+/// Why a service is not ready (empty: ready), for `/readyz`; each part of the service (a
+/// notifier channel, say) keeps its own list.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    reasons: std::sync::Mutex<Vec<String>>,
+    reasons: std::sync::Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 impl Readiness {
     /// Replaces the reasons (an empty list: ready).
     pub fn set(&self, reasons: Vec<String>) {
-        // A poisoned lock only means a panic elsewhere; the data is a plain list.
+        self.set_part("", reasons);
+    }
+
+    /// Replaces the reasons of one part of the service.
+    pub fn set_part(&self, part: &str, reasons: Vec<String>) {
+        // A poisoned lock only means a panic elsewhere; the data is plain lists.
         let mut guard = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
-        *guard = reasons;
+        guard.insert(part.to_owned(), reasons);
     }
 
     /// `Ok` when ready; otherwise the reasons, one per line.
     pub fn check(&self) -> Result<(), String> {
         let guard = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_empty() {
+        let reasons: Vec<&str> = guard.values().flatten().map(String::as_str).collect();
+        if reasons.is_empty() {
             Ok(())
         } else {
-            Err(guard.join("\n"))
+            Err(reasons.join("\n"))
         }
     }
 }

@@ -72,11 +72,13 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
                 cli.metrics_addr
             )
         })?;
-    let served = metrics.clone();
-    tokio::spawn(boxoffice_runtime::metrics::serve(listener, move || {
-        served.render()
-    }));
-    info!(metrics_addr = %cli.metrics_addr, "metrics at /metrics");
+    let (served, ready) = (metrics.clone(), metrics.clone());
+    tokio::spawn(boxoffice_runtime::metrics::serve_with_readiness(
+        listener,
+        move || served.render(),
+        move || ready.readiness.check(),
+    ));
+    info!(metrics_addr = %cli.metrics_addr, "metrics at /metrics, readiness at /readyz");
     let deps = NotifierDeps {
         kafka: cli.kafka,
         codec: Arc::new(Codec::new(&cli.registry)?),

@@ -45,14 +45,17 @@ pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use boxoffice_avro::Codec;
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::names::TopicPrefix;
 
-use boxoffice_runtime::metrics::{Histogram, LATENCY_BUCKETS_MS, render_counters};
+use boxoffice_runtime::metrics::{
+    Histogram, LATENCY_BUCKETS_MS, Readiness, render_counters, render_gauges,
+};
+use boxoffice_runtime::retry::RetryPolicy;
 
 pub use store::NotifyStore;
 
@@ -168,6 +171,14 @@ pub struct NotifierSettings {
     #[arg(long = "retry-max", env = "NOTIFIER_RETRY_MAX", default_value = "30s",
           value_parser = humantime::parse_duration)]
     pub retry_max: Duration,
+
+    /// How long a store call, a dead letter or an unavailable channel (SMTP relay down) is
+    /// retried before the record's partition is given up on this channel: paused,
+    /// `/readyz` 503, `notifier_retries_exhausted_total` counted, and taken again from its
+    /// committed offset (in-app: the store's watermark) once the fault clears (e.g. `60s`).
+    #[arg(long = "retry-budget", env = "NOTIFIER_RETRY_BUDGET", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub retry_budget: Duration,
 }
 
 impl NotifierSettings {
@@ -183,21 +194,20 @@ impl NotifierSettings {
         format!("{}{}", self.group_prefix, channel.name())
     }
 
+    /// How store calls, dead letters and channel outages are retried: `--retry-base`
+    /// doubling to `--retry-max`, within `--retry-budget`.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: self.retry_base,
+            max_delay: self.retry_max,
+            budget: self.retry_budget,
+        }
+    }
+
     /// The delay before retry `attempt` (1-based): `base * 2^(attempt-1)` capped at `max`,
     /// then "equal jitter" (half fixed, half random) so retries of many targets spread out.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .retry_base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.retry_max);
-        let half = exp / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        let jitter = if jitter_ms == 0 {
-            0
-        } else {
-            rand::random_range(0..=jitter_ms)
-        };
-        half + Duration::from_millis(jitter)
+        self.retry_policy().jittered_delay(attempt)
     }
 }
 
@@ -219,6 +229,12 @@ pub struct NotifierMetrics {
     /// In-app partitions replayed because the store's watermark was behind Kafka or went
     /// backwards (the store lost rows it had acknowledged).
     pub store_loss_replays: AtomicU64,
+    /// Calls still failing when their retry budget ran out (their partition was given up).
+    pub retries_exhausted: AtomicU64,
+    /// Partitions given up on some channel, waiting to be taken again (gauge).
+    pub partitions_parked: AtomicI64,
+    /// Why the notifier is not ready, per channel: the partitions given up.
+    pub readiness: Readiness,
     /// From the notification record's broker timestamp (the booking decision) to the email
     /// accepted by the SMTP server.
     pub email_latency_ms: Histogram,
@@ -240,6 +256,9 @@ impl Default for NotifierMetrics {
             endpoints_disabled: AtomicU64::new(0),
             skipped_no_address: AtomicU64::new(0),
             store_loss_replays: AtomicU64::new(0),
+            retries_exhausted: AtomicU64::new(0),
+            partitions_parked: AtomicI64::new(0),
+            readiness: Readiness::default(),
             email_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS),
             webhook_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS),
         }
@@ -308,7 +327,20 @@ impl NotifierMetrics {
                     "Emails skipped: the user has no address",
                     &self.skipped_no_address,
                 ),
+                (
+                    "notifier_retries_exhausted_total",
+                    "Calls still failing after the retry budget (their partition was given up)",
+                    &self.retries_exhausted,
+                ),
             ],
+        );
+        render_gauges(
+            &mut out,
+            &[(
+                "notifier_partitions_parked",
+                "Partitions given up on a channel after a fault outlasted the retry budget",
+                &self.partitions_parked,
+            )],
         );
         self.email_latency_ms.render(
             &mut out,

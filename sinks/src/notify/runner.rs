@@ -2,18 +2,19 @@
 //! at a time in partition order, each offset stored for commit only once every target of the
 //! record is final (see the module docs of [`super`] for the guarantee).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boxoffice_avro::clock::now_millis;
 use boxoffice_avro::records::{DeadLetterErrorKind, NotificationRequested};
 use boxoffice_runtime::dead_letter;
-use rdkafka::Offset;
+use boxoffice_runtime::retry::{Retries, RetryPolicy};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -80,9 +81,25 @@ impl Watermarks {
     }
 }
 
-/// The notifier stopped while a record was in hand: it stays uncommitted.
+/// Why a record in hand was not finished: it stays uncommitted either way.
 #[derive(Debug)]
-pub struct Stopped;
+pub enum Interrupted {
+    /// The notifier is stopping.
+    Stopped,
+    /// A fault outlasted the retry budget: the record's partition is given up on this channel
+    /// (see [`Parked`]).
+    GaveUp(String),
+}
+
+/// A partition given up on this channel: paused, its marks dropped, its records in lanes
+/// finishing as they may, until it is taken again from its committed offset (in-app: the
+/// store's watermark), the path of a new assignment.
+#[derive(Debug)]
+struct Parked {
+    reason: String,
+    attempt: u32,
+    retry_at: Instant,
+}
 
 /// Where one record goes on this channel.
 enum Target {
@@ -194,24 +211,32 @@ impl ChannelRunner {
         info!(channel = this.channel.name(), group = %this.group_id, topic = %this.topic,
               lanes = this.deps.settings.lanes, "notifier channel joined its group");
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
+        // Bounded like the lanes: a worker waits for the main loop to take its report.
+        let (gave_up_tx, mut gave_up_rx) = mpsc::channel::<(i32, String)>(LANE_CAPACITY);
         let mut lanes = Vec::new();
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..this.deps.settings.lanes.max(1) {
             let (tx, mut rx) = mpsc::channel::<OwnedMessage>(LANE_CAPACITY);
             lanes.push(tx);
             let (runner, done, mut stop) = (this.clone(), done_tx.clone(), stop.clone());
+            let gave_up = gave_up_tx.clone();
             workers.spawn(async move {
                 while let Some(message) = rx.recv().await {
                     match runner.handle(&message, &mut stop).await {
                         Ok(()) => {
                             let _ = done.send((message.partition(), message.offset()));
                         }
-                        Err(Stopped) => break,
+                        Err(Interrupted::GaveUp(reason)) => {
+                            let _ = gave_up.send((message.partition(), reason)).await;
+                        }
+                        Err(Interrupted::Stopped) => break,
                     }
                 }
             });
         }
         drop(done_tx);
+        drop(gave_up_tx);
+        let mut parked: BTreeMap<i32, Parked> = BTreeMap::new();
         let mut watermarks = Watermarks::default();
         let mut stored = StoredMarks::default();
         let mut stop_main = stop.clone();
@@ -221,6 +246,7 @@ impl ChannelRunner {
         enum Event {
             Stop,
             Done(i32, i64),
+            GaveUp(i32, String),
             Message(OwnedMessage),
             Tick,
             Skip,
@@ -230,6 +256,7 @@ impl ChannelRunner {
                 _ = stop_main.wait_for(|s| *s) => Event::Stop,
                 _ = tick.tick() => Event::Tick,
                 Some((partition, offset)) = done_rx.recv() => Event::Done(partition, offset),
+                Some((partition, reason)) = gave_up_rx.recv() => Event::GaveUp(partition, reason),
                 message = this.consumer.recv() => match message {
                     Ok(message) => Event::Message(message.detach()),
                     Err(e) => {
@@ -242,7 +269,9 @@ impl ChannelRunner {
                 Event::Stop => break,
                 Event::Skip => {}
                 Event::Tick => {
-                    this.act_on_membership(&mut stored, &mut watermarks).await;
+                    this.act_on_membership(&mut stored, &mut watermarks, &mut parked)
+                        .await;
+                    this.tend_parked(&mut stored, &mut parked).await;
                     if this.channel == Channel::Inapp && checked.elapsed() >= WATERMARK_CHECK {
                         checked = std::time::Instant::now();
                         this.check_watermarks(&mut stored, &mut watermarks).await;
@@ -261,6 +290,16 @@ impl ChannelRunner {
                                "storing the offset failed");
                     }
                 }
+                Event::GaveUp(partition, reason) => {
+                    this.park(&mut parked, partition, reason);
+                    // Its offsets in flight are forgotten: nothing past the record that gave
+                    // up is stored for commit, and taking it again reads from the committed
+                    // offset (in-app: the store's watermark).
+                    watermarks.partitions.remove(&partition);
+                    stored.written.remove(&partition);
+                }
+                // Fetched before the pause took effect: read again when the partition is taken.
+                Event::Message(message) if parked.contains_key(&message.partition()) => {}
                 Event::Message(message) => {
                     this.deps.metrics.records.fetch_add(1, Ordering::Relaxed);
                     watermarks.started(message.partition(), message.offset());
@@ -292,87 +331,190 @@ impl ChannelRunner {
 
     /// Acts on rebalances: a revoked partition's marks are dropped; an assigned one resumes
     /// where the store says (in-app) or at the committed offset (the others, unpaused).
-    async fn act_on_membership(&self, stored: &mut StoredMarks, marks: &mut Watermarks) {
+    async fn act_on_membership(
+        &self,
+        stored: &mut StoredMarks,
+        marks: &mut Watermarks,
+        parked: &mut BTreeMap<i32, Parked>,
+    ) {
         for change in self.context.take() {
             match change {
                 Membership::Revoked(partitions) => {
                     for p in partitions {
                         stored.written.remove(&p);
                         marks.partitions.remove(&p);
+                        parked.remove(&p);
                     }
                 }
                 Membership::Assigned(partitions) if self.channel == Channel::Inapp => {
                     for p in partitions {
-                        self.reposition(stored, p).await;
+                        let policy = self.deps.settings.retry_policy();
+                        if let Err(reason) = self.reposition(stored, p, policy).await {
+                            self.park(parked, p, reason);
+                        }
                     }
                 }
                 Membership::Assigned(_) => {}
             }
         }
+        self.publish_parked(parked);
     }
 
-    /// Where an assigned in-app partition resumes: the committed offset, or the store's
-    /// watermark when the store is behind Kafka (it lost rows it had acknowledged; replaying
-    /// writes them again). Tries until the store and Kafka answer (bounded per attempt by
-    /// their timeouts); the partition stays paused meanwhile.
-    async fn reposition(&self, stored: &mut StoredMarks, partition: i32) {
-        let mut attempt = 0u32;
+    /// Gives a partition up on this channel after a fault outlasted the retry budget: paused,
+    /// `/readyz` 503, taken again by [`tend_parked`](Self::tend_parked) later.
+    fn park(&self, parked: &mut BTreeMap<i32, Parked>, partition: i32, reason: String) {
+        let channel = self.channel.name();
+        let attempt = parked
+            .get(&partition)
+            .map_or(0, |p| p.attempt.saturating_add(1));
+        if attempt == 0 {
+            warn!(channel, partition, reason = %reason, "partition given up after its retry budget; it is taken again when the fault clears");
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, partition);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                warn!(channel, partition, error = %e, "pausing the parked partition failed; its records are dropped until it is taken again");
+            }
+        } else {
+            debug!(channel, partition, attempt, reason = %reason, "taking the parked partition again failed");
+        }
+        let wait = self
+            .deps
+            .settings
+            .retry_policy()
+            .jittered_delay(attempt.saturating_add(1));
+        parked.insert(
+            partition,
+            Parked {
+                reason,
+                attempt,
+                retry_at: Instant::now() + wait,
+            },
+        );
+        self.publish_parked(parked);
+    }
+
+    /// Tries once to take again each parked partition whose wait is over: from the committed
+    /// offset, or (in-app) where the store's watermark says.
+    async fn tend_parked(&self, stored: &mut StoredMarks, parked: &mut BTreeMap<i32, Parked>) {
+        let now = Instant::now();
+        let due: Vec<i32> = parked
+            .iter()
+            .filter(|(_, p)| p.retry_at <= now)
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in due {
+            let once = RetryPolicy {
+                budget: Duration::ZERO,
+                ..self.deps.settings.retry_policy()
+            };
+            match self.reposition(stored, partition, once).await {
+                Ok(()) => {
+                    parked.remove(&partition);
+                    info!(
+                        channel = self.channel.name(),
+                        partition, "parked partition taken again: the fault cleared"
+                    );
+                }
+                Err(reason) => self.park(parked, partition, reason),
+            }
+        }
+        self.publish_parked(parked);
+    }
+
+    fn publish_parked(&self, parked: &BTreeMap<i32, Parked>) {
+        let channel = self.channel.name();
+        let reasons = parked
+            .iter()
+            .map(|(p, parked)| format!("{channel} partition {p} given up: {}", parked.reason))
+            .collect();
+        self.deps.metrics.readiness.set_part(channel, reasons);
+        let count = self
+            .deps
+            .metrics
+            .readiness
+            .check()
+            .err()
+            .map_or(0, |why| why.lines().count());
+        self.deps
+            .metrics
+            .partitions_parked
+            .store(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Where an assigned partition resumes, and resumes it there: the committed offset, or
+    /// (in-app) the store's watermark when the store is behind Kafka (it lost rows it had
+    /// acknowledged; replaying writes them again). Retried within `policy`; the partition
+    /// stays paused meanwhile.
+    async fn reposition(
+        &self,
+        stored: &mut StoredMarks,
+        partition: i32,
+        policy: RetryPolicy,
+    ) -> Result<(), String> {
+        let mut retries = policy.start(Instant::now());
         loop {
+            match self.try_reposition(partition).await {
+                Ok((watermark, resume)) => {
+                    if self.channel == Channel::Inapp {
+                        stored.written.insert(partition, watermark);
+                    }
+                    debug!(
+                        channel = self.channel.name(),
+                        partition,
+                        ?resume,
+                        "partition resumes"
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    let Some(delay) = retries.next_delay(Instant::now()) else {
+                        return Err(e);
+                    };
+                    warn!(channel = self.channel.name(), partition, error = %e, "repositioning the assigned partition failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn try_reposition(&self, partition: i32) -> Result<(Option<i64>, Resume), String> {
+        let timeout = self.deps.kafka.timeout;
+        let committed = committed_offset(&self.consumer, &self.topic, partition, timeout)
+            .map_err(|e| format!("reading the committed offset: {e}"))?;
+        let (watermark, resume) = if self.channel == Channel::Inapp {
             let watermark = self
                 .deps
                 .watermarks
                 .load(&self.group_id, &self.topic, partition)
-                .await;
-            let committed = committed_offset(
-                &self.consumer,
-                &self.topic,
+                .await
+                .map_err(|e| format!("reading the watermark: {e}"))?;
+            (watermark, Resume::decide(watermark, committed))
+        } else {
+            (None, Resume::Committed(committed))
+        };
+        if let Resume::Replay { from, committed } = resume {
+            self.deps
+                .metrics
+                .store_loss_replays
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(
+                channel = self.channel.name(),
                 partition,
-                self.deps.kafka.timeout,
+                ?from,
+                committed,
+                "the store is behind Kafka (it lost in-app rows): replaying from its watermark"
             );
-            match (watermark, committed) {
-                (Ok(watermark), Ok(committed)) => {
-                    let resume = Resume::decide(watermark, committed);
-                    if let Resume::Replay { from, committed } = resume {
-                        self.deps
-                            .metrics
-                            .store_loss_replays
-                            .fetch_add(1, Ordering::Relaxed);
-                        warn!(
-                            channel = self.channel.name(),
-                            partition,
-                            ?from,
-                            committed,
-                            "the store is behind Kafka (it lost in-app rows): replaying from its watermark"
-                        );
-                    }
-                    match seek_and_resume(
-                        &self.consumer,
-                        &self.topic,
-                        partition,
-                        resume.offset(),
-                        self.deps.kafka.timeout,
-                    )
-                    .await
-                    {
-                        Ok(()) => {
-                            stored.written.insert(partition, watermark);
-                            return;
-                        }
-                        Err(e) => {
-                            warn!(partition, error = %e, "seeking the assigned partition failed; retrying")
-                        }
-                    }
-                }
-                (Err(e), _) => {
-                    warn!(partition, error = %e, "reading the watermark failed; retrying")
-                }
-                (_, Err(e)) => {
-                    warn!(partition, error = %e, "reading the committed offset failed; retrying")
-                }
-            }
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
         }
+        seek_and_resume(
+            &self.consumer,
+            &self.topic,
+            partition,
+            resume.offset(),
+            timeout,
+        )
+        .await
+        .map_err(|e| format!("seeking the partition: {e}"))?;
+        Ok((watermark, resume))
     }
 
     /// In-app only: stores the watermark before the offset may be committed; `false` when the
@@ -444,34 +586,59 @@ impl ChannelRunner {
         &self,
         stop: &mut watch::Receiver<bool>,
         pause: Duration,
-    ) -> Result<(), Stopped> {
+    ) -> Result<(), Interrupted> {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => Err(Stopped),
+            _ = stop.wait_for(|s| *s) => Err(Interrupted::Stopped),
             _ = tokio::time::sleep(pause) => Ok(()),
         }
     }
 
-    /// Runs a store call until it succeeds (CQL outages are waited out, never skipped).
+    /// Runs a store call until it succeeds or the retry budget is spent (`GaveUp`: the
+    /// partition is given up, the record is never skipped).
     async fn store_retry<T, F, Fut>(
         &self,
         stop: &mut watch::Receiver<bool>,
         what: &str,
         mut call: F,
-    ) -> Result<T, Stopped>
+    ) -> Result<T, Interrupted>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, super::store::NotifyStoreError>>,
     {
-        let mut attempt = 0;
+        let mut retries = self.deps.settings.retry_policy().start(Instant::now());
         loop {
-            match call().await {
+            let e = match call().await {
                 Ok(value) => return Ok(value),
-                Err(e) => {
-                    attempt += 1;
-                    warn!(channel = self.channel.name(), attempt, error = %e, "{what} failed; retrying");
-                    self.pause(stop, self.deps.settings.backoff(attempt))
-                        .await?;
-                }
+                Err(e) => e,
+            };
+            let delay = self.next_retry(&mut retries, what, &e)?;
+            self.pause(stop, delay).await?;
+        }
+    }
+
+    /// The delay before the next retry of `what`, or `GaveUp` (counted) once the budget is
+    /// spent.
+    fn next_retry(
+        &self,
+        retries: &mut Retries,
+        what: &str,
+        error: &dyn std::fmt::Display,
+    ) -> Result<Duration, Interrupted> {
+        let channel = self.channel.name();
+        match retries.next_delay(Instant::now()) {
+            Some(delay) => {
+                let attempt = retries.attempts();
+                warn!(channel, attempt, error = %error, "{what} failed; retrying");
+                Ok(delay)
+            }
+            None => {
+                self.deps
+                    .metrics
+                    .retries_exhausted
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Interrupted::GaveUp(format!(
+                    "{what} failed for longer than the retry budget: {error}"
+                )))
             }
         }
     }
@@ -480,7 +647,7 @@ impl ChannelRunner {
         &self,
         message: &OwnedMessage,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), Stopped> {
+    ) -> Result<(), Interrupted> {
         let Some(payload) = message.payload() else {
             return self
                 .dead_letter(
@@ -492,7 +659,7 @@ impl ChannelRunner {
                 )
                 .await;
         };
-        let mut attempt = 0;
+        let mut retries = self.deps.settings.retry_policy().start(Instant::now());
         let notification = loop {
             match self
                 .deps
@@ -502,10 +669,9 @@ impl ChannelRunner {
             {
                 Ok(n) => break n,
                 Err(e) if e.is_retryable() => {
-                    attempt += 1;
-                    warn!(attempt, error = %e, "registry unavailable while decoding; retrying");
-                    self.pause(stop, self.deps.settings.backoff(attempt))
-                        .await?;
+                    let delay =
+                        self.next_retry(&mut retries, "decoding (registry unavailable)", &e)?;
+                    self.pause(stop, delay).await?;
                 }
                 Err(e) => {
                     let reason = e.to_string();
@@ -603,7 +769,7 @@ impl ChannelRunner {
         n: &NotificationRequested,
         target: Target,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), Stopped> {
+    ) -> Result<(), Interrupted> {
         let store = &self.deps.store;
         let metrics = &self.deps.metrics;
         let settings = &self.deps.settings;
@@ -611,7 +777,8 @@ impl ChannelRunner {
         let id = n.notification_id();
         let key = target.key().to_owned();
         let max_attempts = i32::try_from(settings.max_attempts).unwrap_or(i32::MAX);
-        let mut outage = 0u32;
+        // Started at the first outage of the channel (e.g. the SMTP relay is down).
+        let mut outage: Option<Retries> = None;
         let mut first = true;
         loop {
             let current = self
@@ -673,10 +840,11 @@ impl ChannelRunner {
                     (DeliveryState::Sent, String::new())
                 }
                 Err(SendError::Unavailable(detail)) => {
-                    // Not this target's fault: give the attempt back and wait.
-                    outage += 1;
-                    warn!(channel, notification_id = id, outage, detail = %detail,
-                          "channel unavailable; waiting");
+                    // Not this target's fault: give the attempt back and wait, within the
+                    // retry budget (then the partition is given up, the row stays pending).
+                    let retries =
+                        outage.get_or_insert_with(|| settings.retry_policy().start(Instant::now()));
+                    let delay = self.next_retry(retries, "the channel is unavailable", &detail)?;
                     let restored = Delivery {
                         state: DeliveryState::Pending,
                         attempts,
@@ -687,7 +855,7 @@ impl ChannelRunner {
                     })
                     .await?;
                     metrics.retries.fetch_add(1, Ordering::Relaxed);
-                    self.pause(stop, settings.backoff(outage)).await?;
+                    self.pause(stop, delay).await?;
                     continue;
                 }
                 Err(SendError::Retryable(detail)) => {
@@ -755,7 +923,7 @@ impl ChannelRunner {
         attempts: i32,
         reason: String,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), Stopped> {
+    ) -> Result<(), Interrupted> {
         warn!(channel = self.channel.name(), notification_id = n.notification_id(), target = key,
               reason = %reason, "dead-lettering the notification");
         self.dead_letter(message, key, DeadLetterErrorKind::Other, &reason, stop)
@@ -782,7 +950,7 @@ impl ChannelRunner {
         kind: DeadLetterErrorKind,
         reason: &str,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), Stopped> {
+    ) -> Result<(), Interrupted> {
         let consumer = if target.is_empty() {
             self.group_id.clone()
         } else {
@@ -790,15 +958,13 @@ impl ChannelRunner {
         };
         let record = dead_letter::dead_letter(&consumer, message, kind, reason, now_millis());
         let topic = self.deps.settings.dead_letters_topic();
-        let mut attempt = 0;
+        let mut retries = self.deps.settings.retry_policy().start(Instant::now());
         loop {
             let payload = match self.deps.codec.encode(&topic, &record).await {
                 Ok(payload) => payload,
                 Err(e) => {
-                    attempt += 1;
-                    warn!(attempt, error = %e, "encoding a dead letter failed; retrying");
-                    self.pause(stop, self.deps.settings.backoff(attempt))
-                        .await?;
+                    let delay = self.next_retry(&mut retries, "encoding a dead letter", &e)?;
+                    self.pause(stop, delay).await?;
                     continue;
                 }
             };
@@ -816,10 +982,8 @@ impl ChannelRunner {
                     return Ok(());
                 }
                 Err((e, _)) => {
-                    attempt += 1;
-                    warn!(attempt, error = %e, "producing a dead letter failed; retrying");
-                    self.pause(stop, self.deps.settings.backoff(attempt))
-                        .await?;
+                    let delay = self.next_retry(&mut retries, "producing a dead letter", &e)?;
+                    self.pause(stop, delay).await?;
                 }
             }
         }

@@ -288,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
             max_attempts: 8,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
+            retry_budget: Duration::from_secs(60),
         },
         metrics: notifier_metrics.clone(),
     };

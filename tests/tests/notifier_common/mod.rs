@@ -168,6 +168,7 @@ pub fn settings(pipeline: &Pipeline, channels: &[Channel], smtp_port: u16) -> No
         max_attempts: 6,
         retry_base: Duration::from_millis(100),
         retry_max: Duration::from_millis(800),
+        retry_budget: Duration::from_secs(60),
     }
 }
 
