@@ -83,6 +83,9 @@ pub struct RunReport {
     /// Store runs: the counters that show the loss was seen and repaired.
     pub loss_evidence: String,
     pub loss_observed: bool,
+    /// Store runs: what the booking processor's `/readyz` and give-up counter showed while
+    /// the store was down for longer than the retry budget.
+    pub outage_evidence: String,
     /// From the fault being over until every accepted order was decided.
     pub decided_after_recovery: Duration,
     pub undecided: usize,
@@ -103,7 +106,7 @@ impl RunReport {
         format!(
             "{:?}: {} requests, {} accepted, {} reserved, {} rejected, {} paid, {} confirmed, {} unpayable (404); {} retries, {} gave up; \
              decided {:.1?} after recovery ({} undecided); notifications {} (in-app {}, email {}, webhook {}); \
-             fault: {}; loss: {}; {}",
+             fault: {}; loss: {}; outage: {}; {}",
             self.fault,
             self.requests,
             self.accepted,
@@ -134,6 +137,7 @@ impl RunReport {
             } else {
                 "n/a".to_owned()
             },
+            self.outage_evidence,
             if self.violations.is_empty() {
                 "OK".to_owned()
             } else {
@@ -156,6 +160,9 @@ pub struct Suite {
     pub follower: Follower,
     runs: usize,
 }
+
+/// The booking processor's count of calls that outlasted their retry budget.
+const GIVE_UP: &str = "booking_retries_exhausted_total";
 
 /// The counters that show a store loss was seen: (booking processor, payments, notifier).
 const LOSS_COUNTERS: [(Service, &str); 4] = [
@@ -217,17 +224,47 @@ impl Suite {
             &event_id,
         )?;
         let before = self.loss_counters().await;
+        let gave_up_before = self
+            .system
+            .counter(Service::BookingProcessor, GIVE_UP)
+            .await;
         let provider_before = self.system.provider.stats();
         let run_key = format!("{}-{}", crate::names::unique("chaos"), self.runs);
 
         // The sale, and the fault while it runs.
         let (api, fans) = (self.api.clone(), self.fans.clone());
         let sale = sale::flash_sale(&api, &fans, &event_id, &run_key, config.sale);
+        // While the store is down, the booking processor's readiness is watched, and a
+        // command of an event of its own goes straight to the log (as an organiser's edit
+        // would), so the processor has a store write to give up on whatever the sale does.
+        let (watching, watched) = tokio::sync::watch::channel(false);
+        let readyz = self.system.readiness_url(Service::BookingProcessor);
+        let readiness = async {
+            let mut seen = Vec::new();
+            if fault != Fault::Store {
+                return seen;
+            }
+            let mut watched = watched;
+            while !*watched.borrow() {
+                let status = system::status(&readyz).await;
+                if seen.last() != Some(&status) {
+                    seen.push(status);
+                }
+                tokio::select! {
+                    _ = watched.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            seen
+        };
+        let probe_key = format!("{run_key}-probe");
         let injected = async {
             tokio::time::sleep(config.fault_at).await;
-            self.inject(fault, config.down_for).await
+            let injected = self.inject(fault, config.down_for, &probe_key).await;
+            let _ = watching.send(true);
+            injected
         };
-        let (outcome, injected) = tokio::join!(sale, injected);
+        let (outcome, injected, statuses) = tokio::join!(sale, injected, readiness);
         let (fault_proof, recovered_at) = injected?;
 
         let mut violations = Vec::new();
@@ -294,6 +331,26 @@ impl Suite {
             .map(|((_, name), (b, a))| format!("{name} {b}→{a}"))
             .collect();
         let loss_observed = !seen.is_empty();
+        let outage_evidence = if fault == Fault::Store {
+            let gave_up = self
+                .system
+                .counter(Service::BookingProcessor, GIVE_UP)
+                .await;
+            let not_ready = statuses.contains(&Some(503));
+            if gave_up <= gave_up_before || !not_ready {
+                violations.push(format!(
+                    "the store was down for longer than the retry budget ({}), but the booking processor did not give a partition up: {GIVE_UP} {gave_up_before}→{gave_up}, /readyz {statuses:?}",
+                    system::RETRY_BUDGET
+                ));
+            }
+            // Taken again: every accepted order was decided (checked above) and it is ready.
+            if let Err(e) = self.system.wait_ready(Service::BookingProcessor).await {
+                violations.push(format!("the booking processor is not ready again: {e}"));
+            }
+            format!("{GIVE_UP} {gave_up_before}→{gave_up}, booking /readyz {statuses:?}")
+        } else {
+            "n/a".to_owned()
+        };
         Ok(RunReport {
             fault,
             event_id,
@@ -312,6 +369,7 @@ impl Suite {
                 seen.join(", ")
             },
             loss_observed,
+            outage_evidence,
             decided_after_recovery,
             undecided: undecided.len(),
             unpayable,
@@ -326,8 +384,10 @@ impl Suite {
         &mut self,
         fault: Fault,
         down_for: Duration,
+        probe_key: &str,
     ) -> anyhow::Result<(String, Instant)> {
         let started = Instant::now();
+        let (kafka, codec) = (self.system.services.kafka(), self.system.codec.clone());
         let system = &mut self.system;
         let mut proof = Vec::new();
         let kill_stack =
@@ -369,6 +429,12 @@ impl Suite {
                 proof.push(format!("{} SIGKILLed", service.name()));
             }
         }
+        if fault == Fault::Store {
+            probe_command(&kafka, &codec, probe_key)
+                .await
+                .context("producing the probe command while the store is down")?;
+            proof.push("a probe command produced while the store was down".to_owned());
+        }
         tokio::time::sleep(down_for).await;
         match fault {
             Fault::Store => restart_stack(system, STORE, &mut proof)?,
@@ -399,4 +465,47 @@ impl Suite {
         }
         Ok((proof.join("; "), Instant::now()))
     }
+}
+
+/// Produces an `EventUpserted` of an event of its own straight to `booking.commands` (as an
+/// organiser's edit would arrive), so the booking processor has a store write to make.
+async fn probe_command(
+    kafka: &boxoffice_topics::kafka::KafkaArgs,
+    codec: &boxoffice_avro::Codec,
+    key: &str,
+) -> anyhow::Result<()> {
+    use boxoffice_avro::records::{BookingCommand, EventUpserted, topic};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let now = boxoffice_avro::clock::now_millis();
+    let event_id = boxoffice_avro::ids::record_id("chaos-probe", &[key]);
+    let command = BookingCommand::EventUpserted(EventUpserted {
+        record_id: boxoffice_avro::ids::record_id("chaos-probe-upsert", &[key]),
+        event_id: event_id.clone(),
+        name: format!("Chaos probe {key}"),
+        category_id: None,
+        capacity: 1,
+        price_minor: 100,
+        currency: "EUR".into(),
+        sale_starts_at: now,
+        sale_ends_at: now + 3_600_000,
+        hold_seconds: 600,
+        max_per_order: 1,
+        max_per_user: 1,
+        occurred_at: now,
+    });
+    let payload = codec
+        .encode_group(topic::BOOKING_COMMANDS, &command)
+        .await?;
+    let producer: FutureProducer = kafka.durable_producer_config().create()?;
+    producer
+        .send(
+            FutureRecord::to(topic::BOOKING_COMMANDS)
+                .key(event_id.as_bytes())
+                .payload(&payload),
+            Duration::from_secs(15),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("producing the probe: {e}"))?;
+    Ok(())
 }

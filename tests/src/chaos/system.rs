@@ -18,6 +18,8 @@ use crate::provider_sim::{self, ProviderSim, SimSettings};
 use crate::receivers::{SmtpSink, WebhookReceiver, free_port, repo_root};
 use crate::{Services, wait};
 
+/// The retry budget of every service in the chaos system (see `spawn`).
+pub const RETRY_BUDGET: &str = "3s";
 /// A boxoffice service the suite runs and kills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
@@ -253,6 +255,11 @@ impl System {
             .env("NOTIFIER_SMTP_HOST", "127.0.0.1")
             .env("NOTIFIER_SMTP_PORT", self.smtp.port.to_string())
             .env("BOOKING_RECOVERY_SOURCE", &self.recovery_source)
+            // Shorter than a store restart (about 10 s here), so a store run also exercises
+            // giving a partition up and taking it again.
+            .env("BOOKING_RETRY_BUDGET", RETRY_BUDGET)
+            .env("PAYMENTS_RETRY_BUDGET", RETRY_BUDGET)
+            .env("NOTIFIER_RETRY_BUDGET", RETRY_BUDGET)
             .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -272,6 +279,14 @@ impl System {
         child.kill()?;
         child.wait()?;
         Ok(())
+    }
+
+    /// `service`'s `/readyz` (ingest's, the processors' and the notifier's).
+    pub fn readiness_url(&self, service: Service) -> String {
+        match service {
+            Service::Ingest => format!("{}/readyz", self.ingest_url),
+            _ => format!("http://{}/readyz", self.metrics_addr(service)),
+        }
     }
 
     /// `Ok` once `service` answers its readiness check.
@@ -330,4 +345,15 @@ impl Drop for System {
             let _ = child.wait();
         }
     }
+}
+
+/// The status code `url` answers now; `None` when it does not answer.
+pub async fn status(url: &str) -> Option<u16> {
+    let answer = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    Some(answer.status().as_u16())
 }
