@@ -1,7 +1,9 @@
 //! A private copy of the local stack for the chaos suite: `scripts/stack` with its own state
 //! directory (a temporary one) and its own ports, so killing its Kafka or its CQL store never
 //! touches the developer's stack or another test's services. Its CQL store syncs the commit
-//! log every 60 s (`periodic`), so a SIGKILL really loses what it acknowledged since.
+//! log every 10 s (`periodic`), so a SIGKILL really loses what it acknowledged since. When the
+//! suite fails, the stack is stopped but kept (its logs and the services' logs, for the
+//! failure's story); otherwise it is purged.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -90,11 +92,9 @@ impl PrivateStack {
                 "BOXOFFICE_REGISTRY_MANAGEMENT_PORT",
                 p.registry_management.to_string(),
             )
-            // A store that loses what the last period acknowledged when it is killed. A minute:
-            // a kill a second or two into a sale then almost always finds the sale's writes
-            // unsynced (with 10 s, about one kill in ten landed just after a sync).
+            // A store that loses what the last period acknowledged when it is killed.
             .env("BOXOFFICE_CASSANDRA_COMMITLOG_SYNC", "periodic")
-            .env("BOXOFFICE_CASSANDRA_COMMITLOG_PERIOD", "60000")
+            .env("BOXOFFICE_CASSANDRA_COMMITLOG_PERIOD", "10000")
             .stdin(Stdio::null());
         command
     }
@@ -157,9 +157,20 @@ impl PrivateStack {
 
 impl Drop for PrivateStack {
     fn drop(&mut self) {
-        if self.state.join(".boxoffice-stack").exists()
-            && let Err(e) = self.run(&["down", "--purge"])
-        {
+        if !self.state.join(".boxoffice-stack").exists() {
+            return;
+        }
+        if std::thread::panicking() {
+            let _ = self.run(&["down"]);
+            eprintln!(
+                "the private stack is kept for inspection (logs under {}); remove it with \
+                 BOXOFFICE_STATE_DIR={} scripts/stack down --purge",
+                self.state.display(),
+                self.state.display()
+            );
+            return;
+        }
+        if let Err(e) = self.run(&["down", "--purge"]) {
             eprintln!(
                 "stopping the private stack in {}: {e:#}",
                 self.state.display()
