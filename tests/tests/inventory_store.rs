@@ -81,7 +81,7 @@ fn reserved(i: usize) -> StoredOrder {
         amount_minor: 9_000,
         currency: "EUR".into(),
         payment_id: Some(format!("22222222-0000-4000-8000-{i:012}")),
-        status: StoredStatus::Reserved.to_string(),
+        status: StoredStatus::Reserved,
         hold_expires_at: Some(1_700_000_600_000 + i as i64),
         reject_reason: None,
         cancel_reason: None,
@@ -93,7 +93,7 @@ fn reserved(i: usize) -> StoredOrder {
 fn rejected(i: usize) -> StoredOrder {
     StoredOrder {
         payment_id: None,
-        status: StoredStatus::Rejected.to_string(),
+        status: StoredStatus::Rejected,
         hold_expires_at: None,
         reject_reason: Some("SOLD_OUT".into()),
         amount_minor: 0,
@@ -104,7 +104,7 @@ fn rejected(i: usize) -> StoredOrder {
 fn first_save(event_id: &str, orders: Vec<StoredOrder>) -> StoredEventUpdate {
     let held = orders
         .iter()
-        .filter(|o| o.status == StoredStatus::Reserved.as_str())
+        .filter(|o| o.status == StoredStatus::Reserved)
         .map(|o| o.slots)
         .sum();
     StoredEventUpdate {
@@ -206,14 +206,14 @@ async fn a_new_event_saves_loads_back_equal_and_is_fenced_by_its_offset() {
     // hold deadline cleared), one cancelled and refunded, one new; configuration unchanged
     // (None leaves it as stored).
     let mut confirmed = reserved(0);
-    confirmed.status = StoredStatus::Confirmed.to_string();
+    confirmed.status = StoredStatus::Confirmed;
     confirmed.hold_expires_at = None;
     confirmed.late = true;
     let mut expired = reserved(1);
-    expired.status = StoredStatus::Expired.to_string();
+    expired.status = StoredStatus::Expired;
     expired.hold_expires_at = None;
     let mut cancelled = reserved(2);
-    cancelled.status = StoredStatus::Cancelled.to_string();
+    cancelled.status = StoredStatus::Cancelled;
     cancelled.hold_expires_at = None;
     cancelled.cancel_reason = Some("PAYMENT_FAILED".into());
     cancelled.refunded = true;
@@ -337,7 +337,7 @@ async fn an_event_with_5000_orders_saves_in_one_batch_and_loads_back() {
     let changed: Vec<StoredOrder> = (0..1_000)
         .map(|i| {
             let mut o = reserved(i * 5);
-            o.status = StoredStatus::Confirmed.to_string();
+            o.status = StoredStatus::Confirmed;
             o.hold_expires_at = None;
             o
         })

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use boxoffice_avro::records::{CancelReason, RejectReason};
-use boxoffice_store::inventory::{StoredConfig, StoredEvent, StoredEventUpdate, StoredOrder};
+use boxoffice_store::inventory::{
+    StoredConfig, StoredEvent, StoredEventUpdate, StoredOrder, StoredStatus,
+};
 
 use super::state::{DecisionDigest, EventConfig, EventState, Order, OrderStatus};
 
@@ -131,9 +132,9 @@ pub fn order_row(order_id: &str, o: &Order) -> StoredOrder {
     let (hold_expires_at, reject_reason, cancel_reason, late) = match o.status {
         OrderStatus::Reserved { hold_expires_at } => (Some(hold_expires_at), None, None, false),
         OrderStatus::Confirmed { late } => (None, None, None, late),
-        OrderStatus::Rejected(r) => (None, Some(reject_name(r).to_owned()), None, false),
+        OrderStatus::Rejected(r) => (None, Some(r.wire_name().to_owned()), None, false),
         OrderStatus::Expired => (None, None, None, false),
-        OrderStatus::Cancelled(r) => (None, None, Some(cancel_name(r).to_owned()), false),
+        OrderStatus::Cancelled(r) => (None, None, Some(r.wire_name().to_owned()), false),
     };
     StoredOrder {
         order_id: order_id.to_owned(),
@@ -142,7 +143,7 @@ pub fn order_row(order_id: &str, o: &Order) -> StoredOrder {
         amount_minor: o.amount_minor,
         currency: o.currency.clone(),
         payment_id: o.payment_id.clone(),
-        status: o.status.name().to_owned(),
+        status: stored_status(&o.status),
         hold_expires_at,
         reject_reason,
         cancel_reason,
@@ -152,54 +153,33 @@ pub fn order_row(order_id: &str, o: &Order) -> StoredOrder {
 }
 
 fn status_from_row(o: &StoredOrder) -> Result<OrderStatus, String> {
-    Ok(match o.status.as_str() {
-        "RESERVED" => OrderStatus::Reserved {
+    Ok(match o.status {
+        StoredStatus::Reserved => OrderStatus::Reserved {
             hold_expires_at: o
                 .hold_expires_at
                 .ok_or_else(|| format!("order {} is RESERVED without a deadline", o.order_id))?,
         },
-        "CONFIRMED" => OrderStatus::Confirmed { late: o.late },
-        "REJECTED" => OrderStatus::Rejected(reject_from(o.reject_reason.as_deref())?),
-        "EXPIRED" => OrderStatus::Expired,
-        "CANCELLED" => OrderStatus::Cancelled(cancel_from(o.cancel_reason.as_deref())?),
-        other => return Err(format!("order {} has unknown status {other}", o.order_id)),
+        StoredStatus::Confirmed => OrderStatus::Confirmed { late: o.late },
+        StoredStatus::Rejected => OrderStatus::Rejected(reason_from(o.reject_reason.as_deref())?),
+        StoredStatus::Expired => OrderStatus::Expired,
+        StoredStatus::Cancelled => OrderStatus::Cancelled(reason_from(o.cancel_reason.as_deref())?),
     })
 }
 
-pub fn reject_name(r: RejectReason) -> &'static str {
-    match r {
-        RejectReason::SoldOut => "SOLD_OUT",
-        RejectReason::NotOnSale => "NOT_ON_SALE",
-        RejectReason::LimitExceeded => "LIMIT_EXCEEDED",
-        RejectReason::UnknownEvent => "UNKNOWN_EVENT",
-        RejectReason::InvalidRequest => "INVALID_REQUEST",
+fn stored_status(status: &OrderStatus) -> StoredStatus {
+    match status {
+        OrderStatus::Reserved { .. } => StoredStatus::Reserved,
+        OrderStatus::Confirmed { .. } => StoredStatus::Confirmed,
+        OrderStatus::Rejected(_) => StoredStatus::Rejected,
+        OrderStatus::Expired => StoredStatus::Expired,
+        OrderStatus::Cancelled(_) => StoredStatus::Cancelled,
     }
 }
 
-fn reject_from(name: Option<&str>) -> Result<RejectReason, String> {
-    Ok(match name {
-        Some("SOLD_OUT") => RejectReason::SoldOut,
-        Some("NOT_ON_SALE") => RejectReason::NotOnSale,
-        Some("LIMIT_EXCEEDED") => RejectReason::LimitExceeded,
-        Some("UNKNOWN_EVENT") => RejectReason::UnknownEvent,
-        Some("INVALID_REQUEST") => RejectReason::InvalidRequest,
-        other => return Err(format!("unknown reject reason {other:?}")),
-    })
-}
-
-pub fn cancel_name(r: CancelReason) -> &'static str {
-    match r {
-        CancelReason::UserRequested => "USER_REQUESTED",
-        CancelReason::PaymentFailed => "PAYMENT_FAILED",
-    }
-}
-
-fn cancel_from(name: Option<&str>) -> Result<CancelReason, String> {
-    Ok(match name {
-        Some("USER_REQUESTED") => CancelReason::UserRequested,
-        Some("PAYMENT_FAILED") => CancelReason::PaymentFailed,
-        other => return Err(format!("unknown cancel reason {other:?}")),
-    })
+/// A reason from its wire name (`SOLD_OUT`).
+fn reason_from<R: std::str::FromStr>(name: Option<&str>) -> Result<R, String> {
+    name.and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("unknown reason {name:?}"))
 }
 
 fn non_negative(value: i32) -> Result<u32, String> {
