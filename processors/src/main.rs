@@ -54,7 +54,7 @@ enum Command {
     Booking {
         #[command(flatten)]
         settings: BookingSettings,
-        /// Where `/metrics` (Prometheus text) and `/healthz` answer.
+        /// Where `/metrics` (OpenMetrics text), `/healthz` and `/readyz` answer.
         #[arg(
             long = "metrics-addr",
             env = "BOOKING_METRICS_ADDR",
@@ -67,7 +67,7 @@ enum Command {
     Payments {
         #[command(flatten)]
         settings: boxoffice_processors::payments::runtime::PaymentSettings,
-        /// Where `/metrics` (Prometheus text) and `/healthz` answer.
+        /// Where `/metrics` (OpenMetrics text), `/healthz` and `/readyz` answer.
         #[arg(
             long = "metrics-addr",
             env = "PAYMENTS_METRICS_ADDR",

@@ -1,78 +1,50 @@
-//! Metrics every boxoffice service exposes: counters and fixed-bucket histograms over plain
-//! atomics, rendered in the Prometheus text format, and the small HTTP server that answers
-//! `/metrics` and `/healthz` (what the consumer-lag dashboards scrape beside Kafka's own lag).
+//! Metrics every boxoffice service exposes, through `prometheus-client`: each service's metrics
+//! struct owns the process's one [`Registry`] and registers its counters, gauges and histograms
+//! in it under their existing names; [`render`] writes the OpenMetrics text, and [`serve`] /
+//! [`serve_with_readiness`] answer `/metrics`, `/healthz` and `/readyz` (what the consumer-lag
+//! dashboards scrape beside Kafka's own lag).
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::histogram::Histogram;
+pub use prometheus_client::registry::Registry;
 
 /// Upper bounds (ms) of the latency histogram buckets.
-pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+pub const LATENCY_BUCKETS_MS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
 
-/// A fixed-bucket histogram over atomics (lock-free `observe` from any task).
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [u64],
-    buckets: Vec<AtomicU64>,
-    sum: AtomicU64,
-    count: AtomicU64,
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A counter registered as `name` (which ends in `_total`, as exposed).
+pub fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    // prometheus-client adds the `_total` suffix itself.
+    registry.register(name.trim_end_matches("_total"), help, counter.clone());
+    counter
 }
 
-impl Histogram {
-    pub fn new(bounds: &'static [u64]) -> Self {
-        Histogram {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, value: u64) {
-        if let Some(i) = self.bounds.iter().position(|&b| value <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum.fetch_add(value, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum.load(Ordering::Relaxed));
-        let _ = writeln!(out, "{name}_count {count}");
-    }
+/// A gauge registered as `name`.
+pub fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let gauge = Gauge::default();
+    registry.register(name, help, gauge.clone());
+    gauge
 }
 
-/// Writes counters (`# TYPE counter`): `(name, help, value)`.
-pub fn render_counters(out: &mut String, counters: &[(&str, &str, &AtomicU64)]) {
-    for (name, help, value) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            value.load(Ordering::Relaxed)
-        );
-    }
+/// A histogram with `bounds` as bucket upper bounds, registered as `name`.
+pub fn histogram(registry: &mut Registry, name: &str, help: &str, bounds: &[f64]) -> Histogram {
+    let histogram = Histogram::new(bounds.iter().copied());
+    registry.register(name, help, histogram.clone());
+    histogram
 }
 
-/// Writes gauges (`# TYPE gauge`): `(name, help, value)`.
-pub fn render_gauges(out: &mut String, gauges: &[(&str, &str, &AtomicI64)]) {
-    for (name, help, value) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
-            value.load(Ordering::Relaxed)
-        );
-    }
+/// The registry's metrics in the OpenMetrics text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
 }
 
 /// Why a service is not ready (empty: ready), for `/readyz`; each part of the service (a
@@ -124,18 +96,24 @@ where
 {
     use axum::http::StatusCode;
     use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/metrics", get(move || async move { render() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || async move {
-                match ready() {
-                    Ok(()) => (StatusCode::OK, "ready".to_owned()),
-                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
-                }
-            }),
-        );
+    let app =
+        axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || async move {
+                    ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render())
+                }),
+            )
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(move || async move {
+                    match ready() {
+                        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                    }
+                }),
+            );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!(error = %e, "metrics server stopped");
     }
@@ -146,29 +124,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
-        let h = Histogram::new(&LATENCY_BUCKETS_MS);
-        for v in [0, 1, 3, 7000] {
+    fn metrics_render_under_their_names_with_cumulative_buckets() {
+        let mut registry = Registry::default();
+        let c = counter(&mut registry, "a_total", "A");
+        let g = gauge(&mut registry, "b", "B");
+        let h = histogram(&mut registry, "x", "X", &LATENCY_BUCKETS_MS);
+        c.inc_by(7);
+        g.set(-2);
+        for v in [0.0, 1.0, 3.0, 7000.0] {
             h.observe(v);
         }
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"1\"} 2"), "{out}");
-        assert!(out.contains("x_bucket{le=\"5\"} 3"), "{out}");
-        assert!(out.contains("x_bucket{le=\"5000\"} 3"), "{out}");
+        let out = render(&registry);
+        assert!(out.contains("# TYPE a counter\na_total 7\n"), "{out}");
+        assert!(out.contains("# TYPE b gauge\nb -2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"1.0\"} 2"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5.0\"} 3"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5000.0\"} 3"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 4"), "{out}");
         assert!(out.contains("x_count 4"), "{out}");
-    }
-
-    #[test]
-    fn counters_and_gauges_render_with_their_type() {
-        let (c, g) = (AtomicU64::new(7), AtomicI64::new(-2));
-        let mut out = String::new();
-        render_counters(&mut out, &[("a_total", "A", &c)]);
-        render_gauges(&mut out, &[("b", "B", &g)]);
-        assert_eq!(
-            out,
-            "# HELP a_total A\n# TYPE a_total counter\na_total 7\n# HELP b B\n# TYPE b gauge\nb -2\n"
-        );
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 }

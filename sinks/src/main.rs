@@ -34,7 +34,7 @@ struct Cli {
     schema: SchemaArgs,
     #[command(flatten)]
     settings: NotifierSettings,
-    /// Where `/metrics` (Prometheus text) and `/healthz` answer.
+    /// Where `/metrics` (OpenMetrics text), `/healthz` and `/readyz` answer.
     #[arg(
         long = "metrics-addr",
         env = "NOTIFIER_METRICS_ADDR",

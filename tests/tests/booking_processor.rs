@@ -318,11 +318,7 @@ async fn a_second_instance_joining_mid_stream_never_allocates_a_slot_twice() {
         .unwrap();
     let two = pipeline.start_processor().await.unwrap();
     // The rebalance completes: each instance owns some of the partitions.
-    let owned = |p: &boxoffice_tests::pipeline::RunningProcessor| {
-        p.metrics
-            .partitions_owned
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let owned = |p: &boxoffice_tests::pipeline::RunningProcessor| p.metrics.partitions_owned.get();
     boxoffice_tests::wait::until(
         "both instances to own partitions",
         Duration::from_secs(60),
@@ -347,11 +343,7 @@ async fn a_second_instance_joining_mid_stream_never_allocates_a_slot_twice() {
     let reserved = decisions_by_event(&facts);
     // Partitions moved (the wait above saw them split between the instances); which instance
     // decided the second half's records depends on the assignment, so it is only reported.
-    let work = |p: &boxoffice_tests::pipeline::RunningProcessor| {
-        p.metrics
-            .records_processed
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let work = |p: &boxoffice_tests::pipeline::RunningProcessor| p.metrics.records_processed.get();
     eprintln!(
         "rebalance: instance one decided {}, instance two {}",
         work(&one),

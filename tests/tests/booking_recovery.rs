@@ -16,7 +16,6 @@
 )]
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use boxoffice_avro::ids;
@@ -247,8 +246,7 @@ async fn sale_with_a_store_rollback(
         "the partition restored after the loss",
         DECIDED_WITHIN,
         || async {
-            (processor.metrics.restores.load(Ordering::Relaxed) >= 2
-                && processor.metrics.partitions_owned.load(Ordering::Relaxed) == 1)
+            (processor.metrics.restores.get() >= 2 && processor.metrics.partitions_owned.get() == 1)
                 .then_some(())
         },
     )
@@ -279,19 +277,13 @@ async fn a_live_processor_whose_store_lost_writes_rebuilds_from_the_log_and_neve
     );
     assert_eq!(fans.rejected.len(), TOTAL - CAPACITY as usize);
     let m = &processor.metrics;
+    assert!(m.store_loss_detected.get() >= 1, "the loss was seen");
+    assert!(m.events_refolded.get() >= 1, "the event was re-folded");
     assert!(
-        m.store_loss_detected.load(Ordering::Relaxed) >= 1,
-        "the loss was seen"
-    );
-    assert!(
-        m.events_refolded.load(Ordering::Relaxed) >= 1,
-        "the event was re-folded"
-    );
-    assert!(
-        m.commands_refolded.load(Ordering::Relaxed) >= 30,
+        m.commands_refolded.get() >= 30,
         "the lost 30 were folded again"
     );
-    assert_eq!(m.refold_mismatches.load(Ordering::Relaxed), 0);
+    assert_eq!(m.refold_mismatches.get(), 0);
     assert_audit_ok(&pipeline, event_id).await;
     assert_eq!(m.readiness(), Ok(()), "every partition processed again");
     processor.stop().await.unwrap();
@@ -381,8 +373,8 @@ async fn a_restarted_processor_refolds_an_event_the_store_lost_entirely() {
         DECIDED_WITHIN,
         || async {
             let metrics = &processor.metrics;
-            let events = metrics.events_refolded.load(Ordering::Relaxed);
-            let commands = metrics.commands_refolded.load(Ordering::Relaxed);
+            let events = metrics.events_refolded.get();
+            let commands = metrics.commands_refolded.get();
             (events >= 1 && commands >= 51).then_some((events, commands))
         },
     )
@@ -449,14 +441,11 @@ async fn a_refold_that_disagrees_with_what_was_published_stops_the_partition() {
 
     let processor = start(&pipeline, RecoverySource::Log).await;
     let stopped = wait::until("the partition stopped", DECIDED_WITHIN, || async {
-        (processor.metrics.partitions_stopped.load(Ordering::Relaxed) == 1).then_some(())
+        (processor.metrics.partitions_stopped.get() == 1).then_some(())
     })
     .await;
     assert!(stopped.is_ok(), "{:?}", processor.metrics.readiness());
-    assert_eq!(
-        processor.metrics.refold_mismatches.load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(processor.metrics.refold_mismatches.get(), 1);
     let why = processor.metrics.readiness().unwrap_err();
     assert!(why.contains("STOPPED") && why.contains(event_id), "{why}");
     // Stopped means stopped: new commands are not decided.
@@ -538,6 +527,6 @@ async fn an_event_whose_commands_are_below_the_log_start_is_named_and_dead_lette
         "{dead:#?}"
     );
     assert!((10..13).all(|i| !fans.reserved.contains(&format!("{lost}-order-{i:04}"))));
-    assert_eq!(processor.metrics.events_lost.load(Ordering::Relaxed), 1);
+    assert_eq!(processor.metrics.events_lost.get(), 1);
     processor.stop().await.unwrap();
 }

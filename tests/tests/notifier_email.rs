@@ -8,7 +8,6 @@
 
 mod notifier_common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use boxoffice_avro::ids;
@@ -88,7 +87,7 @@ async fn emails_are_sent_once_per_notification_in_order() {
     .await
     .unwrap();
     wait::until("carol's email skipped", Duration::from_secs(30), || {
-        let n = notifier.metrics.skipped_no_address.load(Ordering::Relaxed);
+        let n = notifier.metrics.skipped_no_address.get();
         async move { (n == 1).then_some(()) }
     })
     .await
@@ -155,7 +154,7 @@ async fn emails_are_sent_once_per_notification_in_order() {
         "the replay handled every record",
         Duration::from_secs(60),
         || {
-            let n = notifier.metrics.records.load(Ordering::Relaxed);
+            let n = notifier.metrics.records.get();
             let total = produced.len() as u64;
             async move { (n >= total).then_some(()) }
         },

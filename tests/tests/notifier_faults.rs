@@ -10,7 +10,6 @@
 mod notifier_common;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use boxoffice_avro::records::NotificationRequested;
@@ -181,13 +180,13 @@ async fn smtp_down_mid_stream_then_back_everything_once() {
     .unwrap();
 
     smtp.stop();
-    let retries_before = notifier.metrics.retries.load(Ordering::Relaxed);
+    let retries_before = notifier.metrics.retries.get();
     produce(&pipeline, &during).await;
     wait::until(
         "the notifier noticed the outage",
         Duration::from_secs(60),
         || {
-            let n = notifier.metrics.retries.load(Ordering::Relaxed);
+            let n = notifier.metrics.retries.get();
             async move { (n >= retries_before + 3).then_some(()) }
         },
     )

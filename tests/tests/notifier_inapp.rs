@@ -8,7 +8,6 @@
 
 mod notifier_common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use boxoffice_avro::records::NotificationKind;
@@ -92,7 +91,7 @@ async fn in_app_notifications_are_stored_once_and_in_order() {
     .await
     .unwrap();
     wait::until("every record handled", Duration::from_secs(30), || {
-        let n = notifier.metrics.in_app_stored.load(Ordering::Relaxed);
+        let n = notifier.metrics.in_app_stored.get();
         async move { (n >= 6).then_some(()) }
     })
     .await
@@ -131,7 +130,7 @@ async fn in_app_notifications_are_stored_once_and_in_order() {
         "the replay handled every record",
         Duration::from_secs(60),
         || {
-            let n = notifier.metrics.in_app_stored.load(Ordering::Relaxed);
+            let n = notifier.metrics.in_app_stored.get();
             async move { (n >= 6).then_some(()) }
         },
     )

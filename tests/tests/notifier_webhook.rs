@@ -9,7 +9,6 @@
 
 mod notifier_common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use boxoffice_avro::records::{DeadLetter, NotificationKind};
@@ -97,7 +96,7 @@ async fn webhooks_are_signed_delivered_once_and_failures_dead_lettered() {
     .await
     .unwrap();
     wait::until("every record handled", Duration::from_secs(60), || {
-        let n = notifier.metrics.records.load(Ordering::Relaxed);
+        let n = notifier.metrics.records.get();
         let total = produced.len() as u64;
         async move { (n >= total).then_some(()) }
     })

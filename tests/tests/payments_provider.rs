@@ -23,7 +23,6 @@ mod ingest_common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use boxoffice_avro::ids;
@@ -525,8 +524,8 @@ async fn a_lost_webhook_is_made_up_for_by_a_query_and_a_timeout_never_charges_tw
         stats.queries >= 2,
         "the timeout and the lost event were asked about: {stats:?}"
     );
-    assert_eq!(processor.metrics.charges.load(Ordering::Relaxed), 2);
-    assert!(processor.metrics.wakes.load(Ordering::Relaxed) >= 1);
+    assert_eq!(processor.metrics.charges.get(), 2);
+    assert!(processor.metrics.wakes.get() >= 1);
     let mut outcomes = pipeline.reader(&pipeline.topics.commands).unwrap();
     let decided = outcomes
         .read_group_until(WAIT, |c: &[BookingCommand]| c.len() >= 2)
@@ -583,20 +582,16 @@ async fn a_pending_charge_holds_up_no_other_payment_and_its_check_survives_a_res
         "PROVIDER_PENDING",
         "settled before the restart; the test proves nothing"
     );
-    assert_eq!(first_metrics.wakes.load(Ordering::Relaxed), 0);
+    assert_eq!(first_metrics.wakes.get(), 0);
 
     let second = InProcess::start(pipeline, gateway(), policy(check)).await;
     settled(pipeline, &lost, "CAPTURED").await;
     settled(pipeline, &next, "CAPTURED").await;
     assert!(
-        second.metrics.wakes.load(Ordering::Relaxed) >= 1,
+        second.metrics.wakes.get() >= 1,
         "settled by the restored timer"
     );
-    assert_eq!(
-        second.metrics.charges.load(Ordering::Relaxed),
-        0,
-        "never charged again"
-    );
+    assert_eq!(second.metrics.charges.get(), 0, "never charged again");
     let lost_history = history(pipeline, &lost).await;
     let next_history = history(pipeline, &next).await;
     assert_eq!(
@@ -672,8 +667,8 @@ async fn unpaid_payments_expire_by_their_timer_and_the_sandbox_pending_token_is_
             >= entry(&pending_history, "PROVIDER_PENDING").at + check.as_millis() as i64,
         "settled by its check"
     );
-    assert!(processor.metrics.wakes.load(Ordering::Relaxed) >= 3);
-    assert_eq!(processor.metrics.charges.load(Ordering::Relaxed), 2);
+    assert!(processor.metrics.wakes.get() >= 3);
+    assert_eq!(processor.metrics.charges.get(), 2);
     wait::until("every timer gone", WAIT, || async {
         timers(&pipeline).await.is_empty().then_some(())
     })

@@ -5,7 +5,6 @@
 //! from the store and the log, never from memory that may be stale.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use boxoffice_avro::records::EventProgress;
@@ -119,7 +118,7 @@ pub async fn restore(
             EventPlan::Refold { stored, target, .. } => {
                 tracked.offset = *stored;
                 tracked.refold = Some(*target);
-                deps.metrics.events_refolded.fetch_add(1, Ordering::Relaxed);
+                deps.metrics.events_refolded.inc_by(1);
                 warn!(
                     partition,
                     event_id,

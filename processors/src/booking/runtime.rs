@@ -24,7 +24,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use boxoffice_avro::Codec;
@@ -475,7 +474,7 @@ impl Runtime {
             }
             let slot = match result {
                 Ok(worker) => {
-                    self.deps.metrics.restores.fetch_add(1, Ordering::Relaxed);
+                    self.deps.metrics.restores.inc_by(1);
                     Slot::Active(Box::new(worker))
                 }
                 Err(RestoreError::Retry(reason)) => {
@@ -570,7 +569,7 @@ impl Runtime {
                 BatchOutcome::Done => {}
                 BatchOutcome::Rebuild { reason, after } => {
                     warn!(partition, reason = %reason, "partition given up; restoring it from the store and the log");
-                    self.deps.metrics.rebuilds.fetch_add(1, Ordering::Relaxed);
+                    self.deps.metrics.rebuilds.inc_by(1);
                     self.pause(consumer, partition);
                     self.slots.insert(
                         partition,
@@ -682,15 +681,12 @@ impl Runtime {
             }
         }
         let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-        m.partitions_assigned
-            .store(gauge(self.slots.len()), Ordering::Relaxed);
-        m.partitions_owned.store(gauge(active), Ordering::Relaxed);
-        m.partitions_waiting
-            .store(gauge(waiting), Ordering::Relaxed);
-        m.partitions_stopped
-            .store(gauge(stopped), Ordering::Relaxed);
-        m.holds_active.store(gauge(holds), Ordering::Relaxed);
-        m.events_lost.store(gauge(lost), Ordering::Relaxed);
+        m.partitions_assigned.set(gauge(self.slots.len()));
+        m.partitions_owned.set(gauge(active));
+        m.partitions_waiting.set(gauge(waiting));
+        m.partitions_stopped.set(gauge(stopped));
+        m.holds_active.set(gauge(holds));
+        m.events_lost.set(gauge(lost));
         let mut why = Vec::new();
         for (p, slot) in &self.slots {
             match slot {
@@ -789,25 +785,21 @@ impl BatchJob<'_> {
         self.deps
             .metrics
             .outputs_produced
-            .fetch_add(outputs.len() as u64, Ordering::Relaxed);
+            .inc_by(outputs.len() as u64);
         if let Err(outcome) = self.persist(worker, &decided.touched, last_offset).await {
             return (partition, outcome);
         }
         worker.apply_timers(decided.timers);
 
         let metrics = &self.deps.metrics;
-        metrics
-            .records_processed
-            .fetch_add(decided.decided, Ordering::Relaxed);
-        metrics
-            .commands_refolded
-            .fetch_add(decided.refolded, Ordering::Relaxed);
-        metrics.batches.fetch_add(1, Ordering::Relaxed);
-        metrics.batch_size.observe(records.len() as u64);
+        metrics.records_processed.inc_by(decided.decided);
+        metrics.commands_refolded.inc_by(decided.refolded);
+        metrics.batches.inc_by(1);
+        metrics.batch_size.observe(records.len() as f64);
         if let Some(oldest) = decided.oldest_timestamp {
             metrics
                 .decision_latency_ms
-                .observe(u64::try_from(now_millis() - oldest).unwrap_or(0));
+                .observe((now_millis() - oldest).max(0) as f64);
         }
         debug!(
             partition,
@@ -825,10 +817,7 @@ impl BatchJob<'_> {
 
     fn encode_failure(&self, what: &str, e: boxoffice_avro::CodecError) -> BatchOutcome {
         if e.is_retryable() {
-            self.deps
-                .metrics
-                .retries_exhausted
-                .fetch_add(1, Ordering::Relaxed);
+            self.deps.metrics.retries_exhausted.inc_by(1);
             BatchOutcome::Rebuild {
                 reason: format!(
                     "encoding {what}: registry unavailable for longer than the retry budget: {e}"
@@ -868,7 +857,7 @@ impl BatchJob<'_> {
                     warn!(partition = worker.partition, offset, kind = ?kind, reason = %reason, "dead-lettering a record");
                     out.outputs
                         .push(self.dead_letter(message, kind, &reason).await?);
-                    metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    metrics.dead_letters.inc_by(1);
                     continue;
                 }
             };
@@ -886,12 +875,12 @@ impl BatchJob<'_> {
                         self.dead_letter(message, DeadLetterErrorKind::StateLost, &reason)
                             .await?,
                     );
-                    metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    metrics.dead_letters.inc_by(1);
                 }
                 continue;
             }
             if tracked.offset.is_some_and(|at| offset <= at) {
-                metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+                metrics.records_skipped.inc_by(1);
                 continue;
             }
             if let Some(target) = tracked.refold
@@ -970,10 +959,7 @@ impl BatchJob<'_> {
                 Ok(())
             }
             RefoldCheck::Differs { reason } => {
-                self.deps
-                    .metrics
-                    .refold_mismatches
-                    .fetch_add(1, Ordering::Relaxed);
+                self.deps.metrics.refold_mismatches.inc_by(1);
                 Err(BatchOutcome::Stop(reason))
             }
         }
@@ -1039,15 +1025,9 @@ impl BatchJob<'_> {
                 }
                 Err(TxnError::Retry(reason)) => {
                     abort(&worker.producer, timeout).await;
-                    self.deps
-                        .metrics
-                        .produce_retries
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.deps.metrics.produce_retries.inc_by(1);
                     let Some(delay) = retries.next_delay(Instant::now()) else {
-                        self.deps
-                            .metrics
-                            .retries_exhausted
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.deps.metrics.retries_exhausted.inc_by(1);
                         return Err(BatchOutcome::Rebuild {
                             reason: format!(
                                 "output transaction kept failing for {:?}: {reason}",
@@ -1093,10 +1073,7 @@ impl BatchJob<'_> {
                         "event {event_id}: the store holds offset {current_offset:?}, this owner expected {previous:?}"
                     );
                     if behind {
-                        self.deps
-                            .metrics
-                            .store_loss_detected
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.deps.metrics.store_loss_detected.inc_by(1);
                         warn!(
                             partition,
                             event_id,
@@ -1143,10 +1120,7 @@ impl BatchJob<'_> {
             let Some(delay) = delay else {
                 return Err(self.store_failure("registering an event", &e));
             };
-            self.deps
-                .metrics
-                .store_retries
-                .fetch_add(1, Ordering::Relaxed);
+            self.deps.metrics.store_retries.inc_by(1);
             let attempt = retries.attempts();
             warn!(partition, event_id, attempt, error = %e, "registering an event failed; retrying");
             tokio::time::sleep(delay).await;
@@ -1177,10 +1151,7 @@ impl BatchJob<'_> {
             let Some(delay) = delay else {
                 return Err(self.store_failure("saving event state", &e));
             };
-            self.deps
-                .metrics
-                .store_retries
-                .fetch_add(1, Ordering::Relaxed);
+            self.deps.metrics.store_retries.inc_by(1);
             let attempt = retries.attempts();
             warn!(event_id = %update.event_id, attempt, error = %e, "saving event state failed; retrying");
             tokio::time::sleep(delay).await;
@@ -1193,10 +1164,7 @@ impl BatchJob<'_> {
         e: &boxoffice_store::inventory::StoreError,
     ) -> BatchOutcome {
         if e.is_retryable() {
-            self.deps
-                .metrics
-                .retries_exhausted
-                .fetch_add(1, Ordering::Relaxed);
+            self.deps.metrics.retries_exhausted.inc_by(1);
             BatchOutcome::Rebuild {
                 reason: format!(
                     "{what}: the store was unavailable for longer than the retry budget: {e}"

@@ -69,7 +69,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,7 +80,7 @@ use boxoffice_avro::records::{
 };
 use boxoffice_avro::{Codec, CodecError, DecodeError};
 use boxoffice_runtime::dead_letter;
-use boxoffice_runtime::metrics::{Readiness, render_counters, render_gauges};
+use boxoffice_runtime::metrics::{Counter, Gauge, Readiness, Registry, counter, gauge};
 use boxoffice_runtime::retry::RetryPolicy;
 use boxoffice_store::payments::{
     HistoryEntry, PaymentSaveOutcome, PaymentStore, PaymentStoreError,
@@ -215,122 +214,97 @@ impl PaymentSettings {
 }
 
 /// What the payment processor counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PaymentMetrics {
-    pub records_processed: AtomicU64,
-    pub records_skipped: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub charges: AtomicU64,
-    pub queries: AtomicU64,
-    pub refunds: AtomicU64,
-    pub captured: AtomicU64,
-    pub failed: AtomicU64,
-    pub outputs_produced: AtomicU64,
-    pub store_retries: AtomicU64,
-    pub conflicts: AtomicU64,
+    pub records_processed: Counter,
+    pub records_skipped: Counter,
+    pub dead_letters: Counter,
+    pub charges: Counter,
+    pub queries: Counter,
+    pub refunds: Counter,
+    pub captured: Counter,
+    pub failed: Counter,
+    pub outputs_produced: Counter,
+    pub store_retries: Counter,
+    pub conflicts: Counter,
     /// Payments woken by their timer.
-    pub wakes: AtomicU64,
+    pub wakes: Counter,
     /// Payment timers held in memory now (gauge).
-    pub timers: AtomicI64,
+    pub timers: Gauge,
     /// Partitions replayed because the store's watermark was behind Kafka or went backwards
     /// (the store lost writes it had acknowledged).
-    pub store_loss_replays: AtomicU64,
+    pub store_loss_replays: Counter,
     /// Calls still failing when their retry budget ran out (their partition was given up).
-    pub retries_exhausted: AtomicU64,
+    pub retries_exhausted: Counter,
     /// Partitions given up and waiting to be taken again (gauge).
-    pub partitions_parked: AtomicI64,
+    pub partitions_parked: Gauge,
     /// Why the instance is not ready: the partitions given up.
     pub readiness: Readiness,
+    registry: Registry,
+}
+
+impl Default for PaymentMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        PaymentMetrics {
+            records_processed: counter(r, "payments_records_processed_total", "Records applied"),
+            records_skipped: counter(
+                r,
+                "payments_records_skipped_total",
+                "Records already applied (replay)",
+            ),
+            dead_letters: counter(
+                r,
+                "payments_dead_letters_total",
+                "Records sent to the dead-letter topic",
+            ),
+            charges: counter(r, "payments_gateway_charges_total", "Charge calls"),
+            queries: counter(
+                r,
+                "payments_gateway_queries_total",
+                "Charge or refund queries",
+            ),
+            refunds: counter(r, "payments_gateway_refunds_total", "Refund calls"),
+            captured: counter(r, "payments_captured_total", "Payments captured"),
+            failed: counter(r, "payments_failed_total", "Payments failed"),
+            outputs_produced: counter(r, "payments_outputs_produced_total", "Records produced"),
+            store_retries: counter(r, "payments_store_retries_total", "Store calls retried"),
+            conflicts: counter(
+                r,
+                "payments_conflicts_total",
+                "Payment writes refused (another owner)",
+            ),
+            wakes: counter(r, "payments_wakes_total", "Payments woken by their timer"),
+            timers: gauge(
+                r,
+                "payments_timers",
+                "Payment timers held for the owned partitions",
+            ),
+            store_loss_replays: counter(
+                r,
+                "payments_store_loss_replays_total",
+                "Partitions replayed from the store's watermark (the store lost writes)",
+            ),
+            retries_exhausted: counter(
+                r,
+                "payments_retries_exhausted_total",
+                "Calls still failing after the retry budget (their partition was given up)",
+            ),
+            partitions_parked: gauge(
+                r,
+                "payments_partitions_parked",
+                "Partitions given up after a fault outlasted the retry budget",
+            ),
+            readiness: Default::default(),
+            registry,
+        }
+    }
 }
 
 impl PaymentMetrics {
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let counters = [
-            (
-                "payments_records_processed_total",
-                "Records applied",
-                &self.records_processed,
-            ),
-            (
-                "payments_records_skipped_total",
-                "Records already applied (replay)",
-                &self.records_skipped,
-            ),
-            (
-                "payments_dead_letters_total",
-                "Records sent to the dead-letter topic",
-                &self.dead_letters,
-            ),
-            (
-                "payments_gateway_charges_total",
-                "Charge calls",
-                &self.charges,
-            ),
-            (
-                "payments_gateway_queries_total",
-                "Charge or refund queries",
-                &self.queries,
-            ),
-            (
-                "payments_gateway_refunds_total",
-                "Refund calls",
-                &self.refunds,
-            ),
-            (
-                "payments_captured_total",
-                "Payments captured",
-                &self.captured,
-            ),
-            ("payments_failed_total", "Payments failed", &self.failed),
-            (
-                "payments_outputs_produced_total",
-                "Records produced",
-                &self.outputs_produced,
-            ),
-            (
-                "payments_store_retries_total",
-                "Store calls retried",
-                &self.store_retries,
-            ),
-            (
-                "payments_conflicts_total",
-                "Payment writes refused (another owner)",
-                &self.conflicts,
-            ),
-            (
-                "payments_wakes_total",
-                "Payments woken by their timer",
-                &self.wakes,
-            ),
-            (
-                "payments_store_loss_replays_total",
-                "Partitions replayed from the store's watermark (the store lost writes)",
-                &self.store_loss_replays,
-            ),
-            (
-                "payments_retries_exhausted_total",
-                "Calls still failing after the retry budget (their partition was given up)",
-                &self.retries_exhausted,
-            ),
-        ];
-        render_counters(&mut out, &counters);
-        render_gauges(
-            &mut out,
-            &[
-                (
-                    "payments_timers",
-                    "Payment timers held for the owned partitions",
-                    &self.timers,
-                ),
-                (
-                    "payments_partitions_parked",
-                    "Partitions given up after a fault outlasted the retry budget",
-                    &self.partitions_parked,
-                ),
-            ],
-        );
-        out
+        boxoffice_runtime::metrics::render(&self.registry)
     }
 }
 
@@ -708,7 +682,7 @@ impl Runtime {
         let count = i64::try_from(parked.len()).unwrap_or(i64::MAX);
         drop(parked);
         let metrics = &self.deps.metrics;
-        metrics.partitions_parked.store(count, Ordering::Relaxed);
+        metrics.partitions_parked.set(count);
         metrics.readiness.set(reasons);
     }
 
@@ -722,7 +696,7 @@ impl Runtime {
         &self,
         policy: RetryPolicy,
         what: &str,
-        counter: Option<&AtomicU64>,
+        counter: Option<&Counter>,
         transient: impl Fn(&E) -> bool,
         mut call: F,
     ) -> Result<T, Failed<E>>
@@ -742,16 +716,13 @@ impl Runtime {
             }
             let Some(delay) = retries.next_delay(Instant::now()) else {
                 if !policy.budget.is_zero() {
-                    self.deps
-                        .metrics
-                        .retries_exhausted
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.deps.metrics.retries_exhausted.inc_by(1);
                     warn!(attempts = retries.attempts(), error = %e, "{what} failed for longer than the retry budget; giving up");
                 }
                 return Err(Failed::GaveUp(e));
             };
             if let Some(counter) = counter {
-                counter.fetch_add(1, Ordering::Relaxed);
+                counter.inc_by(1);
             }
             warn!(attempt = retries.attempts(), error = %e, "{what} failed; retrying");
             tokio::time::sleep(delay).await;
@@ -829,10 +800,7 @@ impl Runtime {
             Failed::Permanent(e) | Failed::GaveUp(e) => e,
         })?;
         if let Resume::Replay { from, committed } = resume {
-            self.deps
-                .metrics
-                .store_loss_replays
-                .fetch_add(1, Ordering::Relaxed);
+            self.deps.metrics.store_loss_replays.inc_by(1);
             warn!(
                 partition,
                 ?from,
@@ -871,10 +839,7 @@ impl Runtime {
             if stored.is_some_and(|s| s >= written) {
                 continue;
             }
-            self.deps
-                .metrics
-                .store_loss_replays
-                .fetch_add(1, Ordering::Relaxed);
+            self.deps.metrics.store_loss_replays.inc_by(1);
             warn!(
                 partition,
                 ?stored,
@@ -927,7 +892,7 @@ impl Runtime {
         self.deps
             .metrics
             .timers
-            .store(i64::try_from(len).unwrap_or(i64::MAX), Ordering::Relaxed);
+            .set(i64::try_from(len).unwrap_or(i64::MAX));
     }
 
     async fn process(
@@ -1020,10 +985,7 @@ impl Runtime {
                     return true;
                 }
                 Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
-                    self.deps
-                        .metrics
-                        .store_retries
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.deps.metrics.store_retries.inc_by(1);
                     tokio::time::sleep(self.policy().jittered_delay(attempt)).await;
                 }
                 Err(e) => {
@@ -1045,7 +1007,7 @@ impl Runtime {
             Err(DecodeFailure::Record(kind, reason)) => {
                 warn!(partition, offset, ?kind, reason = %reason, "dead-lettering a record");
                 self.dead_letter(message, kind, &reason).await?;
-                metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                metrics.dead_letters.inc_by(1);
                 return Ok(());
             }
             Err(DecodeFailure::GaveUp(reason)) => return Err(StepError::GaveUp(reason)),
@@ -1066,13 +1028,13 @@ impl Runtime {
                     } else {
                         &metrics.records_skipped
                     };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    counter.inc_by(1);
                     return Ok(());
                 }
                 Err(StepError::Conflict(reason)) => {
-                    metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                    metrics.conflicts.inc_by(1);
                     let Some(delay) = retries.next_delay(Instant::now()) else {
-                        metrics.retries_exhausted.fetch_add(1, Ordering::Relaxed);
+                        metrics.retries_exhausted.inc_by(1);
                         return Err(StepError::GaveUp(format!(
                             "payment {payment_id} kept being written by another processor: {reason}"
                         )));
@@ -1233,7 +1195,7 @@ impl Runtime {
                         currency,
                         token,
                     } => {
-                        metrics.charges.fetch_add(1, Ordering::Relaxed);
+                        metrics.charges.inc_by(1);
                         let request = ChargeRequest {
                             idempotency_key: payment_id,
                             order_id,
@@ -1246,7 +1208,7 @@ impl Runtime {
                         queue.push_back(Input::ChargeResult(outcome));
                     }
                     Effect::Query { payment_id } => {
-                        metrics.queries.fetch_add(1, Ordering::Relaxed);
+                        metrics.queries.inc_by(1);
                         let outcome = gateway.query(&payment_id).await;
                         info!(payment_id = %state.payment_id, order_id = %state.order_id, partition, outcome = outcome_name(&outcome), "charge queried");
                         queue.push_back(Input::QueryResult(outcome));
@@ -1257,7 +1219,7 @@ impl Runtime {
                         amount_minor,
                         currency,
                     } => {
-                        metrics.refunds.fetch_add(1, Ordering::Relaxed);
+                        metrics.refunds.inc_by(1);
                         let request = RefundRequest {
                             idempotency_key: refund_id,
                             charge_reference,
@@ -1267,16 +1229,16 @@ impl Runtime {
                         queue.push_back(Input::RefundResult(gateway.refund(&request).await));
                     }
                     Effect::QueryRefund { refund_id } => {
-                        metrics.queries.fetch_add(1, Ordering::Relaxed);
+                        metrics.queries.inc_by(1);
                         queue.push_back(Input::RefundQueryResult(
                             gateway.query_refund(&refund_id).await,
                         ));
                     }
                     Effect::Emit(core::Outcome::Succeeded { .. }) => {
-                        metrics.captured.fetch_add(1, Ordering::Relaxed);
+                        metrics.captured.inc_by(1);
                     }
                     Effect::Emit(core::Outcome::Failed { .. }) => {
-                        metrics.failed.fetch_add(1, Ordering::Relaxed);
+                        metrics.failed.inc_by(1);
                     }
                     Effect::Emit(_)
                     | Effect::History { .. }
@@ -1378,7 +1340,7 @@ impl Runtime {
     async fn wake(&self, partition: i32, payment_id: String) {
         let span = info_span!("payment_wake", partition, payment_id = %payment_id);
         async {
-            self.deps.metrics.wakes.fetch_add(1, Ordering::Relaxed);
+            self.deps.metrics.wakes.inc_by(1);
             let outcome = {
                 let _lock = self.locks.lock(&payment_id).await;
                 if self.wheel().owns(partition) {
@@ -1390,7 +1352,7 @@ impl Runtime {
             };
             let retry_in = match outcome {
                 Some(Err(StepError::Conflict(reason))) => {
-                    self.deps.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.deps.metrics.conflicts.inc_by(1);
                     warn!(reason = %reason, "payment written by another processor while waking it; trying again");
                     Some(Duration::from_secs(1))
                 }
@@ -1507,10 +1469,7 @@ impl Runtime {
         )
         .await
         .map_err(|f| f.into_step("producing an outcome"))?;
-        self.deps
-            .metrics
-            .outputs_produced
-            .fetch_add(1, Ordering::Relaxed);
+        self.deps.metrics.outputs_produced.inc_by(1);
         Ok(())
     }
 

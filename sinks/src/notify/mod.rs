@@ -45,7 +45,6 @@ pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use boxoffice_avro::Codec;
@@ -53,7 +52,7 @@ use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::names::TopicPrefix;
 
 use boxoffice_runtime::metrics::{
-    Histogram, LATENCY_BUCKETS_MS, Readiness, render_counters, render_gauges,
+    Counter, Gauge, Histogram, LATENCY_BUCKETS_MS, Readiness, Registry, counter, gauge, histogram,
 };
 use boxoffice_runtime::retry::RetryPolicy;
 
@@ -214,25 +213,25 @@ impl NotifierSettings {
 /// Counters and latencies, per process (all channels), served on `/metrics`.
 #[derive(Debug)]
 pub struct NotifierMetrics {
-    pub records: AtomicU64,
-    pub in_app_stored: AtomicU64,
-    pub emails_sent: AtomicU64,
-    pub webhooks_sent: AtomicU64,
+    pub records: Counter,
+    pub in_app_stored: Counter,
+    pub emails_sent: Counter,
+    pub webhooks_sent: Counter,
     /// Records whose delivery row was already final (redeliveries).
-    pub already_delivered: AtomicU64,
+    pub already_delivered: Counter,
     /// Sends repeated because a PENDING row was found (a crash or rebalance mid-send).
-    pub resent_pending: AtomicU64,
-    pub retries: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub endpoints_disabled: AtomicU64,
-    pub skipped_no_address: AtomicU64,
+    pub resent_pending: Counter,
+    pub retries: Counter,
+    pub dead_lettered: Counter,
+    pub endpoints_disabled: Counter,
+    pub skipped_no_address: Counter,
     /// In-app partitions replayed because the store's watermark was behind Kafka or went
     /// backwards (the store lost rows it had acknowledged).
-    pub store_loss_replays: AtomicU64,
+    pub store_loss_replays: Counter,
     /// Calls still failing when their retry budget ran out (their partition was given up).
-    pub retries_exhausted: AtomicU64,
+    pub retries_exhausted: Counter,
     /// Partitions given up on some channel, waiting to be taken again (gauge).
-    pub partitions_parked: AtomicI64,
+    pub partitions_parked: Gauge,
     /// Why the notifier is not ready, per channel: the partitions given up.
     pub readiness: Readiness,
     /// From the notification record's broker timestamp (the booking decision) to the email
@@ -240,27 +239,85 @@ pub struct NotifierMetrics {
     pub email_latency_ms: Histogram,
     /// From the record's broker timestamp to the webhook answered 2xx.
     pub webhook_latency_ms: Histogram,
+    registry: Registry,
 }
 
 impl Default for NotifierMetrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        let r = &mut registry;
         NotifierMetrics {
-            records: AtomicU64::new(0),
-            in_app_stored: AtomicU64::new(0),
-            emails_sent: AtomicU64::new(0),
-            webhooks_sent: AtomicU64::new(0),
-            already_delivered: AtomicU64::new(0),
-            resent_pending: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            endpoints_disabled: AtomicU64::new(0),
-            skipped_no_address: AtomicU64::new(0),
-            store_loss_replays: AtomicU64::new(0),
-            retries_exhausted: AtomicU64::new(0),
-            partitions_parked: AtomicI64::new(0),
-            readiness: Readiness::default(),
-            email_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS),
-            webhook_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS),
+            records: counter(
+                r,
+                "notifier_records_total",
+                "Notification records handled (per channel)",
+            ),
+            in_app_stored: counter(
+                r,
+                "notifier_in_app_stored_total",
+                "In-app notifications stored",
+            ),
+            emails_sent: counter(
+                r,
+                "notifier_emails_sent_total",
+                "Emails accepted by the SMTP server",
+            ),
+            webhooks_sent: counter(r, "notifier_webhooks_sent_total", "Webhooks answered 2xx"),
+            already_delivered: counter(
+                r,
+                "notifier_already_delivered_total",
+                "Redelivered records already final",
+            ),
+            resent_pending: counter(
+                r,
+                "notifier_resent_pending_total",
+                "Sends repeated after a crash or rebalance mid-send",
+            ),
+            retries: counter(r, "notifier_retries_total", "Delivery attempts retried"),
+            dead_lettered: counter(
+                r,
+                "notifier_dead_lettered_total",
+                "Deliveries given up and dead-lettered",
+            ),
+            endpoints_disabled: counter(
+                r,
+                "notifier_endpoints_disabled_total",
+                "Webhook endpoints disabled after 410 Gone",
+            ),
+            skipped_no_address: counter(
+                r,
+                "notifier_skipped_no_address_total",
+                "Emails skipped: the user has no address",
+            ),
+            store_loss_replays: counter(
+                r,
+                "notifier_store_loss_replays_total",
+                "In-app partitions replayed from the store's watermark (the store lost rows)",
+            ),
+            retries_exhausted: counter(
+                r,
+                "notifier_retries_exhausted_total",
+                "Calls still failing after the retry budget (their partition was given up)",
+            ),
+            partitions_parked: gauge(
+                r,
+                "notifier_partitions_parked",
+                "Partitions given up on a channel after a fault outlasted the retry budget",
+            ),
+            readiness: Default::default(),
+            email_latency_ms: histogram(
+                r,
+                "notifier_email_latency_ms",
+                "Booking decision (record timestamp) to email accepted by SMTP, milliseconds",
+                &LATENCY_BUCKETS_MS,
+            ),
+            webhook_latency_ms: histogram(
+                r,
+                "notifier_webhook_latency_ms",
+                "Booking decision (record timestamp) to webhook answered 2xx, milliseconds",
+                &LATENCY_BUCKETS_MS,
+            ),
+            registry,
         }
     }
 }
@@ -268,91 +325,7 @@ impl Default for NotifierMetrics {
 impl NotifierMetrics {
     /// The Prometheus text of every counter and histogram.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        render_counters(
-            &mut out,
-            &[
-                (
-                    "notifier_records_total",
-                    "Notification records handled (per channel)",
-                    &self.records,
-                ),
-                (
-                    "notifier_in_app_stored_total",
-                    "In-app notifications stored",
-                    &self.in_app_stored,
-                ),
-                (
-                    "notifier_emails_sent_total",
-                    "Emails accepted by the SMTP server",
-                    &self.emails_sent,
-                ),
-                (
-                    "notifier_webhooks_sent_total",
-                    "Webhooks answered 2xx",
-                    &self.webhooks_sent,
-                ),
-                (
-                    "notifier_already_delivered_total",
-                    "Redelivered records already final",
-                    &self.already_delivered,
-                ),
-                (
-                    "notifier_resent_pending_total",
-                    "Sends repeated after a crash or rebalance mid-send",
-                    &self.resent_pending,
-                ),
-                (
-                    "notifier_retries_total",
-                    "Delivery attempts retried",
-                    &self.retries,
-                ),
-                (
-                    "notifier_dead_lettered_total",
-                    "Deliveries given up and dead-lettered",
-                    &self.dead_lettered,
-                ),
-                (
-                    "notifier_store_loss_replays_total",
-                    "In-app partitions replayed from the store's watermark (the store lost rows)",
-                    &self.store_loss_replays,
-                ),
-                (
-                    "notifier_endpoints_disabled_total",
-                    "Webhook endpoints disabled after 410 Gone",
-                    &self.endpoints_disabled,
-                ),
-                (
-                    "notifier_skipped_no_address_total",
-                    "Emails skipped: the user has no address",
-                    &self.skipped_no_address,
-                ),
-                (
-                    "notifier_retries_exhausted_total",
-                    "Calls still failing after the retry budget (their partition was given up)",
-                    &self.retries_exhausted,
-                ),
-            ],
-        );
-        render_gauges(
-            &mut out,
-            &[(
-                "notifier_partitions_parked",
-                "Partitions given up on a channel after a fault outlasted the retry budget",
-                &self.partitions_parked,
-            )],
-        );
-        self.email_latency_ms.render(
-            &mut out,
-            "notifier_email_latency_ms",
-            "Booking decision (record timestamp) to email accepted by SMTP, milliseconds",
-        );
-        self.webhook_latency_ms.render(
-            &mut out,
-            "notifier_webhook_latency_ms",
-            "Booking decision (record timestamp) to webhook answered 2xx, milliseconds",
-        );
-        out
+        boxoffice_runtime::metrics::render(&self.registry)
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use boxoffice_avro::clock::now_millis;
@@ -301,7 +300,7 @@ impl ChannelRunner {
                 // Fetched before the pause took effect: read again when the partition is taken.
                 Event::Message(message) if parked.contains_key(&message.partition()) => {}
                 Event::Message(message) => {
-                    this.deps.metrics.records.fetch_add(1, Ordering::Relaxed);
+                    this.deps.metrics.records.inc_by(1);
                     watermarks.started(message.partition(), message.offset());
                     let lane = lane_of(message.key().unwrap_or_default(), lanes.len());
                     let sent = tokio::select! {
@@ -438,7 +437,7 @@ impl ChannelRunner {
         self.deps
             .metrics
             .partitions_parked
-            .store(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Where an assigned partition resumes, and resumes it there: the committed offset, or
@@ -493,10 +492,7 @@ impl ChannelRunner {
             (None, Resume::Committed(committed))
         };
         if let Resume::Replay { from, committed } = resume {
-            self.deps
-                .metrics
-                .store_loss_replays
-                .fetch_add(1, Ordering::Relaxed);
+            self.deps.metrics.store_loss_replays.inc_by(1);
             warn!(
                 channel = self.channel.name(),
                 partition,
@@ -557,10 +553,7 @@ impl ChannelRunner {
             if now.is_some_and(|n| n >= written) {
                 continue;
             }
-            self.deps
-                .metrics
-                .store_loss_replays
-                .fetch_add(1, Ordering::Relaxed);
+            self.deps.metrics.store_loss_replays.inc_by(1);
             warn!(
                 partition,
                 ?now,
@@ -632,10 +625,7 @@ impl ChannelRunner {
                 Ok(delay)
             }
             None => {
-                self.deps
-                    .metrics
-                    .retries_exhausted
-                    .fetch_add(1, Ordering::Relaxed);
+                self.deps.metrics.retries_exhausted.inc_by(1);
                 Err(Interrupted::GaveUp(format!(
                     "{what} failed for longer than the retry budget: {error}"
                 )))
@@ -702,7 +692,7 @@ impl ChannelRunner {
                     store.store_in_app(&notification)
                 })
                 .await?;
-                metrics.in_app_stored.fetch_add(1, Ordering::Relaxed);
+                metrics.in_app_stored.inc_by(1);
             }
             Channel::Email => {
                 let address = self
@@ -723,7 +713,7 @@ impl ChannelRunner {
                             })
                             .await?;
                         if existing.is_none() {
-                            metrics.skipped_no_address.fetch_add(1, Ordering::Relaxed);
+                            metrics.skipped_no_address.inc_by(1);
                             let skipped = Delivery {
                                 state: DeliveryState::Skipped,
                                 attempts: 0,
@@ -789,7 +779,7 @@ impl ChannelRunner {
             let attempts = match &current {
                 Some(d) if d.state.is_final() => {
                     if first {
-                        metrics.already_delivered.fetch_add(1, Ordering::Relaxed);
+                        metrics.already_delivered.inc_by(1);
                     }
                     return Ok(());
                 }
@@ -797,7 +787,7 @@ impl ChannelRunner {
                     if first {
                         // A send may have happened before a crash: this one repeats it, with
                         // the same id.
-                        metrics.resent_pending.fetch_add(1, Ordering::Relaxed);
+                        metrics.resent_pending.inc_by(1);
                     }
                     d.attempts
                 }
@@ -829,12 +819,12 @@ impl ChannelRunner {
                         .map_or(0, |at| u64::try_from(now_millis() - at).unwrap_or(0));
                     match self.channel {
                         Channel::Email => {
-                            metrics.emails_sent.fetch_add(1, Ordering::Relaxed);
-                            metrics.email_latency_ms.observe(since_decision);
+                            metrics.emails_sent.inc_by(1);
+                            metrics.email_latency_ms.observe(since_decision as f64);
                         }
                         _ => {
-                            metrics.webhooks_sent.fetch_add(1, Ordering::Relaxed);
-                            metrics.webhook_latency_ms.observe(since_decision);
+                            metrics.webhooks_sent.inc_by(1);
+                            metrics.webhook_latency_ms.observe(since_decision as f64);
                         }
                     }
                     (DeliveryState::Sent, String::new())
@@ -854,7 +844,7 @@ impl ChannelRunner {
                         store.set_delivery(id, channel, &key, &restored)
                     })
                     .await?;
-                    metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics.retries.inc_by(1);
                     self.pause(stop, delay).await?;
                     continue;
                 }
@@ -871,7 +861,7 @@ impl ChannelRunner {
                     if attempts + 1 >= max_attempts {
                         continue; // the loop gives up at the top
                     }
-                    metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics.retries.inc_by(1);
                     let pause = settings.backoff(u32::try_from(attempts + 1).unwrap_or(1));
                     debug!(channel, notification_id = id, target = %key, attempt = attempts + 1,
                            ?pause, detail = %detail, "delivery failed; retrying");
@@ -894,7 +884,7 @@ impl ChannelRunner {
                             )
                         })
                         .await?;
-                        metrics.endpoints_disabled.fetch_add(1, Ordering::Relaxed);
+                        metrics.endpoints_disabled.inc_by(1);
                         info!(endpoint_id = %endpoint.endpoint_id, url = %endpoint.url,
                               "webhook endpoint answered 410 Gone; disabled");
                     }
@@ -975,10 +965,7 @@ impl ChannelRunner {
             }
             match self.dead_letters.send(out, Duration::from_secs(30)).await {
                 Ok(_) => {
-                    self.deps
-                        .metrics
-                        .dead_lettered
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.deps.metrics.dead_lettered.inc_by(1);
                     return Ok(());
                 }
                 Err((e, _)) => {

@@ -13,7 +13,6 @@
 //! time and talk to loopback services only.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -155,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
             let metrics = processor.metrics.clone();
             // Wait for the partition to be assigned and the first record decided.
             let deadline = Instant::now() + Duration::from_secs(60);
-            while metrics.records_processed.load(Ordering::Relaxed) == 0 {
+            while metrics.records_processed.get() == 0 {
                 anyhow::ensure!(
                     Instant::now() < deadline,
                     "processor did not start within 60 s"
@@ -163,10 +162,10 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let first_seen = Instant::now();
-            let first_count = metrics.records_processed.load(Ordering::Relaxed);
+            let first_count = metrics.records_processed.get();
             let total = (requests + 1) as u64;
             let deadline = Instant::now() + Duration::from_secs(600);
-            while metrics.records_processed.load(Ordering::Relaxed) < total {
+            while metrics.records_processed.get() < total {
                 anyhow::ensure!(
                     Instant::now() < deadline,
                     "drain did not finish within 600 s"
@@ -175,12 +174,12 @@ async fn main() -> anyhow::Result<()> {
             }
             let elapsed = first_seen.elapsed();
             let decided = total - first_count;
-            let batches = metrics.batches.load(Ordering::Relaxed);
+            let batches = metrics.batches.get();
             println!(
                 "drained {decided} decisions in {elapsed:.2?}: {:.0} decisions/s; {batches} batches, mean {:.0} records/batch; outputs produced {}",
                 decided as f64 / elapsed.as_secs_f64(),
                 total as f64 / batches.max(1) as f64,
-                metrics.outputs_produced.load(Ordering::Relaxed)
+                metrics.outputs_produced.get()
             );
             processor.stop().await?;
         }
@@ -192,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
             let processor = pipeline.start_processor_with(settings).await?;
             produce_all(&producer, &pipeline.topics.commands, &frames[..1]).await?;
             let deadline = Instant::now() + Duration::from_secs(60);
-            while processor.metrics.records_processed.load(Ordering::Relaxed) == 0 {
+            while processor.metrics.records_processed.get() == 0 {
                 anyhow::ensure!(
                     Instant::now() < deadline,
                     "processor did not start within 60 s"
@@ -272,7 +271,7 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .collect();
             latencies.sort_unstable();
-            let batches = processor.metrics.batches.load(Ordering::Relaxed);
+            let batches = processor.metrics.batches.get();
             println!(
                 "live: {total} requests at {rate}/s (produced in {produced_in:.2?}); {} decisions read; latency produce→decision readable: p50 {} ms, p99 {} ms, max {} ms; {batches} batches, mean {:.0} records/batch",
                 latencies.len(),

@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -414,11 +413,11 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", summary("webhook", hook_latency, total));
     println!(
         "notifier: {} emails, {} webhooks, {} retries, {} dead-lettered; booking processor: {} batches",
-        notifier_metrics.emails_sent.load(Ordering::Relaxed),
-        notifier_metrics.webhooks_sent.load(Ordering::Relaxed),
-        notifier_metrics.retries.load(Ordering::Relaxed),
-        notifier_metrics.dead_lettered.load(Ordering::Relaxed),
-        processor.metrics.batches.load(Ordering::Relaxed),
+        notifier_metrics.emails_sent.get(),
+        notifier_metrics.webhooks_sent.get(),
+        notifier_metrics.retries.get(),
+        notifier_metrics.dead_lettered.get(),
+        processor.metrics.batches.get(),
     );
 
     let _ = stop_notifier.send(());
