@@ -480,13 +480,15 @@ impl ChannelRunner {
         let timeout = self.deps.kafka.timeout;
         let committed = committed_offset(&self.consumer, &self.topic, partition, timeout)
             .map_err(|e| format!("reading the committed offset: {e}"))?;
+        // Read on every channel: it is also the check that the store answers again, so a
+        // partition given up during a store outage is not taken back before the store is.
+        let watermark = self
+            .deps
+            .watermarks
+            .load(&self.group_id, &self.topic, partition)
+            .await
+            .map_err(|e| format!("reading the watermark: {e}"))?;
         let (watermark, resume) = if self.channel == Channel::Inapp {
-            let watermark = self
-                .deps
-                .watermarks
-                .load(&self.group_id, &self.topic, partition)
-                .await
-                .map_err(|e| format!("reading the watermark: {e}"))?;
             (watermark, Resume::decide(watermark, committed))
         } else {
             (None, Resume::Committed(committed))
