@@ -205,6 +205,21 @@ impl Suite {
     /// One sale with `fault` injected; returns what the checks found.
     pub async fn run(&mut self, fault: Fault, config: RunConfig) -> anyhow::Result<RunReport> {
         self.runs += 1;
+        // A processor that just started may not own its partitions yet (readiness says only
+        // that none waits): the fault must find it processing.
+        let system = &self.system;
+        crate::wait::until(
+            "the booking processor owns its partitions",
+            Duration::from_secs(120),
+            || async {
+                let owned = system
+                    .counter(Service::BookingProcessor, "booking_partitions_owned")
+                    .await;
+                let ready = system::status(&system.readiness_url(Service::BookingProcessor)).await;
+                (owned > 0 && ready == Some(200)).then_some(())
+            },
+        )
+        .await?;
         self.api.refresh(&mut self.fans).await?;
         let admin = self
             .api
