@@ -68,7 +68,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,14 +79,14 @@ use boxoffice_avro::records::{
 };
 use boxoffice_avro::{Codec, CodecError, DecodeError};
 use boxoffice_runtime::dead_letter;
-use boxoffice_runtime::metrics::{Counter, Gauge, Readiness, Registry, counter, gauge};
+use boxoffice_runtime::metrics::Counter;
 use boxoffice_runtime::retry::RetryPolicy;
 use boxoffice_store::payments::{
     HistoryEntry, PaymentSaveOutcome, PaymentStore, PaymentStoreError,
 };
 use boxoffice_store::watermarks::{Resume, WatermarkStore};
 use boxoffice_topics::kafka::KafkaArgs;
-use boxoffice_topics::names::{TopicPrefix, Topics};
+use boxoffice_topics::names::Topics;
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
@@ -101,11 +100,11 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::core::{self, Effect, Input, Millis, PaymentState, Policy};
 use super::gateway::{
-    ChargeOutcome, ChargeRequest, DeclineReason, Gateway, LedgerError, PaymentGateway,
-    RefundRequest, SandboxGateway, SandboxSettings,
+    ChargeOutcome, ChargeRequest, DeclineReason, Gateway, PaymentGateway, RefundRequest,
 };
-use super::provider::{ProviderError, ProviderGateway, ProviderSettings};
+pub use super::metrics::{PaymentMetrics, serve_metrics};
 use super::render::{Output, render};
+pub use super::settings::{GatewayError, PaymentSettings};
 use super::store::{self, Stored};
 use super::timers::{PaymentLocks, TimerWheel};
 use crate::rebalance::{GroupContext, Membership, committed_offset, seek_and_resume};
@@ -122,203 +121,6 @@ const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most decision steps one input may chain (the core bounds them far lower; this only stops a
 /// broken core from spinning: the payment's timer brings it back).
 const MAX_STEPS: u32 = 32;
-
-/// How the payment processor batches, identifies itself and reaches its provider. The HTTP
-/// provider's own settings are [`ProviderSettings`] (`--provider-*`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct PaymentSettings {
-    /// Consumer group of the payment processors; every instance of one deployment shares it.
-    #[arg(
-        long = "group-id",
-        env = "PAYMENTS_GROUP_ID",
-        default_value = "payment-processor"
-    )]
-    pub group_id: String,
-
-    #[command(flatten)]
-    pub topic_prefix: TopicPrefix,
-
-    /// Most records taken in one batch.
-    #[arg(long = "max-batch-records", env = "PAYMENTS_MAX_BATCH_RECORDS", default_value_t = 500,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub max_batch_records: u32,
-
-    /// Longest a batch waits to fill up once its first record arrived (e.g. `20ms`).
-    #[arg(long = "max-batch-wait", env = "PAYMENTS_MAX_BATCH_WAIT", default_value = "20ms",
-          value_parser = humantime::parse_duration)]
-    pub max_batch_wait: Duration,
-
-    /// The payment provider: `sandbox` (in process, test mode, behaviour chosen by the token)
-    /// or `provider` (the HTTP provider API at `--provider-url`).
-    #[arg(long = "gateway", env = "PAYMENTS_GATEWAY", default_value = "sandbox",
-          value_parser = ["sandbox", "provider"])]
-    pub gateway: String,
-
-    /// How long the sandbox's `tok_slow` takes.
-    #[arg(long = "sandbox-slow", env = "PAYMENTS_SANDBOX_SLOW", default_value = "2s",
-          value_parser = humantime::parse_duration)]
-    pub sandbox_slow: Duration,
-
-    /// How long a sandbox `tok_pending` charge stays pending.
-    #[arg(long = "sandbox-pending", env = "PAYMENTS_SANDBOX_PENDING", default_value = "1s",
-          value_parser = humantime::parse_duration)]
-    pub sandbox_pending: Duration,
-
-    /// File the sandbox keeps its ledger in (JSON lines), so it outlives a restart like a real
-    /// provider; unset: in memory.
-    #[arg(long = "sandbox-ledger", env = "PAYMENTS_SANDBOX_LEDGER")]
-    pub sandbox_ledger: Option<PathBuf>,
-
-    /// How long a store call, a produce or a registry call is retried before its partition is
-    /// given up: paused, `/readyz` 503, `payments_retries_exhausted_total` counted, and taken
-    /// again through the path of a new assignment once the fault clears (e.g. `30s`).
-    #[arg(long = "retry-budget", env = "PAYMENTS_RETRY_BUDGET", default_value = "30s",
-          value_parser = humantime::parse_duration)]
-    pub retry_budget: Duration,
-
-    /// The HTTP provider (`--provider-*`), used with `--gateway provider`.
-    #[command(flatten)]
-    pub provider: ProviderSettings,
-}
-
-/// The configured gateway could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-}
-
-impl PaymentSettings {
-    pub fn topics(&self) -> Topics {
-        self.topic_prefix.topics()
-    }
-
-    /// How store calls, produces and registry calls are retried (see `--retry-budget`).
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy::with_budget(self.retry_budget)
-    }
-
-    /// The configured provider: the in-process sandbox, or the HTTP provider (`--provider-*`).
-    pub fn gateway(&self) -> Result<Gateway, GatewayError> {
-        if self.gateway == "provider" {
-            return Ok(Gateway::Provider(ProviderGateway::new(&self.provider)?));
-        }
-        Ok(Gateway::Sandbox(SandboxGateway::new(SandboxSettings {
-            slow: self.sandbox_slow,
-            pending: self.sandbox_pending,
-            ledger: self.sandbox_ledger.clone(),
-        })?))
-    }
-}
-
-/// What the payment processor counts.
-#[derive(Debug)]
-pub struct PaymentMetrics {
-    pub records_processed: Counter,
-    pub records_skipped: Counter,
-    pub dead_letters: Counter,
-    pub charges: Counter,
-    pub queries: Counter,
-    pub refunds: Counter,
-    pub captured: Counter,
-    pub failed: Counter,
-    pub outputs_produced: Counter,
-    pub store_retries: Counter,
-    pub conflicts: Counter,
-    /// Payments woken by their timer.
-    pub wakes: Counter,
-    /// Payment timers held in memory now (gauge).
-    pub timers: Gauge,
-    /// Partitions replayed because the store's watermark was behind Kafka or went backwards
-    /// (the store lost writes it had acknowledged).
-    pub store_loss_replays: Counter,
-    /// Calls still failing when their retry budget ran out (their partition was given up).
-    pub retries_exhausted: Counter,
-    /// Partitions given up and waiting to be taken again (gauge).
-    pub partitions_parked: Gauge,
-    /// Why the instance is not ready: the partitions given up.
-    pub readiness: Readiness,
-    registry: Registry,
-}
-
-impl Default for PaymentMetrics {
-    fn default() -> Self {
-        let mut registry = Registry::default();
-        let r = &mut registry;
-        PaymentMetrics {
-            records_processed: counter(r, "payments_records_processed_total", "Records applied"),
-            records_skipped: counter(
-                r,
-                "payments_records_skipped_total",
-                "Records already applied (replay)",
-            ),
-            dead_letters: counter(
-                r,
-                "payments_dead_letters_total",
-                "Records sent to the dead-letter topic",
-            ),
-            charges: counter(r, "payments_gateway_charges_total", "Charge calls"),
-            queries: counter(
-                r,
-                "payments_gateway_queries_total",
-                "Charge or refund queries",
-            ),
-            refunds: counter(r, "payments_gateway_refunds_total", "Refund calls"),
-            captured: counter(r, "payments_captured_total", "Payments captured"),
-            failed: counter(r, "payments_failed_total", "Payments failed"),
-            outputs_produced: counter(r, "payments_outputs_produced_total", "Records produced"),
-            store_retries: counter(r, "payments_store_retries_total", "Store calls retried"),
-            conflicts: counter(
-                r,
-                "payments_conflicts_total",
-                "Payment writes refused (another owner)",
-            ),
-            wakes: counter(r, "payments_wakes_total", "Payments woken by their timer"),
-            timers: gauge(
-                r,
-                "payments_timers",
-                "Payment timers held for the owned partitions",
-            ),
-            store_loss_replays: counter(
-                r,
-                "payments_store_loss_replays_total",
-                "Partitions replayed from the store's watermark (the store lost writes)",
-            ),
-            retries_exhausted: counter(
-                r,
-                "payments_retries_exhausted_total",
-                "Calls still failing after the retry budget (their partition was given up)",
-            ),
-            partitions_parked: gauge(
-                r,
-                "payments_partitions_parked",
-                "Partitions given up after a fault outlasted the retry budget",
-            ),
-            readiness: Default::default(),
-            registry,
-        }
-    }
-}
-
-impl PaymentMetrics {
-    pub fn render(&self) -> String {
-        boxoffice_runtime::metrics::render(&self.registry)
-    }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` (503 while a partition is given up) until the
-/// process ends.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<PaymentMetrics>) {
-    let ready = metrics.clone();
-    boxoffice_runtime::metrics::serve_with_readiness(
-        listener,
-        move || metrics.render(),
-        move || ready.readiness.check(),
-    )
-    .await;
-}
 
 /// Why the processor stopped.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,113 @@
+//! What the payment processor counts, in the process's one registry, and the server of its
+//! `/metrics`, `/healthz` and `/readyz`.
+
+use std::sync::Arc;
+
+use boxoffice_runtime::metrics::{Counter, Gauge, Readiness, Registry, counter, gauge};
+
+/// What the payment processor counts.
+#[derive(Debug)]
+pub struct PaymentMetrics {
+    pub records_processed: Counter,
+    pub records_skipped: Counter,
+    pub dead_letters: Counter,
+    pub charges: Counter,
+    pub queries: Counter,
+    pub refunds: Counter,
+    pub captured: Counter,
+    pub failed: Counter,
+    pub outputs_produced: Counter,
+    pub store_retries: Counter,
+    pub conflicts: Counter,
+    /// Payments woken by their timer.
+    pub wakes: Counter,
+    /// Payment timers held in memory now (gauge).
+    pub timers: Gauge,
+    /// Partitions replayed because the store's watermark was behind Kafka or went backwards
+    /// (the store lost writes it had acknowledged).
+    pub store_loss_replays: Counter,
+    /// Calls still failing when their retry budget ran out (their partition was given up).
+    pub retries_exhausted: Counter,
+    /// Partitions given up and waiting to be taken again (gauge).
+    pub partitions_parked: Gauge,
+    /// Why the instance is not ready: the partitions given up.
+    pub readiness: Readiness,
+    registry: Registry,
+}
+
+impl Default for PaymentMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        PaymentMetrics {
+            records_processed: counter(r, "payments_records_processed_total", "Records applied"),
+            records_skipped: counter(
+                r,
+                "payments_records_skipped_total",
+                "Records already applied (replay)",
+            ),
+            dead_letters: counter(
+                r,
+                "payments_dead_letters_total",
+                "Records sent to the dead-letter topic",
+            ),
+            charges: counter(r, "payments_gateway_charges_total", "Charge calls"),
+            queries: counter(
+                r,
+                "payments_gateway_queries_total",
+                "Charge or refund queries",
+            ),
+            refunds: counter(r, "payments_gateway_refunds_total", "Refund calls"),
+            captured: counter(r, "payments_captured_total", "Payments captured"),
+            failed: counter(r, "payments_failed_total", "Payments failed"),
+            outputs_produced: counter(r, "payments_outputs_produced_total", "Records produced"),
+            store_retries: counter(r, "payments_store_retries_total", "Store calls retried"),
+            conflicts: counter(
+                r,
+                "payments_conflicts_total",
+                "Payment writes refused (another owner)",
+            ),
+            wakes: counter(r, "payments_wakes_total", "Payments woken by their timer"),
+            timers: gauge(
+                r,
+                "payments_timers",
+                "Payment timers held for the owned partitions",
+            ),
+            store_loss_replays: counter(
+                r,
+                "payments_store_loss_replays_total",
+                "Partitions replayed from the store's watermark (the store lost writes)",
+            ),
+            retries_exhausted: counter(
+                r,
+                "payments_retries_exhausted_total",
+                "Calls still failing after the retry budget (their partition was given up)",
+            ),
+            partitions_parked: gauge(
+                r,
+                "payments_partitions_parked",
+                "Partitions given up after a fault outlasted the retry budget",
+            ),
+            readiness: Default::default(),
+            registry,
+        }
+    }
+}
+
+impl PaymentMetrics {
+    pub fn render(&self) -> String {
+        boxoffice_runtime::metrics::render(&self.registry)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (503 while a partition is given up) until the
+/// process ends.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<PaymentMetrics>) {
+    let ready = metrics.clone();
+    boxoffice_runtime::metrics::serve_with_readiness(
+        listener,
+        move || metrics.render(),
+        move || ready.readiness.check(),
+    )
+    .await;
+}
