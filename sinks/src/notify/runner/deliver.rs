@@ -241,27 +241,12 @@ impl ChannelRunner {
                 attempts: attempts + 1,
                 detail: String::new(),
             };
-            self.store_retry(stop, "recording the attempt", || {
-                store.set_delivery(id, channel, &key, &pending)
-            })
-            .await?;
+            self.record(stop, "recording the attempt", id, &key, &pending)
+                .await?;
             let result = self.send(n, &target).await;
             let (state, detail) = match result {
                 Ok(()) => {
-                    let since_decision = message
-                        .timestamp()
-                        .to_millis()
-                        .map_or(0, |at| u64::try_from(now_millis() - at).unwrap_or(0));
-                    match self.channel {
-                        Channel::Email => {
-                            metrics.emails_sent.inc_by(1);
-                            metrics.email_latency_ms.observe(since_decision as f64);
-                        }
-                        _ => {
-                            metrics.webhooks_sent.inc_by(1);
-                            metrics.webhook_latency_ms.observe(since_decision as f64);
-                        }
-                    }
+                    self.count_sent(message);
                     (DeliveryState::Sent, String::new())
                 }
                 Err(SendError::Unavailable(detail)) => {
@@ -275,10 +260,8 @@ impl ChannelRunner {
                         attempts,
                         detail: detail.clone(),
                     };
-                    self.store_retry(stop, "recording the outage", || {
-                        store.set_delivery(id, channel, &key, &restored)
-                    })
-                    .await?;
+                    self.record(stop, "recording the outage", id, &key, &restored)
+                        .await?;
                     metrics.retries.inc_by(1);
                     self.pause(stop, delay).await?;
                     continue;
@@ -289,10 +272,8 @@ impl ChannelRunner {
                         attempts: attempts + 1,
                         detail: detail.clone(),
                     };
-                    self.store_retry(stop, "recording the failure", || {
-                        store.set_delivery(id, channel, &key, &failed)
-                    })
-                    .await?;
+                    self.record(stop, "recording the failure", id, &key, &failed)
+                        .await?;
                     if attempts + 1 >= max_attempts {
                         continue; // the loop gives up at the top
                     }
@@ -311,17 +292,7 @@ impl ChannelRunner {
                 }
                 Err(SendError::Gone(detail)) => {
                     if let Target::Webhook(endpoint) = &target {
-                        self.store_retry(stop, "disabling the endpoint", || {
-                            store.disable_endpoint(
-                                &endpoint.user_id,
-                                &endpoint.endpoint_id,
-                                &detail,
-                            )
-                        })
-                        .await?;
-                        metrics.endpoints_disabled.inc_by(1);
-                        info!(endpoint_id = %endpoint.endpoint_id, url = %endpoint.url,
-                              "webhook endpoint answered 410 Gone; disabled");
+                        self.disable(endpoint, &detail, stop).await?;
                     }
                     (DeliveryState::Disabled, detail)
                 }
@@ -331,12 +302,60 @@ impl ChannelRunner {
                 attempts: attempts + 1,
                 detail,
             };
-            self.store_retry(stop, "recording the delivery", || {
-                store.set_delivery(id, channel, &key, &done)
-            })
-            .await?;
+            self.record(stop, "recording the delivery", id, &key, &done)
+                .await?;
             return Ok(());
         }
+    }
+
+    /// Writes a target's delivery row (retried within the budget).
+    async fn record(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        what: &str,
+        notification_id: &str,
+        key: &str,
+        delivery: &Delivery,
+    ) -> Result<(), Interrupted> {
+        let (store, channel) = (&self.deps.store, self.channel.name());
+        self.store_retry(stop, what, || {
+            store.set_delivery(notification_id, channel, key, delivery)
+        })
+        .await
+    }
+
+    /// Counts a send and how long after the decision it went out.
+    fn count_sent(&self, message: &OwnedMessage) {
+        let metrics = &self.deps.metrics;
+        let since_decision = message
+            .timestamp()
+            .to_millis()
+            .map_or(0, |at| (now_millis() - at).max(0));
+        if self.channel == Channel::Email {
+            metrics.emails_sent.inc_by(1);
+            metrics.email_latency_ms.observe(since_decision as f64);
+        } else {
+            metrics.webhooks_sent.inc_by(1);
+            metrics.webhook_latency_ms.observe(since_decision as f64);
+        }
+    }
+
+    /// Disables a webhook endpoint that answered 410 Gone.
+    async fn disable(
+        &self,
+        endpoint: &WebhookEndpoint,
+        detail: &str,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Interrupted> {
+        let store = &self.deps.store;
+        self.store_retry(stop, "disabling the endpoint", || {
+            store.disable_endpoint(&endpoint.user_id, &endpoint.endpoint_id, detail)
+        })
+        .await?;
+        self.deps.metrics.endpoints_disabled.inc_by(1);
+        info!(endpoint_id = %endpoint.endpoint_id, url = %endpoint.url,
+              "webhook endpoint answered 410 Gone; disabled");
+        Ok(())
     }
 
     /// Dead-letters the record for one target, then marks the target `DEAD`.

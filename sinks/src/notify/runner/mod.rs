@@ -212,29 +212,7 @@ impl ChannelRunner {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
         // Bounded like the lanes: a worker waits for the main loop to take its report.
         let (gave_up_tx, mut gave_up_rx) = mpsc::channel::<(i32, String)>(LANE_CAPACITY);
-        let mut lanes = Vec::new();
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..this.deps.settings.lanes.max(1) {
-            let (tx, mut rx) = mpsc::channel::<OwnedMessage>(LANE_CAPACITY);
-            lanes.push(tx);
-            let (runner, done, mut stop) = (this.clone(), done_tx.clone(), stop.clone());
-            let gave_up = gave_up_tx.clone();
-            workers.spawn(async move {
-                while let Some(message) = rx.recv().await {
-                    match runner.handle(&message, &mut stop).await {
-                        Ok(()) => {
-                            let _ = done.send((message.partition(), message.offset()));
-                        }
-                        Err(Interrupted::GaveUp(reason)) => {
-                            let _ = gave_up.send((message.partition(), reason)).await;
-                        }
-                        Err(Interrupted::Stopped) => break,
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        drop(gave_up_tx);
+        let (lanes, mut workers) = Self::spawn_lanes(&this, &stop, done_tx, gave_up_tx);
         let mut parked: BTreeMap<i32, Parked> = BTreeMap::new();
         let mut watermarks = Watermarks::default();
         let mut stored = StoredMarks::default();
@@ -326,6 +304,38 @@ impl ChannelRunner {
         this.consumer.unsubscribe();
         info!(channel = this.channel.name(), "notifier channel stopped");
         Ok(())
+    }
+
+    /// Starts `--lanes` workers, each handling the records sent to its lane in order and
+    /// reporting each one done (or given up) to the main loop.
+    fn spawn_lanes(
+        this: &Arc<Self>,
+        stop: &watch::Receiver<bool>,
+        done_tx: mpsc::UnboundedSender<(i32, i64)>,
+        gave_up_tx: mpsc::Sender<(i32, String)>,
+    ) -> (Vec<mpsc::Sender<OwnedMessage>>, tokio::task::JoinSet<()>) {
+        let mut lanes = Vec::new();
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..this.deps.settings.lanes.max(1) {
+            let (tx, mut rx) = mpsc::channel::<OwnedMessage>(LANE_CAPACITY);
+            lanes.push(tx);
+            let (runner, done, mut stop) = (this.clone(), done_tx.clone(), stop.clone());
+            let gave_up = gave_up_tx.clone();
+            workers.spawn(async move {
+                while let Some(message) = rx.recv().await {
+                    match runner.handle(&message, &mut stop).await {
+                        Ok(()) => {
+                            let _ = done.send((message.partition(), message.offset()));
+                        }
+                        Err(Interrupted::GaveUp(reason)) => {
+                            let _ = gave_up.send((message.partition(), reason)).await;
+                        }
+                        Err(Interrupted::Stopped) => break,
+                    }
+                }
+            });
+        }
+        (lanes, workers)
     }
 
     /// Acts on rebalances: a revoked partition's marks are dropped; an assigned one resumes
