@@ -67,6 +67,12 @@ impl Readiness {
         guard.insert(part.to_owned(), reasons);
     }
 
+    /// How many reasons there are, over every part.
+    pub fn count(&self) -> usize {
+        let guard = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        guard.values().map(Vec::len).sum()
+    }
+
     /// `Ok` when ready; otherwise the reasons, one per line.
     pub fn check(&self) -> Result<(), String> {
         let guard = self.reasons.lock().unwrap_or_else(|p| p.into_inner());

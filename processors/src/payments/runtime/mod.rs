@@ -325,7 +325,17 @@ impl Runtime {
                 batch = collect_batch(consumer, &self.deps.settings) => batch,
             };
             self.apply_membership(consumer, context).await;
-            self.tend_parked(consumer).await;
+            let taken = self.tend_parked(consumer).await;
+            // Records of a partition taken again were fetched before its seek: it reads them
+            // again from where it resumed, in order.
+            let batch = if taken.is_empty() {
+                batch
+            } else {
+                batch
+                    .into_iter()
+                    .filter(|m| !taken.contains(&m.partition()))
+                    .collect()
+            };
             if rescanned.elapsed() >= TIMER_RESCAN {
                 rescanned = Instant::now();
                 self.rescan_timers().await;

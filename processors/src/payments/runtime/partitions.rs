@@ -100,7 +100,8 @@ impl Runtime {
 
     /// Pauses partitions parked since the last batch, and tries once to take again each parked
     /// partition whose wait is over (its wait grows, jittered, up to the policy's longest delay).
-    pub(super) async fn tend_parked(&self, consumer: &PaymentConsumer) {
+    /// Returns the partitions taken again.
+    pub(super) async fn tend_parked(&self, consumer: &PaymentConsumer) -> Vec<i32> {
         let now = Instant::now();
         let (to_pause, due) = {
             let mut parked = self.parked_map();
@@ -121,6 +122,7 @@ impl Runtime {
         {
             warn!(error = %e, "pausing parked partitions failed; their records are dropped until they are taken again");
         }
+        let mut taken = Vec::new();
         for partition in due {
             // One try: the parked wait is the retry, and healthy partitions keep going.
             match self
@@ -131,14 +133,23 @@ impl Runtime {
                 )
                 .await
             {
+                // A wake that gave up while `take` awaited parked it again (and dropped its
+                // timers): it stays parked, and is paused again next turn (`take` resumed it).
+                Ok(()) if !self.wheel().owns(partition) => {
+                    if let Some(p) = self.parked_map().get_mut(&partition) {
+                        p.paused = false;
+                    }
+                }
                 Ok(()) => {
                     self.parked_map().remove(&partition);
+                    taken.push(partition);
                     info!(partition, "parked partition taken again: the fault cleared");
                 }
                 Err(reason) => self.park(partition, reason, true),
             }
         }
         self.publish_parked();
+        taken
     }
 
     pub(super) fn publish_parked(&self) {

@@ -128,7 +128,19 @@ pub struct ChannelRunner {
     dead_letters: FutureProducer,
     email: Option<EmailSender>,
     webhook: Option<WebhookSender>,
+    /// Per partition, which reading of it is current: bumped when it is given up, revoked or
+    /// read again from an older offset. Lanes skip records of an older reading, and the main
+    /// loop ignores their reports, so a record handed out before never moves the commit point
+    /// of the reading after.
+    epochs: std::sync::Mutex<HashMap<i32, u64>>,
 }
+
+/// A record handed to a lane, with the reading of its partition it belongs to.
+type Handed = (OwnedMessage, u64);
+/// A lane's report: (partition, offset, reading).
+type DoneReport = (i32, i64, u64);
+/// A lane's report of a record that gave up: (partition, reason, reading).
+type GaveUpReport = (i32, String, u64);
 
 impl std::fmt::Debug for ChannelRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,6 +208,7 @@ impl ChannelRunner {
             dead_letters,
             email,
             webhook,
+            epochs: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -209,9 +222,10 @@ impl ChannelRunner {
         this.consumer.subscribe(&[&this.topic])?;
         info!(channel = this.channel.name(), group = %this.group_id, topic = %this.topic,
               lanes = this.deps.settings.lanes, "notifier channel joined its group");
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
-        // Bounded like the lanes: a worker waits for the main loop to take its report.
-        let (gave_up_tx, mut gave_up_rx) = mpsc::channel::<(i32, String)>(LANE_CAPACITY);
+        // Unbounded, but never longer than the records in the lanes (one report each): a
+        // worker never waits for the main loop, which may be waiting for its lane.
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<DoneReport>();
+        let (gave_up_tx, mut gave_up_rx) = mpsc::unbounded_channel::<GaveUpReport>();
         let (lanes, mut workers) = Self::spawn_lanes(&this, &stop, done_tx, gave_up_tx);
         let mut parked: BTreeMap<i32, Parked> = BTreeMap::new();
         let mut watermarks = Watermarks::default();
@@ -222,8 +236,8 @@ impl ChannelRunner {
         let mut checked = std::time::Instant::now();
         enum Event {
             Stop,
-            Done(i32, i64),
-            GaveUp(i32, String),
+            Done(i32, i64, u64),
+            GaveUp(i32, String, u64),
             Message(OwnedMessage),
             Tick,
             Skip,
@@ -232,8 +246,8 @@ impl ChannelRunner {
             let event = tokio::select! {
                 _ = stop_main.wait_for(|s| *s) => Event::Stop,
                 _ = tick.tick() => Event::Tick,
-                Some((partition, offset)) = done_rx.recv() => Event::Done(partition, offset),
-                Some((partition, reason)) = gave_up_rx.recv() => Event::GaveUp(partition, reason),
+                Some((partition, offset, epoch)) = done_rx.recv() => Event::Done(partition, offset, epoch),
+                Some((partition, reason, epoch)) = gave_up_rx.recv() => Event::GaveUp(partition, reason, epoch),
                 message = this.consumer.recv() => match message {
                     Ok(message) => Event::Message(message.detach()),
                     Err(e) => {
@@ -254,7 +268,10 @@ impl ChannelRunner {
                         this.check_watermarks(&mut stored, &mut watermarks).await;
                     }
                 }
-                Event::Done(partition, offset) => {
+                // A report of an older reading of the partition (see `epochs`).
+                Event::Done(partition, _, epoch) | Event::GaveUp(partition, _, epoch)
+                    if epoch != this.epoch(partition) => {}
+                Event::Done(partition, offset, _) => {
                     if let Some(commit) = watermarks.done(partition, offset)
                         && this
                             .store_watermark(&mut stored, partition, commit + 1)
@@ -267,7 +284,8 @@ impl ChannelRunner {
                                "storing the offset failed");
                     }
                 }
-                Event::GaveUp(partition, reason) => {
+                Event::GaveUp(partition, reason, _) => {
+                    this.bump_epoch(partition);
                     this.park(&mut parked, partition, reason);
                     // Its offsets in flight are forgotten: nothing past the record that gave
                     // up is stored for commit, and taking it again reads from the committed
@@ -281,9 +299,10 @@ impl ChannelRunner {
                     this.deps.metrics.records.inc_by(1);
                     watermarks.started(message.partition(), message.offset());
                     let lane = lane_of(message.key().unwrap_or_default(), lanes.len());
+                    let epoch = this.epoch(message.partition());
                     let sent = tokio::select! {
                         _ = stop_send.wait_for(|s| *s) => false,
-                        sent = lanes[lane].send(message) => sent.is_ok(),
+                        sent = lanes[lane].send((message, epoch)) => sent.is_ok(),
                     };
                     if !sent {
                         break;
@@ -293,7 +312,10 @@ impl ChannelRunner {
         }
         drop(lanes);
         while workers.join_next().await.is_some() {}
-        while let Ok((partition, offset)) = done_rx.try_recv() {
+        while let Ok((partition, offset, epoch)) = done_rx.try_recv() {
+            if epoch != this.epoch(partition) {
+                continue;
+            }
             if let Some(commit) = watermarks.done(partition, offset) {
                 let _ = this.consumer.store_offset(&this.topic, partition, commit);
             }
@@ -306,29 +328,52 @@ impl ChannelRunner {
         Ok(())
     }
 
+    fn epochs(&self) -> std::sync::MutexGuard<'_, HashMap<i32, u64>> {
+        // A panic while holding the map leaves it whole (single reads and increments).
+        self.epochs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current reading of `partition` (see `epochs`).
+    fn epoch(&self, partition: i32) -> u64 {
+        self.epochs().get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Starts a new reading of `partition`: what was handed out before is skipped.
+    fn bump_epoch(&self, partition: i32) {
+        let mut epochs = self.epochs();
+        let epoch = epochs.entry(partition).or_insert(0);
+        *epoch = epoch.wrapping_add(1);
+    }
+
     /// Starts `--lanes` workers, each handling the records sent to its lane in order and
     /// reporting each one done (or given up) to the main loop.
     fn spawn_lanes(
         this: &Arc<Self>,
         stop: &watch::Receiver<bool>,
-        done_tx: mpsc::UnboundedSender<(i32, i64)>,
-        gave_up_tx: mpsc::Sender<(i32, String)>,
-    ) -> (Vec<mpsc::Sender<OwnedMessage>>, tokio::task::JoinSet<()>) {
+        done_tx: mpsc::UnboundedSender<DoneReport>,
+        gave_up_tx: mpsc::UnboundedSender<GaveUpReport>,
+    ) -> (Vec<mpsc::Sender<Handed>>, tokio::task::JoinSet<()>) {
         let mut lanes = Vec::new();
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..this.deps.settings.lanes.max(1) {
-            let (tx, mut rx) = mpsc::channel::<OwnedMessage>(LANE_CAPACITY);
+            let (tx, mut rx) = mpsc::channel::<Handed>(LANE_CAPACITY);
             lanes.push(tx);
             let (runner, done, mut stop) = (this.clone(), done_tx.clone(), stop.clone());
             let gave_up = gave_up_tx.clone();
             workers.spawn(async move {
-                while let Some(message) = rx.recv().await {
+                while let Some((message, epoch)) = rx.recv().await {
+                    let partition = message.partition();
+                    // Given up, revoked or read again since it was handed out: the newer
+                    // reading handles it.
+                    if epoch != runner.epoch(partition) {
+                        continue;
+                    }
                     match runner.handle(&message, &mut stop).await {
                         Ok(()) => {
-                            let _ = done.send((message.partition(), message.offset()));
+                            let _ = done.send((partition, message.offset(), epoch));
                         }
                         Err(Interrupted::GaveUp(reason)) => {
-                            let _ = gave_up.send((message.partition(), reason)).await;
+                            let _ = gave_up.send((partition, reason, epoch));
                         }
                         Err(Interrupted::Stopped) => break,
                     }
@@ -352,7 +397,17 @@ impl ChannelRunner {
                     for p in partitions {
                         stored.written.remove(&p);
                         marks.partitions.remove(&p);
-                        parked.remove(&p);
+                        self.bump_epoch(p);
+                        // Our pause would outlive the assignment (librdkafka keeps an
+                        // application's pause): a partition given up is resumed as it goes.
+                        if parked.remove(&p).is_some() {
+                            let mut tpl = TopicPartitionList::new();
+                            tpl.add_partition(&self.topic, p);
+                            if let Err(e) = self.consumer.resume(&tpl) {
+                                debug!(channel = self.channel.name(), partition = p, error = %e,
+                                       "resuming a revoked parked partition");
+                            }
+                        }
                     }
                 }
                 Membership::Assigned(partitions) if self.channel == Channel::Inapp => {
@@ -437,13 +492,7 @@ impl ChannelRunner {
             .map(|(p, parked)| format!("{channel} partition {p} given up: {}", parked.reason))
             .collect();
         self.deps.metrics.readiness.set_part(channel, reasons);
-        let count = self
-            .deps
-            .metrics
-            .readiness
-            .check()
-            .err()
-            .map_or(0, |why| why.lines().count());
+        let count = self.deps.metrics.readiness.count();
         self.deps
             .metrics
             .partitions_parked
@@ -580,7 +629,8 @@ impl ChannelRunner {
                 warn!(partition, error = %e, "seeking back failed; the next check tries again");
                 continue;
             }
-            // Records in lanes finish as they are; the partition's marks start over.
+            // Records in lanes are skipped (a new reading); the partition's marks start over.
+            self.bump_epoch(partition);
             marks.partitions.remove(&partition);
             stored.written.insert(partition, now);
         }
