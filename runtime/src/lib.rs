@@ -1,10 +1,12 @@
 //! What every long-running boxoffice service shares around its domain logic: what a binary
-//! does at start and stop (`startup`), the one dead-letter builder (`dead_letter`),
+//! does at start and stop (`startup`), how a batch is taken (`batch`), the one dead-letter
+//! builder (`dead_letter`),
 //! consumer-group membership and where a partition resumes (`rebalance`), the one bounded retry
 //! policy (`retry`), the `/metrics`,
 //! `/healthz` and `/readyz` every service serves (`metrics`), and the HMAC signature of webhooks
 //! in both directions (`signature`).
 
+pub mod batch;
 pub mod dead_letter;
 pub mod metrics;
 pub mod rebalance;

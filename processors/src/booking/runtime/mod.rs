@@ -354,7 +354,11 @@ pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Resul
     loop {
         let batch = tokio::select! {
             _ = &mut shutdown => break,
-            batch = collect_batch(&consumer, &runtime.deps.settings) => batch,
+            batch = boxoffice_runtime::batch::collect(
+                &consumer,
+                runtime.deps.settings.max_batch_records as usize,
+                runtime.deps.settings.max_batch_wait,
+            ) => batch,
         };
         runtime.apply_membership(&context);
         runtime.process(&consumer, batch).await?;
@@ -386,35 +390,6 @@ async fn partition_count(
         });
     }
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
-}
-
-/// Waits for the first record (or a quiet 200 ms, so timers and restores still run), then
-/// takes what else arrives within `max_batch_wait`, up to `max_batch_records`.
-async fn collect_batch(
-    consumer: &StreamConsumer<GroupContext>,
-    settings: &BookingSettings,
-) -> Vec<OwnedMessage> {
-    let mut batch = Vec::new();
-    match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
-        Ok(Ok(message)) => batch.push(message.detach()),
-        Ok(Err(e)) => {
-            warn!(error = %e, "consumer error");
-            return batch;
-        }
-        Err(_) => return batch,
-    }
-    let deadline = tokio::time::Instant::now() + settings.max_batch_wait;
-    while batch.len() < settings.max_batch_records as usize {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) => batch.push(message.detach()),
-            Ok(Err(e)) => {
-                warn!(error = %e, "consumer error");
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    batch
 }
 
 impl Runtime {

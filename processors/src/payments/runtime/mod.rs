@@ -271,33 +271,6 @@ pub async fn run(deps: PaymentDeps, shutdown: impl Future<Output = ()>) -> Resul
     result
 }
 
-async fn collect_batch(
-    consumer: &PaymentConsumer,
-    settings: &PaymentSettings,
-) -> Vec<OwnedMessage> {
-    let mut batch = Vec::new();
-    match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
-        Ok(Ok(message)) => batch.push(message.detach()),
-        Ok(Err(e)) => {
-            warn!(error = %e, "consumer error");
-            return batch;
-        }
-        Err(_) => return batch,
-    }
-    let deadline = tokio::time::Instant::now() + settings.max_batch_wait;
-    while batch.len() < settings.max_batch_records as usize {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) => batch.push(message.detach()),
-            Ok(Err(e)) => {
-                warn!(error = %e, "consumer error");
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    batch
-}
-
 /// A step could not be completed; the record is retried from the stored state.
 enum StepError {
     /// Another processor wrote the payment meanwhile.
@@ -322,7 +295,11 @@ impl Runtime {
         loop {
             let batch = tokio::select! {
                 _ = &mut shutdown => break,
-                batch = collect_batch(consumer, &self.deps.settings) => batch,
+                batch = boxoffice_runtime::batch::collect(
+                    consumer,
+                    self.deps.settings.max_batch_records as usize,
+                    self.deps.settings.max_batch_wait,
+                ) => batch,
             };
             self.apply_membership(consumer, context).await;
             let taken = self.tend_parked(consumer).await;
