@@ -254,7 +254,9 @@ impl Suite {
         // would), so the processor has a store write to give up on whatever the sale does.
         let (watching, watched) = tokio::sync::watch::channel(false);
         let readyz = self.system.readiness_url(Service::BookingProcessor);
-        let readiness = async {
+        // Its own task: `inject` blocks its thread while the store restarts (block_in_place),
+        // which would stop a future polled beside it for exactly the outage.
+        let readiness = tokio::spawn(async move {
             let mut seen = Vec::new();
             if fault != Fault::Store {
                 return seen;
@@ -271,7 +273,7 @@ impl Suite {
                 }
             }
             seen
-        };
+        });
         let probe_key = format!("{run_key}-probe");
         let injected = async {
             tokio::time::sleep(config.fault_at).await;
@@ -279,7 +281,8 @@ impl Suite {
             let _ = watching.send(true);
             injected
         };
-        let (outcome, injected, statuses) = tokio::join!(sale, injected, readiness);
+        let (outcome, injected) = tokio::join!(sale, injected);
+        let statuses = readiness.await.unwrap_or_default();
         let (fault_proof, recovered_at) = injected?;
 
         let mut violations = Vec::new();
