@@ -38,7 +38,6 @@ use boxoffice_topics::partitioner::partition_for;
 use futures::future::join_all;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -114,18 +113,7 @@ impl BookingSettings {
     }
 }
 
-/// Why the processor stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(
-        "Kafka client could not be created (check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS): {0}"
-    )]
-    Kafka(#[from] KafkaError),
-    #[error("topic {topic} does not exist: create it with `topics apply`")]
-    MissingTopic { topic: String },
-    #[error("stopped rather than skip a record: {0}")]
-    Fatal(String),
-}
+pub use crate::RunError;
 
 /// What the processor needs from the outside world.
 pub struct BookingDeps {

@@ -122,18 +122,7 @@ const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// broken core from spinning: the payment's timer brings it back).
 const MAX_STEPS: u32 = 32;
 
-/// Why the processor stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(
-        "Kafka client could not be created (check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS): {0}"
-    )]
-    Kafka(#[from] KafkaError),
-    #[error("topic {topic} does not exist: create it with `topics apply`")]
-    MissingTopic { topic: String },
-    #[error("stopped rather than skip a record: {0}")]
-    Fatal(String),
-}
+pub use crate::RunError;
 
 /// What the processor needs from the outside world.
 pub struct PaymentDeps {
