@@ -134,212 +134,118 @@ macro_rules! impl_record {
 // ---------------------------------------------------------------------------------------------
 // Enums
 
-/// Why a payment failed.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    AvroSchema,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-#[avro(namespace = "boxoffice")]
-pub enum PaymentFailureReason {
-    Declined,
-    InsufficientFunds,
-    ProviderError,
-    Timeout,
-}
+/// An enum that travels on the wire. One wire name per variant: the Avro symbol, the JSON value,
+/// the header value and the name templates match. serde and strum both derive it from
+/// `SCREAMING_SNAKE_CASE` and a test checks they agree, so every producer and consumer uses
+/// `wire_name()` and `str::parse`.
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            Serialize,
+            Deserialize,
+            AvroSchema,
+            strum::IntoStaticStr,
+            strum::EnumString,
+            strum::VariantArray,
+        )]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+        #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+        #[avro(namespace = "boxoffice")]
+        pub enum $name { $($body)* }
 
-/// What a provider's asynchronous event says about a charge.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    AvroSchema,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-#[avro(namespace = "boxoffice")]
-pub enum ProviderChargeOutcome {
-    Captured,
-    Declined,
-}
-
-/// Why a booking request was refused.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    AvroSchema,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-#[avro(namespace = "boxoffice")]
-pub enum RejectReason {
-    SoldOut,
-    NotOnSale,
-    LimitExceeded,
-    UnknownEvent,
-    InvalidRequest,
-}
-
-/// Why an order was cancelled.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    AvroSchema,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-#[avro(namespace = "boxoffice")]
-pub enum CancelReason {
-    UserRequested,
-    PaymentFailed,
-}
-
-/// Why a payment is refunded.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    AvroSchema,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-#[avro(namespace = "boxoffice")]
-pub enum RefundReason {
-    OrderCancelled,
-    LatePaymentSoldOut,
-}
-
-/// What a notification tells.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    AvroSchema,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-#[avro(namespace = "boxoffice")]
-pub enum NotificationKind {
-    OrderReserved,
-    OrderConfirmed,
-    OrderRejected,
-    OrderExpired,
-    OrderCancelled,
-    OrderRefunded,
-    LatePaymentReallocated,
-}
-
-/// Class of a dead-lettered failure. `Other` is also the Avro enum default, so a reader that
-/// predates a newer kind still reads the record (as `Other`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    AvroSchema,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-#[avro(namespace = "boxoffice")]
-pub enum DeadLetterErrorKind {
-    ShortFrame,
-    BadMagicByte,
-    UnknownSchemaId,
-    SchemaMismatch,
-    UndecodableBody,
-    UnexpectedRecord,
-    InvalidRecord,
-    // The consumer's state for the record's entity is gone and cannot be rebuilt from the
-    // log (its commands are below the log start): the record waits for an operator.
-    StateLost,
-    #[default]
-    Other,
-}
-
-/// One wire name per variant: the Avro symbol, the JSON value, the header value and the name
-/// templates match. serde and strum both derive it from `SCREAMING_SNAKE_CASE` and a test checks
-/// they agree, so every producer and consumer uses `wire_name()` and `str::parse`.
-macro_rules! wire_names {
-    ($($t:ty),* $(,)?) => {$(
-        impl $t {
+        impl $name {
             /// The variant's name on the wire (`SOLD_OUT`).
             pub fn wire_name(self) -> &'static str {
                 self.into()
             }
         }
-    )*};
+    };
 }
 
-wire_names!(
-    PaymentFailureReason,
-    ProviderChargeOutcome,
-    RejectReason,
-    CancelReason,
-    RefundReason,
-    NotificationKind,
-    DeadLetterErrorKind,
-);
+wire_enum! {
+    /// Why a payment failed.
+    pub enum PaymentFailureReason {
+        Declined,
+        InsufficientFunds,
+        ProviderError,
+        Timeout,
+    }
+}
+
+wire_enum! {
+    /// What a provider's asynchronous event says about a charge.
+    pub enum ProviderChargeOutcome {
+        Captured,
+        Declined,
+    }
+}
+
+wire_enum! {
+    /// Why a booking request was refused.
+    pub enum RejectReason {
+        SoldOut,
+        NotOnSale,
+        LimitExceeded,
+        UnknownEvent,
+        InvalidRequest,
+    }
+}
+
+wire_enum! {
+    /// Why an order was cancelled.
+    pub enum CancelReason {
+        UserRequested,
+        PaymentFailed,
+    }
+}
+
+wire_enum! {
+    /// Why a payment is refunded.
+    pub enum RefundReason {
+        OrderCancelled,
+        LatePaymentSoldOut,
+    }
+}
+
+wire_enum! {
+    /// What a notification tells.
+    pub enum NotificationKind {
+        OrderReserved,
+        OrderConfirmed,
+        OrderRejected,
+        OrderExpired,
+        OrderCancelled,
+        OrderRefunded,
+        LatePaymentReallocated,
+    }
+}
+
+wire_enum! {
+    /// Class of a dead-lettered failure. `Other` is also the Avro enum default, so a reader that
+    /// predates a newer kind still reads the record (as `Other`).
+    #[derive(Default)]
+    pub enum DeadLetterErrorKind {
+        ShortFrame,
+        BadMagicByte,
+        UnknownSchemaId,
+        SchemaMismatch,
+        UndecodableBody,
+        UnexpectedRecord,
+        InvalidRecord,
+        // The consumer's state for the record's entity is gone and cannot be rebuilt from the
+        // log (its commands are below the log start): the record waits for an operator.
+        StateLost,
+        #[default]
+        Other,
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // booking.commands (key event_id)

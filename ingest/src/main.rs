@@ -7,16 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use boxoffice_avro::Codec;
-use boxoffice_avro::registry::RegistryArgs;
 use boxoffice_ingest::bus::KafkaBus;
 use boxoffice_ingest::config::{IngestSettings, ProviderWebhookSettings};
 use boxoffice_ingest::live::Live;
 use boxoffice_ingest::stores::cql::CqlStores;
 use boxoffice_ingest::{Deps, Follow, ensure_admin};
-use boxoffice_runtime::startup::{connect_services, init_tracing, shutdown_signal};
-use boxoffice_store::schema::SchemaArgs;
-use boxoffice_store::session::ScyllaArgs;
-use boxoffice_topics::kafka::KafkaArgs;
+use boxoffice_runtime::startup::{ServiceArgs, shutdown_signal};
 use clap::{Parser, Subcommand};
 use tracing::info;
 
@@ -28,17 +24,7 @@ struct Cli {
     #[command(flatten)]
     provider_webhook: ProviderWebhookSettings,
     #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    registry: RegistryArgs,
-    #[command(flatten)]
-    scylla: ScyllaArgs,
-    #[command(flatten)]
-    schema: SchemaArgs,
-    /// Log format: `text` or `json`.
-    #[arg(long = "log-format", env = "BOXOFFICE_LOG_FORMAT", default_value = "text", global = true,
-          value_parser = ["text", "json"])]
-    log_format: String,
+    service: ServiceArgs,
     /// Email of an admin created (or promoted) at startup; needs INGEST_ADMIN_PASSWORD.
     #[arg(long = "admin-email", env = "INGEST_ADMIN_EMAIL")]
     admin_email: Option<String>,
@@ -87,7 +73,7 @@ async fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
-    init_tracing(&cli.log_format);
+    cli.service.init_tracing();
     match start(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -98,18 +84,17 @@ async fn main() -> ExitCode {
 }
 
 async fn start(cli: Cli) -> anyhow::Result<()> {
-    let schema = cli.schema.settings();
-    let session = connect_services(&cli.kafka, &cli.registry, &cli.scylla, &schema).await?;
+    let (session, schema) = cli.service.connect().await?;
     // Adds ingest's columns to an older keyspace, then prepares the statements.
     let stores = CqlStores::new(session, &schema.keyspace)
         .await
         .context("preparing ingest's CQL statements")?
         .into_stores();
-    let codec = Arc::new(Codec::new(&cli.registry)?);
+    let codec = Arc::new(Codec::new(&cli.service.registry)?);
     let topics = cli.settings.topic_prefix.topics();
     let bus = Arc::new(
         KafkaBus::new(
-            &cli.kafka,
+            &cli.service.kafka,
             Arc::clone(&codec),
             topics,
             cli.settings.produce_timeout,
@@ -161,7 +146,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         stores,
         bus,
         follow: Some(Follow {
-            kafka: cli.kafka,
+            kafka: cli.service.kafka,
             codec,
         }),
     };

@@ -8,15 +8,19 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use boxoffice_avro::Codec;
-use boxoffice_avro::registry::RegistryArgs;
 use boxoffice_processors::booking::audit::verify_event;
 use boxoffice_processors::booking::runtime::{BookingDeps, BookingSettings, run};
 use boxoffice_processors::metrics::BookingMetrics;
-use boxoffice_runtime::startup::{connect_services, init_tracing, shutdown_signal};
+use boxoffice_processors::payments::gateway::Gateway;
+use boxoffice_processors::payments::runtime::{
+    self as payments, PaymentDeps, PaymentMetrics, PaymentSettings,
+};
+use boxoffice_runtime::startup::{ServiceArgs, serve_health, shutdown_signal};
 use boxoffice_store::inventory::InventoryStore;
-use boxoffice_store::schema::SchemaArgs;
-use boxoffice_store::session::ScyllaArgs;
-use boxoffice_topics::kafka::KafkaArgs;
+use boxoffice_store::payments::PaymentStore;
+use boxoffice_store::schema::SchemaSettings;
+use boxoffice_store::session::Session;
+use boxoffice_store::watermarks::WatermarkStore;
 use boxoffice_topics::names::TopicPrefix;
 use clap::{Parser, Subcommand};
 use tracing::info;
@@ -29,17 +33,7 @@ use tracing::info;
 )]
 struct Cli {
     #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    registry: RegistryArgs,
-    #[command(flatten)]
-    scylla: ScyllaArgs,
-    #[command(flatten)]
-    schema: SchemaArgs,
-    /// Log format: `text` or `json`.
-    #[arg(long = "log-format", env = "BOXOFFICE_LOG_FORMAT", default_value = "text", global = true,
-          value_parser = ["text", "json"])]
-    log_format: String,
+    service: ServiceArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,7 +60,7 @@ enum Command {
     /// gateway, report outcomes to booking.commands.
     Payments {
         #[command(flatten)]
-        settings: boxoffice_processors::payments::runtime::PaymentSettings,
+        settings: PaymentSettings,
         /// Where `/metrics` (OpenMetrics text), `/healthz` and `/readyz` answer.
         #[arg(
             long = "metrics-addr",
@@ -97,7 +91,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    cli.service.init_tracing();
     match start(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -107,160 +101,190 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = cli.schema.settings();
-    let session = connect_services(&cli.kafka, &cli.registry, &cli.scylla, &settings).await?;
-    let codec = Arc::new(Codec::new(&cli.registry)?);
-    let payments_session = Arc::clone(&session);
-    let store = Arc::new(InventoryStore::new(session, &settings.keyspace).await?);
+/// What every subcommand shares: the checked services, the CQL session and the codec.
+struct Clients {
+    service: ServiceArgs,
+    session: Arc<Session>,
+    schema: SchemaSettings,
+    codec: Arc<Codec>,
+}
 
+async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (session, schema) = cli.service.connect().await?;
+    let clients = Clients {
+        codec: Arc::new(Codec::new(&cli.service.registry)?),
+        service: cli.service,
+        session,
+        schema,
+    };
     match cli.command {
         Command::Booking {
             settings,
             metrics_addr,
-        } => {
-            let metrics = Arc::new(BookingMetrics::default());
-            let listener = tokio::net::TcpListener::bind(metrics_addr)
-                .await
-                .with_context(|| {
-                    format!("binding --metrics-addr / BOOKING_METRICS_ADDR {metrics_addr}")
-                })?;
-            tokio::spawn(boxoffice_processors::metrics::serve(
-                listener,
-                metrics.clone(),
-            ));
-            info!(%metrics_addr, "metrics at /metrics");
-            let deps = BookingDeps {
-                kafka: cli.kafka,
-                codec,
-                store,
-                settings,
-                metrics,
-            };
-            run(deps, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => booking(clients, settings, metrics_addr).await,
         Command::Payments {
-            settings: payment_settings,
+            settings,
             metrics_addr,
-        } => {
-            use boxoffice_processors::payments::gateway::Gateway;
-            use boxoffice_processors::payments::runtime::{
-                self as payments, PaymentDeps, PaymentMetrics,
-            };
-            let gateway = payment_settings
-                .gateway()
-                .context("starting the payment gateway")?;
-            if let Gateway::Provider(http) = &gateway {
-                // A wrong URL or key stops startup here rather than failing every payment.
-                http.check().await?;
-                info!(provider_url = %payment_settings.provider.url, "payment provider reachable; API key accepted");
-            }
-            let metrics = Arc::new(PaymentMetrics::default());
-            let listener = tokio::net::TcpListener::bind(metrics_addr)
-                .await
-                .with_context(|| {
-                    format!("binding --metrics-addr / PAYMENTS_METRICS_ADDR {metrics_addr}")
-                })?;
-            tokio::spawn(payments::serve_metrics(listener, metrics.clone()));
-            info!(%metrics_addr, "metrics at /metrics");
-            let watermarks = boxoffice_store::watermarks::WatermarkStore::new(
-                Arc::clone(&payments_session),
-                &settings.keyspace,
-            )
-            .await?;
-            let payment_store =
-                boxoffice_store::payments::PaymentStore::new(payments_session, &settings.keyspace)
-                    .await?;
-            let deps = PaymentDeps {
-                kafka: cli.kafka,
-                codec,
-                store: Arc::new(payment_store),
-                watermarks: Arc::new(watermarks),
-                gateway: Arc::new(gateway),
-                policy: payment_settings.provider.policy(),
-                settings: payment_settings,
-                metrics,
-            };
-            payments::run(deps, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::SeedDemo { topic_prefix } => {
-            let topic = topic_prefix.topics().commands;
-            let producer: rdkafka::producer::FutureProducer =
-                cli.kafka.durable_producer_config().create()?;
-            for event in boxoffice_processors::booking::demo::events() {
-                let command = boxoffice_avro::records::BookingCommand::EventUpserted(event.clone());
-                let payload = codec.encode_group(&topic, &command).await?;
-                producer
-                    .send(
-                        rdkafka::producer::FutureRecord::to(&topic)
-                            .key(event.event_id.as_bytes())
-                            .payload(&payload),
-                        std::time::Duration::from_secs(10),
-                    )
-                    .await
-                    .map_err(|(e, _)| {
-                        anyhow::anyhow!("producing the demo event {}: {e}", event.event_id)
-                    })?;
-                println!(
-                    "on sale: {} ({}, {} slots at {} {})",
-                    event.name, event.event_id, event.capacity, event.price_minor, event.currency
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => payment_processor(clients, settings, metrics_addr).await,
+        Command::SeedDemo { topic_prefix } => seed_demo(&clients, &topic_prefix).await,
         Command::VerifyEvent {
             event_id,
             topic_prefix,
             json,
-        } => {
-            let topics = topic_prefix.topics();
-            let report = verify_event(&cli.kafka, &codec, &store, &topics, &event_id).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "event {} (partition {}): {} commands folded (last at offset {:?}); stored offset {:?}, published offset {:?}\n  capacity {} = available {} + held {} + sold {}; {} orders; {} order facts published, {} availability records, {} tickets issued",
-                    report.event_id,
-                    report.partition,
-                    report.commands,
-                    report.last_command_offset,
-                    report.stored_offset,
-                    report.published_offset,
-                    report.capacity,
-                    report.available,
-                    report.held,
-                    report.sold,
-                    report.orders,
-                    report.published_facts,
-                    report.availability_records,
-                    report.tickets_issued
-                );
-                for violation in &report.violations {
-                    println!("  VIOLATION: {violation}");
-                }
-                if !report.settled() {
-                    println!(
-                        "  note: the processor has not stored and published every command yet (it re-folds what the store lacks on its next restore)"
-                    );
-                }
-                println!(
-                    "{}",
-                    if report.ok() {
-                        "OK: never oversold; fans were told what the log gives; log, Kafka and ScyllaDB agree"
-                    } else {
-                        "FAILED"
-                    }
-                );
-            }
-            Ok(if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        } => verify(&clients, &topic_prefix, &event_id, json).await,
     }
+}
+
+async fn inventory(clients: &Clients) -> anyhow::Result<Arc<InventoryStore>> {
+    Ok(Arc::new(
+        InventoryStore::new(Arc::clone(&clients.session), &clients.schema.keyspace).await?,
+    ))
+}
+
+async fn booking(
+    clients: Clients,
+    settings: BookingSettings,
+    metrics_addr: SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    let metrics = Arc::new(BookingMetrics::default());
+    let (served, ready) = (Arc::clone(&metrics), Arc::clone(&metrics));
+    serve_health(
+        metrics_addr,
+        "--metrics-addr / BOOKING_METRICS_ADDR",
+        move || served.render(),
+        move || ready.readiness(),
+    )
+    .await?;
+    let deps = BookingDeps {
+        store: inventory(&clients).await?,
+        kafka: clients.service.kafka,
+        codec: clients.codec,
+        settings,
+        metrics,
+    };
+    run(deps, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn payment_processor(
+    clients: Clients,
+    settings: PaymentSettings,
+    metrics_addr: SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    let gateway = settings.gateway().context("starting the payment gateway")?;
+    if let Gateway::Provider(http) = &gateway {
+        // A wrong URL or key stops startup here rather than failing every payment.
+        http.check().await?;
+        info!(provider_url = %settings.provider.url, "payment provider reachable; API key accepted");
+    }
+    let metrics = Arc::new(PaymentMetrics::default());
+    let (served, ready) = (Arc::clone(&metrics), Arc::clone(&metrics));
+    serve_health(
+        metrics_addr,
+        "--metrics-addr / PAYMENTS_METRICS_ADDR",
+        move || served.render(),
+        move || ready.readiness.check(),
+    )
+    .await?;
+    let keyspace = &clients.schema.keyspace;
+    let deps = PaymentDeps {
+        store: Arc::new(PaymentStore::new(Arc::clone(&clients.session), keyspace).await?),
+        watermarks: Arc::new(WatermarkStore::new(Arc::clone(&clients.session), keyspace).await?),
+        kafka: clients.service.kafka,
+        codec: clients.codec,
+        gateway: Arc::new(gateway),
+        policy: settings.provider.policy(),
+        settings,
+        metrics,
+    };
+    payments::run(deps, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn seed_demo(clients: &Clients, topic_prefix: &TopicPrefix) -> anyhow::Result<ExitCode> {
+    let topic = topic_prefix.topics().commands;
+    let producer: rdkafka::producer::FutureProducer =
+        clients.service.kafka.durable_producer_config().create()?;
+    for event in boxoffice_processors::booking::demo::events() {
+        let command = boxoffice_avro::records::BookingCommand::EventUpserted(event.clone());
+        let payload = clients.codec.encode_group(&topic, &command).await?;
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(event.event_id.as_bytes())
+                    .payload(&payload),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| {
+                anyhow::anyhow!("producing the demo event {}: {e}", event.event_id)
+            })?;
+        println!(
+            "on sale: {} ({}, {} slots at {} {})",
+            event.name, event.event_id, event.capacity, event.price_minor, event.currency
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(
+    clients: &Clients,
+    topic_prefix: &TopicPrefix,
+    event_id: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let topics = topic_prefix.topics();
+    let store = inventory(clients).await?;
+    let report = verify_event(
+        &clients.service.kafka,
+        &clients.codec,
+        &store,
+        &topics,
+        event_id,
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "event {} (partition {}): {} commands folded (last at offset {:?}); stored offset {:?}, published offset {:?}\n  capacity {} = available {} + held {} + sold {}; {} orders; {} order facts published, {} availability records, {} tickets issued",
+            report.event_id,
+            report.partition,
+            report.commands,
+            report.last_command_offset,
+            report.stored_offset,
+            report.published_offset,
+            report.capacity,
+            report.available,
+            report.held,
+            report.sold,
+            report.orders,
+            report.published_facts,
+            report.availability_records,
+            report.tickets_issued
+        );
+        for violation in &report.violations {
+            println!("  VIOLATION: {violation}");
+        }
+        if !report.settled() {
+            println!(
+                "  note: the processor has not stored and published every command yet (it re-folds what the store lacks on its next restore)"
+            );
+        }
+        println!(
+            "{}",
+            if report.ok() {
+                "OK: never oversold; fans were told what the log gives; log, Kafka and ScyllaDB agree"
+            } else {
+                "FAILED"
+            }
+        );
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]

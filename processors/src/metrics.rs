@@ -4,7 +4,6 @@
 pub use boxoffice_runtime::metrics::{
     Counter, Gauge, Histogram, LATENCY_BUCKETS_MS, Readiness, Registry, counter, gauge, histogram,
 };
-use std::sync::Arc;
 
 /// Upper bounds of the batch size histogram buckets.
 const BATCH_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0];
@@ -166,16 +165,4 @@ impl BookingMetrics {
     pub fn render(&self) -> String {
         boxoffice_runtime::metrics::render(&self.registry)
     }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` (503 while an assigned partition is not
-/// processed, with the reasons) until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<BookingMetrics>) {
-    let ready = Arc::clone(&metrics);
-    boxoffice_runtime::metrics::serve_with_readiness(
-        listener,
-        move || metrics.render(),
-        move || ready.readiness(),
-    )
-    .await;
 }

@@ -1,7 +1,10 @@
-//! What every boxoffice binary does first and last: tracing on stderr, the startup checks of
-//! Kafka, the schema registry and the CQL store (each error names the setting to fix), the CQL
-//! schema, and the shutdown signal. The binaries' `main.rs` stay thin by calling these.
+//! What every boxoffice binary does first and last: the flags every service shares
+//! ([`ServiceArgs`]: Kafka, the schema registry, the CQL store and keyspace, the log format),
+//! tracing on stderr, the startup checks of Kafka, the registry and the CQL store (each error
+//! names the setting to fix), the CQL schema, the health endpoint, and the shutdown signal. The
+//! binaries' `main.rs` stay thin by calling these.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use boxoffice_avro::registry::{RegistryArgs, RegistryError};
@@ -9,7 +12,7 @@ use boxoffice_topics::kafka::{KafkaArgs, KafkaConnectError};
 use scylla::client::session::Session;
 use tracing::info;
 
-use boxoffice_store::schema::{SchemaError, SchemaSettings, ensure_schema};
+use boxoffice_store::schema::{SchemaArgs, SchemaError, SchemaSettings, ensure_schema};
 use boxoffice_store::session::{ScyllaArgs, ScyllaConnectError};
 
 /// A service the binary needs did not answer, or the schema could not be created.
@@ -23,6 +26,70 @@ pub enum StartupError {
     Scylla(#[from] ScyllaConnectError),
     #[error("creating the CQL schema: {0}")]
     Schema(#[from] SchemaError),
+    #[error("binding {setting} {addr}: {source}")]
+    Bind {
+        setting: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The flags every long-running service shares, defined once and flattened into each binary's
+/// command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub scylla: ScyllaArgs,
+    #[command(flatten)]
+    pub schema: SchemaArgs,
+    /// Log format: `text` or `json`.
+    #[arg(long = "log-format", env = "BOXOFFICE_LOG_FORMAT", default_value = "text", global = true,
+          value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl ServiceArgs {
+    /// Starts tracing in the chosen format.
+    pub fn init_tracing(&self) {
+        init_tracing(&self.log_format);
+    }
+
+    /// [`connect_services`] with these flags: the CQL session, schema ensured.
+    pub async fn connect(&self) -> Result<(Arc<Session>, SchemaSettings), StartupError> {
+        let schema = self.schema.settings();
+        let session = connect_services(&self.kafka, &self.registry, &self.scylla, &schema).await?;
+        Ok((session, schema))
+    }
+}
+
+/// Binds `addr` (the value of the flag named by `setting`) and serves `/metrics`, `/healthz`
+/// and `/readyz` there in the background.
+pub async fn serve_health<F, R>(
+    addr: SocketAddr,
+    setting: &'static str,
+    render: F,
+    ready: R,
+) -> Result<(), StartupError>
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+    R: Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            setting,
+            addr,
+            source,
+        })?;
+    tokio::spawn(crate::metrics::serve_with_readiness(
+        listener, render, ready,
+    ));
+    info!(%addr, "metrics at /metrics, health at /healthz and /readyz");
+    Ok(())
 }
 
 /// Logs to stderr, `text` (coloured on a terminal) or `json`; `RUST_LOG` overrides the filter.

@@ -6,14 +6,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use boxoffice_avro::Codec;
-use boxoffice_avro::registry::RegistryArgs;
-use boxoffice_runtime::startup::{connect_services, init_tracing, shutdown_signal};
+use boxoffice_runtime::startup::{ServiceArgs, serve_health, shutdown_signal};
 use boxoffice_sinks::notify::{NotifierDeps, NotifierMetrics, NotifierSettings, NotifyStore, run};
-use boxoffice_store::schema::SchemaArgs;
-use boxoffice_store::session::ScyllaArgs;
-use boxoffice_topics::kafka::KafkaArgs;
+use boxoffice_store::watermarks::WatermarkStore;
 use clap::Parser;
 use tracing::info;
 
@@ -25,13 +21,7 @@ use tracing::info;
 )]
 struct Cli {
     #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    registry: RegistryArgs,
-    #[command(flatten)]
-    scylla: ScyllaArgs,
-    #[command(flatten)]
-    schema: SchemaArgs,
+    service: ServiceArgs,
     #[command(flatten)]
     settings: NotifierSettings,
     /// Where `/metrics` (OpenMetrics text), `/healthz` and `/readyz` answer.
@@ -41,16 +31,12 @@ struct Cli {
         default_value = "127.0.0.1:9466"
     )]
     metrics_addr: SocketAddr,
-    /// Log format: `text` or `json`.
-    #[arg(long = "log-format", env = "BOXOFFICE_LOG_FORMAT", default_value = "text",
-          value_parser = ["text", "json"])]
-    log_format: String,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    cli.service.init_tracing();
     match start(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -61,35 +47,21 @@ async fn main() -> ExitCode {
 }
 
 async fn start(cli: Cli) -> anyhow::Result<()> {
-    let schema = cli.schema.settings();
-    let session = connect_services(&cli.kafka, &cli.registry, &cli.scylla, &schema).await?;
+    let (session, schema) = cli.service.connect().await?;
     let metrics = Arc::new(NotifierMetrics::default());
-    let listener = tokio::net::TcpListener::bind(cli.metrics_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding --metrics-addr / NOTIFIER_METRICS_ADDR {}",
-                cli.metrics_addr
-            )
-        })?;
-    let (served, ready) = (metrics.clone(), metrics.clone());
-    tokio::spawn(boxoffice_runtime::metrics::serve_with_readiness(
-        listener,
+    let (served, ready) = (Arc::clone(&metrics), Arc::clone(&metrics));
+    serve_health(
+        cli.metrics_addr,
+        "--metrics-addr / NOTIFIER_METRICS_ADDR",
         move || served.render(),
         move || ready.readiness.check(),
-    ));
-    info!(metrics_addr = %cli.metrics_addr, "metrics at /metrics, readiness at /readyz");
+    )
+    .await?;
     let deps = NotifierDeps {
-        kafka: cli.kafka,
-        codec: Arc::new(Codec::new(&cli.registry)?),
-        watermarks: Arc::new(
-            boxoffice_store::watermarks::WatermarkStore::new(
-                Arc::clone(&session),
-                &schema.keyspace,
-            )
-            .await?,
-        ),
+        codec: Arc::new(Codec::new(&cli.service.registry)?),
+        watermarks: Arc::new(WatermarkStore::new(Arc::clone(&session), &schema.keyspace).await?),
         store: Arc::new(NotifyStore::new(session, &schema.keyspace).await?),
+        kafka: cli.service.kafka,
         settings: cli.settings,
         metrics,
     };

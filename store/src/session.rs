@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use boxoffice_topics::kafka::parse_host_port_list;
-use scylla::client::session::Session;
+pub use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{
     DbError, ExecutionError, NextPageError, PrepareError, RequestAttemptError, RequestError,

@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tracing::{error, info, warn};
 
 use super::partition::Partition;
-use super::recovery::{EventPlan, Published, Stored, plan};
+use super::recovery::{EventPlan, Plan, Published, Stored, plan};
 use super::runtime::{BookingDeps, Tracked, Worker};
 use super::state::{DecisionDigest, EventState};
 use super::store;
@@ -41,6 +41,16 @@ fn retry<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> RestoreError + '_ {
     move |e| RestoreError::Retry(format!("{what}: {e}"))
 }
 
+/// What the log, the group and the store say about one partition, read after fencing.
+struct Gathered {
+    producer: FutureProducer,
+    log_start: i64,
+    committed: Option<i64>,
+    progress: HashMap<String, EventProgress>,
+    registered: Vec<String>,
+    states: BTreeMap<String, (EventState, Option<i64>)>,
+}
+
 /// Fences earlier owners of `partition`, rebuilds its worker and seeks the consumer to where
 /// processing resumes. The partition stays paused unless this returns `Ok`.
 pub async fn restore(
@@ -50,6 +60,70 @@ pub async fn restore(
     partition: i32,
 ) -> Result<Worker, RestoreError> {
     let started = Instant::now();
+    let gathered = gather(deps, topics, consumer, partition).await?;
+    let published: HashMap<String, Published> = gathered
+        .progress
+        .iter()
+        .map(|(id, p)| (id.clone(), published_of(p)))
+        .collect();
+    let stored: HashMap<String, Stored> = gathered
+        .states
+        .iter()
+        .map(|(id, (state, offset))| {
+            (
+                id.clone(),
+                Stored {
+                    applied_offset: *offset,
+                    digest: state.digest,
+                },
+            )
+        })
+        .collect();
+    let plan = plan(
+        &published,
+        &stored,
+        gathered.committed,
+        gathered.log_start,
+        deps.settings.recovery_source,
+    );
+    if let Some((event_id, reason)) = plan.inconsistency() {
+        return Err(RestoreError::Stop(format!("event {event_id}: {reason}")));
+    }
+    let (log_start, committed) = (gathered.log_start, gathered.committed);
+    let mut worker = build_worker(deps, topics, partition, &plan, gathered);
+    worker.schedule_active_holds();
+    seek_and_resume(
+        consumer,
+        &topics.commands,
+        partition,
+        Some(plan.read_from),
+        deps.kafka.timeout,
+    )
+    .await
+    .map_err(retry("seeking to the read position"))?;
+    info!(
+        partition,
+        events = plan.events.len(),
+        refolded = plan.refolds(),
+        read_from = plan.read_from,
+        published_until = plan.published_until,
+        log_start,
+        committed = ?committed,
+        holds = worker.hold_count(),
+        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "partition restored: fenced, compared with Kafka, resuming"
+    );
+    Ok(worker)
+}
+
+/// Fences, then reads the log's bounds, the group's offset, the published progress and the
+/// stored state of every event the partition registered or published.
+async fn gather(
+    deps: &BookingDeps,
+    topics: &Topics,
+    consumer: &StreamConsumer<GroupContext>,
+    partition: i32,
+) -> Result<Gathered, RestoreError> {
     let producer = fence(deps, topics, partition).await?;
     let kafka = deps.kafka.clone();
     let commands_topic = topics.commands.clone();
@@ -74,43 +148,41 @@ pub async fn restore(
             .cloned(),
     );
     let states = load_states(deps, ids).await?;
-
-    let published: HashMap<String, Published> = progress
-        .iter()
-        .map(|(id, p)| (id.clone(), published_of(p)))
-        .collect();
-    let stored: HashMap<String, Stored> = states
-        .iter()
-        .map(|(id, (state, offset))| {
-            (
-                id.clone(),
-                Stored {
-                    applied_offset: *offset,
-                    digest: state.digest,
-                },
-            )
-        })
-        .collect();
-    let plan = plan(
-        &published,
-        &stored,
+    Ok(Gathered {
+        producer,
+        log_start: log.start,
         committed,
-        log.start,
-        deps.settings.recovery_source,
-    );
-    if let Some((event_id, reason)) = plan.inconsistency() {
-        return Err(RestoreError::Stop(format!("event {event_id}: {reason}")));
-    }
+        progress,
+        registered,
+        states,
+    })
+}
 
+/// The partition's worker as the plan says: current events as stored, events behind what was
+/// published marked for a re-fold, lost events refusing their commands.
+fn build_worker(
+    deps: &BookingDeps,
+    topics: &Topics,
+    partition: i32,
+    plan: &Plan,
+    gathered: Gathered,
+) -> Worker {
+    let Gathered {
+        producer,
+        log_start,
+        progress,
+        registered,
+        mut states,
+        ..
+    } = gathered;
     let mut core = Partition::new();
     let mut events = HashMap::new();
-    let mut states = states;
     for (event_id, event_plan) in &plan.events {
         let mut tracked = Tracked {
             registered: registered.contains(event_id),
             first_offset: progress
                 .get(event_id)
-                .map_or(Some(log.start), |p| Some(p.first_offset)),
+                .map_or(Some(log_start), |p| Some(p.first_offset)),
             ..Tracked::default()
         };
         match event_plan {
@@ -155,37 +227,14 @@ pub async fn restore(
         }
         events.insert(event_id.clone(), tracked);
     }
-    let mut worker = Worker::new(
+    Worker::new(
         partition,
         core,
         events,
         producer,
         plan.read_from,
         plan.published_until,
-    );
-    worker.schedule_active_holds();
-    seek_and_resume(
-        consumer,
-        &topics.commands,
-        partition,
-        Some(plan.read_from),
-        deps.kafka.timeout,
     )
-    .await
-    .map_err(retry("seeking to the read position"))?;
-    info!(
-        partition,
-        events = plan.events.len(),
-        refolded = plan.refolds(),
-        read_from = plan.read_from,
-        published_until = plan.published_until,
-        log_start = log.start,
-        committed = ?committed,
-        holds = worker.hold_count(),
-        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "partition restored: fenced, compared with Kafka, resuming"
-    );
-    Ok(worker)
 }
 
 /// A transactional producer for the partition, after `init_transactions`: any earlier owner's

@@ -1,8 +1,6 @@
 //! What the payment processor counts, in the process's one registry, and the server of its
 //! `/metrics`, `/healthz` and `/readyz`.
 
-use std::sync::Arc;
-
 use boxoffice_runtime::metrics::{Counter, Gauge, Readiness, Registry, counter, gauge};
 
 /// What the payment processor counts.
@@ -98,16 +96,4 @@ impl PaymentMetrics {
     pub fn render(&self) -> String {
         boxoffice_runtime::metrics::render(&self.registry)
     }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` (503 while a partition is given up) until the
-/// process ends.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<PaymentMetrics>) {
-    let ready = metrics.clone();
-    boxoffice_runtime::metrics::serve_with_readiness(
-        listener,
-        move || metrics.render(),
-        move || ready.readiness.check(),
-    )
-    .await;
 }

@@ -102,7 +102,7 @@ use super::core::{self, Effect, Input, Millis, PaymentState, Policy};
 use super::gateway::{
     ChargeOutcome, ChargeRequest, DeclineReason, Gateway, PaymentGateway, RefundRequest,
 };
-pub use super::metrics::{PaymentMetrics, serve_metrics};
+pub use super::metrics::PaymentMetrics;
 use super::render::{Output, render};
 pub use super::settings::{GatewayError, PaymentSettings};
 use super::store::{self, Stored};
