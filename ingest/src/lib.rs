@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod live;
+pub mod metrics;
 pub mod openapi;
 pub mod pagination;
 pub mod provider;
@@ -57,6 +58,8 @@ use crate::stores::{Role, Stores};
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
 pub use boxoffice_avro::clock::now_millis;
+pub use boxoffice_runtime::retry::RetryPolicy;
+use metrics::IngestMetrics;
 
 /// What [`run`] needs from the outside world.
 pub struct Deps {
@@ -65,6 +68,8 @@ pub struct Deps {
     pub bus: Arc<dyn Bus>,
     /// Where the live streams come from; `None` serves no live updates (tests of the router).
     pub follow: Option<Follow>,
+    /// The process's metrics (`main` serves them on `--metrics-addr`).
+    pub metrics: Arc<IngestMetrics>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -80,6 +85,9 @@ impl std::fmt::Debug for Deps {
 pub struct Follow {
     pub kafka: KafkaArgs,
     pub codec: Arc<Codec>,
+    /// How long reaching the topics is retried before the failure is counted and readiness
+    /// says so (then it starts again).
+    pub retry: RetryPolicy,
 }
 
 /// The shared state for `settings`, with the payment provider webhook's local-development
@@ -107,6 +115,24 @@ pub fn state_with(
     bus: Arc<dyn Bus>,
     live: Arc<Live>,
 ) -> SharedState {
+    build_state(
+        settings,
+        provider_webhook,
+        stores,
+        bus,
+        live,
+        Arc::new(IngestMetrics::default()),
+    )
+}
+
+fn build_state(
+    settings: &IngestSettings,
+    provider_webhook: &ProviderWebhookSettings,
+    stores: Stores,
+    bus: Arc<dyn Bus>,
+    live: Arc<Live>,
+    metrics: Arc<IngestMetrics>,
+) -> SharedState {
     Arc::new(AppState {
         stores,
         bus,
@@ -128,6 +154,7 @@ pub fn state_with(
         refresh_ttl: settings.refresh_token_ttl,
         provider_webhook: provider_webhook.clone(),
         stopping: tokio::sync::watch::channel(false).0,
+        metrics,
     })
 }
 
@@ -144,7 +171,9 @@ pub fn router(state: SharedState) -> Router {
     let spec = openapi::ApiDoc::openapi();
     let spec_json = serde_json::to_string(&spec).unwrap_or_else(|_| "{}".to_owned());
     let docs: Router<SharedState> = utoipa_scalar::Scalar::with_url("/docs", spec).into();
+    let metrics = Arc::clone(&state.metrics);
     routes::api()
+        .route_layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
         .route(
             "/openapi.json",
             axum::routing::get(move || {
@@ -282,22 +311,23 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let live = Arc::new(Live::new());
-    let state = state_with(
+    let state = build_state(
         &deps.settings,
         &provider_webhook,
         deps.stores,
         deps.bus,
         Arc::clone(&live),
+        Arc::clone(&deps.metrics),
     );
     let stopping = state.stopping.subscribe();
     if let Some(follow) = deps.follow {
         let topics = deps.settings.topic_prefix.topics();
         let mut stop = stopping.clone();
         tokio::spawn(live::follow(
-            follow.kafka,
-            follow.codec,
+            follow,
             topics,
             live,
+            deps.metrics,
             async move {
                 let _ = stop.changed().await;
             },

@@ -13,9 +13,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use boxoffice_avro::Codec;
 use boxoffice_avro::OrderEvent;
 use boxoffice_avro::records::{AvailabilityChanged, NotificationRequested};
 use boxoffice_topics::kafka::KafkaArgs;
@@ -25,6 +24,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::config::Topics;
+use crate::metrics::IngestMetrics;
 
 /// Availability changes kept per event for resuming streams.
 pub const RECENT_PER_EVENT: usize = 256;
@@ -255,28 +255,49 @@ impl Live {
     }
 }
 
-/// Follows the three topics until `shutdown` resolves. Topics that do not exist yet are waited
-/// for; decoding failures are logged and skipped (the producers dead-letter their own records).
+/// Follows the three topics until `shutdown` resolves. Topics that do not exist yet (or a broker
+/// that does not answer) are retried within `follow.retry`'s budget; past it the failure is
+/// counted (`ingest_live_retries_exhausted_total`), readiness on the metrics address says why,
+/// and a new round of retries starts. Decoding failures are logged and skipped (the producers
+/// dead-letter their own records).
 pub async fn follow(
-    kafka: KafkaArgs,
-    codec: Arc<Codec>,
+    follow: crate::Follow,
     topics: Topics,
     live: Arc<Live>,
+    metrics: Arc<IngestMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     tokio::pin!(shutdown);
-    let consumer = loop {
-        match assign(&kafka, &topics).await {
-            Ok(consumer) => break consumer,
-            Err(e) => {
-                tracing::warn!(error = %e, "live streams: cannot follow the topics yet; retrying");
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
+    let crate::Follow {
+        kafka,
+        codec,
+        retry,
+    } = follow;
+    // Each round is bounded by the retry budget; what ends a round is counted and shown.
+    let consumer = 'rounds: loop {
+        let mut retries = retry.start(Instant::now());
+        let reason = loop {
+            let error = match assign(&kafka, &topics).await {
+                Ok(consumer) => break 'rounds consumer,
+                Err(e) => e,
+            };
+            let Some(delay) = retries.next_delay(Instant::now()) else {
+                break error;
+            };
+            tracing::warn!(error = %error, attempt = retries.attempts(), "live streams: cannot follow the topics yet; retrying");
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(delay) => {}
             }
-        }
+        };
+        metrics.live_retries_exhausted.inc();
+        metrics.readiness.set(vec![format!(
+            "live streams: cannot follow the topics ({reason}); retrying"
+        )]);
+        tracing::error!(error = %reason, budget = ?retry.budget, "live streams: topics unreachable for the whole retry budget; starting over");
     };
+    metrics.readiness.set(Vec::new());
+    metrics.live_following.set(1);
     tracing::info!("live streams: following orders, availability and notifications");
     loop {
         let message = tokio::select! {

@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use boxoffice_avro::Codec;
+use boxoffice_ingest::RetryPolicy;
 use boxoffice_ingest::bus::KafkaBus;
 use boxoffice_ingest::config::{IngestSettings, ProviderWebhookSettings};
 use boxoffice_ingest::live::Live;
+use boxoffice_ingest::metrics::IngestMetrics;
 use boxoffice_ingest::stores::cql::CqlStores;
 use boxoffice_ingest::{Deps, Follow, ensure_admin};
-use boxoffice_runtime::startup::{ServiceArgs, shutdown_signal};
+use boxoffice_runtime::startup::{ServiceArgs, serve_health, shutdown_signal};
 use clap::{Parser, Subcommand};
 use tracing::info;
 
@@ -35,6 +37,20 @@ struct Cli {
         hide_env_values = true
     )]
     admin_password: Option<String>,
+    /// Where `/metrics` (OpenMetrics text), `/healthz` and `/readyz` (the live streams follow
+    /// Kafka) answer; the API's own `/readyz` probes Kafka and the CQL store.
+    #[arg(
+        long = "metrics-addr",
+        env = "INGEST_METRICS_ADDR",
+        default_value = "127.0.0.1:9467"
+    )]
+    metrics_addr: std::net::SocketAddr,
+    /// How long the live streams retry reaching their topics before the failure is counted
+    /// (`ingest_live_retries_exhausted_total`) and `/readyz` on `--metrics-addr` says so; then
+    /// they start over (e.g. `60s`).
+    #[arg(long = "live-retry-budget", env = "INGEST_LIVE_RETRY_BUDGET", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    live_retry_budget: std::time::Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -141,6 +157,15 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
              PAYMENT_PROVIDER_WEBHOOK_SECRET (--payment-provider-webhook-secret) in production"
         );
     }
+    let metrics = Arc::new(IngestMetrics::default());
+    let (served, ready) = (Arc::clone(&metrics), Arc::clone(&metrics));
+    serve_health(
+        cli.metrics_addr,
+        "--metrics-addr / INGEST_METRICS_ADDR",
+        move || served.render(),
+        move || ready.readiness.check(),
+    )
+    .await?;
     let deps = Deps {
         settings: cli.settings,
         stores,
@@ -148,7 +173,9 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         follow: Some(Follow {
             kafka: cli.service.kafka,
             codec,
+            retry: RetryPolicy::with_budget(cli.live_retry_budget),
         }),
+        metrics,
     };
     boxoffice_ingest::run_with(deps, cli.provider_webhook, listener, shutdown_signal()).await?;
     info!("stopped");

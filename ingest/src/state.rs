@@ -11,6 +11,7 @@ use crate::bus::Bus;
 use crate::catalogue::Catalogue;
 use crate::config::ProviderWebhookSettings;
 use crate::live::Live;
+use crate::metrics::IngestMetrics;
 use crate::pagination::Pager;
 use crate::stores::{StoreResult, Stores};
 
@@ -37,6 +38,7 @@ pub struct AppState {
     pub provider_webhook: ProviderWebhookSettings,
     /// Set to `true` when the server shuts down: streams end so connections can close.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    pub metrics: Arc<IngestMetrics>,
 }
 
 impl std::fmt::Debug for AppState {

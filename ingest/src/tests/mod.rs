@@ -989,6 +989,35 @@ async fn every_response_has_a_request_id_and_the_spec_is_served() {
 }
 
 #[tokio::test]
+async fn every_answer_is_counted_by_matched_route_and_status() {
+    let h = Harness::new();
+    let before = h.state.metrics.render();
+    assert!(!before.contains("route=\"/v1/orders/{id}\""), "{before}");
+    let reply = h.call("GET", "/v1/orders/some-order", None, None).await;
+    reply.assert_problem(401);
+    h.call("GET", "/healthz", None, None).await;
+    let text = h.state.metrics.render();
+    // The matched route, not the path: ids never become label values.
+    assert!(
+        text.contains(
+            r#"ingest_http_requests_total{method="GET",route="/v1/orders/{id}",status="401"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("some-order"), "{text}");
+    assert!(
+        text.contains(
+            r#"ingest_http_requests_total{method="GET",route="/healthz",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("ingest_http_request_duration_ms_count{method=\"GET\",route=\"/healthz\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn users_edit_themselves_and_nobody_else() {
     let h = Harness::new();
     let (ivy, token, _) = h.user("ivy").await;

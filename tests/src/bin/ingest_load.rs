@@ -667,7 +667,9 @@ async fn start_local(cli: &Cli) -> anyhow::Result<Local> {
         follow: Some(Follow {
             kafka,
             codec: pipeline.codec.clone(),
+            retry: boxoffice_ingest::RetryPolicy::with_budget(std::time::Duration::from_secs(60)),
         }),
+        metrics: Default::default(),
     };
     let server = tokio::spawn(boxoffice_ingest::run(deps, listener, async {
         let _ = stopped.await;

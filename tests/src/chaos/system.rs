@@ -206,7 +206,10 @@ impl System {
     /// Starts `service` as a child process.
     pub fn spawn(&mut self, service: Service) -> anyhow::Result<()> {
         let (program, args): (&str, Vec<String>) = match service {
-            Service::Ingest => ("boxoffice-ingest", vec![]),
+            Service::Ingest => (
+                "boxoffice-ingest",
+                vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
+            ),
             Service::BookingProcessor => (
                 "boxoffice-processor",
                 vec![

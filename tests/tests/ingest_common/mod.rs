@@ -131,7 +131,11 @@ impl Ingest {
             follow: Some(Follow {
                 kafka: pipeline.services.kafka(),
                 codec: pipeline.codec.clone(),
+                retry: boxoffice_ingest::RetryPolicy::with_budget(std::time::Duration::from_secs(
+                    60,
+                )),
             }),
+            metrics: Default::default(),
         };
         let server = tokio::spawn(boxoffice_ingest::run_with(
             deps,

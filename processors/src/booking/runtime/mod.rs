@@ -21,7 +21,7 @@
 //! stopped) is re-checked on a timer, never on incoming traffic; `/readyz` answers 503 and the
 //! `booking_partitions_waiting` / `booking_partitions_stopped` gauges show it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,14 +42,13 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::partition::{Partition, TimerChange};
+use super::partition::TimerChange;
 use super::publish::{
     Encoded, OffsetCommit, TxnError, abort, dead_letter, encode_output, encode_progress,
     progress_record, transaction,
 };
 use super::recovery::{Published, RecoverySource, RefoldCheck, check_refold};
 use super::restore::{RestoreError, restore};
-use super::state::Millis;
 use super::store;
 pub use super::topics::Topics;
 use crate::metrics::BookingMetrics;
@@ -129,125 +128,6 @@ impl std::fmt::Debug for BookingDeps {
         f.debug_struct("BookingDeps")
             .field("settings", &self.settings)
             .finish_non_exhaustive()
-    }
-}
-
-// ---------------------------------------------------------------------------------- workers
-
-/// What the worker knows of one event besides its state (which lives in `Partition`).
-#[derive(Debug, Clone, Default)]
-pub struct Tracked {
-    /// Offset the event's state reflects, as stored (`None`: never stored). Commands at or
-    /// below it are already applied.
-    pub offset: Option<i64>,
-    /// Offset of the event's first command (published with its progress).
-    pub first_offset: Option<i64>,
-    /// Re-folding from the log up to what was published, without publishing again.
-    pub refold: Option<Published>,
-    /// The event cannot be rebuilt (its commands are below the log start): why.
-    pub lost: Option<String>,
-    /// In `partition_events`.
-    pub registered: bool,
-}
-
-/// One owned partition: its events' state, its transactional producer and its hold timers.
-pub struct Worker {
-    partition: i32,
-    core: Partition,
-    events: HashMap<String, Tracked>,
-    producer: FutureProducer,
-    /// (Deadline, order id) → (event id, user id), soonest first.
-    timers: BTreeMap<(Millis, String), (String, String)>,
-    /// Order id → its deadline in `timers`.
-    hold_index: HashMap<String, Millis>,
-    /// The next offset expected from the consumer; anything below was fetched before the last
-    /// seek and is dropped.
-    next_offset: i64,
-    /// Records below this offset were processed and published by an earlier owner: read again
-    /// only to re-fold events, never decided or dead-lettered twice.
-    published_until: i64,
-}
-
-impl std::fmt::Debug for Worker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
-            .field("partition", &self.partition)
-            .field("events", &self.events.len())
-            .field("holds", &self.timers.len())
-            .field("next_offset", &self.next_offset)
-            .field("published_until", &self.published_until)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Worker {
-    pub fn new(
-        partition: i32,
-        core: Partition,
-        events: HashMap<String, Tracked>,
-        producer: FutureProducer,
-        next_offset: i64,
-        published_until: i64,
-    ) -> Self {
-        Worker {
-            partition,
-            core,
-            events,
-            producer,
-            timers: BTreeMap::new(),
-            hold_index: HashMap::new(),
-            next_offset,
-            published_until,
-        }
-    }
-
-    /// Schedules the hold-expiry timer of every order the loaded states hold.
-    pub fn schedule_active_holds(&mut self) {
-        let mut holds = Vec::new();
-        for state in self.core.events.values() {
-            for (order_id, at) in state.active_holds() {
-                let user = state
-                    .orders
-                    .get(order_id)
-                    .map(|o| o.user_id.clone())
-                    .unwrap_or_default();
-                holds.push((at, order_id.to_owned(), state.event_id.clone(), user));
-            }
-        }
-        for (at, order_id, event_id, user_id) in holds {
-            self.schedule(at, order_id, event_id, user_id);
-        }
-    }
-
-    pub fn hold_count(&self) -> usize {
-        self.timers.len()
-    }
-
-    fn schedule(&mut self, at: Millis, order_id: String, event_id: String, user_id: String) {
-        if let Some(previous) = self.hold_index.insert(order_id.clone(), at) {
-            self.timers.remove(&(previous, order_id.clone()));
-        }
-        self.timers.insert((at, order_id), (event_id, user_id));
-    }
-
-    fn clear(&mut self, order_id: &str) {
-        if let Some(at) = self.hold_index.remove(order_id) {
-            self.timers.remove(&(at, order_id.to_owned()));
-        }
-    }
-
-    fn apply_timers(&mut self, changes: Vec<TimerChange>) {
-        for change in changes {
-            match change {
-                TimerChange::Schedule {
-                    event_id,
-                    order_id,
-                    user_id,
-                    at,
-                } => self.schedule(at, order_id, event_id, user_id),
-                TimerChange::Clear { order_id, .. } => self.clear(&order_id),
-            }
-        }
     }
 }
 
@@ -666,4 +546,7 @@ impl Runtime {
 }
 
 mod batch;
+mod worker;
+
 use batch::BatchJob;
+pub use worker::{Tracked, Worker};

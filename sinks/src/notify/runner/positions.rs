@@ -1,0 +1,232 @@
+//! Where one channel stands in each partition when things go wrong or change hands: giving a
+//! partition up after its retry budget and taking it again ("parked"), repositioning a newly
+//! owned partition (in-app: from the store's watermark), and the in-app channel's watermark
+//! writes and their check against store loss.
+
+use super::*;
+
+impl ChannelRunner {
+    /// Gives a partition up on this channel after a fault outlasted the retry budget: paused,
+    /// `/readyz` 503, taken again by [`tend_parked`](Self::tend_parked) later.
+    pub(super) fn park(&self, parked: &mut BTreeMap<i32, Parked>, partition: i32, reason: String) {
+        let channel = self.channel.name();
+        let attempt = parked
+            .get(&partition)
+            .map_or(0, |p| p.attempt.saturating_add(1));
+        if attempt == 0 {
+            warn!(channel, partition, reason = %reason, "partition given up after its retry budget; it is taken again when the fault clears");
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, partition);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                warn!(channel, partition, error = %e, "pausing the parked partition failed; its records are dropped until it is taken again");
+            }
+        } else {
+            debug!(channel, partition, attempt, reason = %reason, "taking the parked partition again failed");
+        }
+        let wait = self
+            .deps
+            .settings
+            .retry_policy()
+            .jittered_delay(attempt.saturating_add(1));
+        parked.insert(
+            partition,
+            Parked {
+                reason,
+                attempt,
+                retry_at: Instant::now() + wait,
+            },
+        );
+        self.publish_parked(parked);
+    }
+
+    /// Tries once to take again each parked partition whose wait is over: from the committed
+    /// offset, or (in-app) where the store's watermark says.
+    pub(super) async fn tend_parked(
+        &self,
+        stored: &mut StoredMarks,
+        parked: &mut BTreeMap<i32, Parked>,
+    ) {
+        let now = Instant::now();
+        let due: Vec<i32> = parked
+            .iter()
+            .filter(|(_, p)| p.retry_at <= now)
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in due {
+            let once = RetryPolicy {
+                budget: Duration::ZERO,
+                ..self.deps.settings.retry_policy()
+            };
+            match self.reposition(stored, partition, once).await {
+                Ok(()) => {
+                    parked.remove(&partition);
+                    info!(
+                        channel = self.channel.name(),
+                        partition, "parked partition taken again: the fault cleared"
+                    );
+                }
+                Err(reason) => self.park(parked, partition, reason),
+            }
+        }
+        self.publish_parked(parked);
+    }
+
+    pub(super) fn publish_parked(&self, parked: &BTreeMap<i32, Parked>) {
+        let channel = self.channel.name();
+        let reasons = parked
+            .iter()
+            .map(|(p, parked)| format!("{channel} partition {p} given up: {}", parked.reason))
+            .collect();
+        self.deps.metrics.readiness.set_part(channel, reasons);
+        let count = self.deps.metrics.readiness.count();
+        self.deps
+            .metrics
+            .partitions_parked
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Where an assigned partition resumes, and resumes it there: the committed offset, or
+    /// (in-app) the store's watermark when the store is behind Kafka (it lost rows it had
+    /// acknowledged; replaying writes them again). Retried within `policy`; the partition
+    /// stays paused meanwhile.
+    pub(super) async fn reposition(
+        &self,
+        stored: &mut StoredMarks,
+        partition: i32,
+        policy: RetryPolicy,
+    ) -> Result<(), String> {
+        let mut retries = policy.start(Instant::now());
+        loop {
+            match self.try_reposition(partition).await {
+                Ok((watermark, resume)) => {
+                    if self.channel == Channel::Inapp {
+                        stored.written.insert(partition, watermark);
+                    }
+                    debug!(
+                        channel = self.channel.name(),
+                        partition,
+                        ?resume,
+                        "partition resumes"
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    let Some(delay) = retries.next_delay(Instant::now()) else {
+                        return Err(e);
+                    };
+                    warn!(channel = self.channel.name(), partition, error = %e, "repositioning the assigned partition failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn try_reposition(
+        &self,
+        partition: i32,
+    ) -> Result<(Option<i64>, Resume), String> {
+        let timeout = self.deps.kafka.timeout;
+        let committed = committed_offset(&self.consumer, &self.topic, partition, timeout)
+            .map_err(|e| format!("reading the committed offset: {e}"))?;
+        // Read on every channel: it is also the check that the store answers again, so a
+        // partition given up during a store outage is not taken back before the store is.
+        let watermark = self
+            .deps
+            .watermarks
+            .load(&self.group_id, &self.topic, partition)
+            .await
+            .map_err(|e| format!("reading the watermark: {e}"))?;
+        let (watermark, resume) = if self.channel == Channel::Inapp {
+            (watermark, Resume::decide(watermark, committed))
+        } else {
+            (None, Resume::Committed(committed))
+        };
+        if let Resume::Replay { from, committed } = resume {
+            self.deps.metrics.store_loss_replays.inc_by(1);
+            warn!(
+                channel = self.channel.name(),
+                partition,
+                ?from,
+                committed,
+                "the store is behind Kafka (it lost in-app rows): replaying from its watermark"
+            );
+        }
+        seek_and_resume(
+            &self.consumer,
+            &self.topic,
+            partition,
+            resume.offset(),
+            timeout,
+        )
+        .await
+        .map_err(|e| format!("seeking the partition: {e}"))?;
+        Ok((watermark, resume))
+    }
+
+    /// In-app only: stores the watermark before the offset may be committed; `false` when the
+    /// store did not take it (the offset is then not stored this time). Other channels: `true`.
+    pub(super) async fn store_watermark(
+        &self,
+        stored: &mut StoredMarks,
+        partition: i32,
+        next: i64,
+    ) -> bool {
+        if self.channel != Channel::Inapp {
+            return true;
+        }
+        match self
+            .deps
+            .watermarks
+            .save(&self.group_id, &self.topic, partition, next)
+            .await
+        {
+            Ok(()) => {
+                stored.written.insert(partition, Some(next));
+                true
+            }
+            Err(e) => {
+                debug!(partition, error = %e, "storing the in-app watermark failed; the next record tries again");
+                false
+            }
+        }
+    }
+
+    /// Compares each partition's stored watermark with the one written here: an older one
+    /// means the store lost rows since, and the partition is read again from it.
+    pub(super) async fn check_watermarks(&self, stored: &mut StoredMarks, marks: &mut Watermarks) {
+        let owned: Vec<(i32, Option<i64>)> = stored.written.iter().map(|(p, w)| (*p, *w)).collect();
+        for (partition, written) in owned {
+            let Some(written) = written else { continue };
+            let Ok(now) = self
+                .deps
+                .watermarks
+                .load(&self.group_id, &self.topic, partition)
+                .await
+            else {
+                continue;
+            };
+            if now.is_some_and(|n| n >= written) {
+                continue;
+            }
+            self.deps.metrics.store_loss_replays.inc_by(1);
+            warn!(
+                partition,
+                ?now,
+                written,
+                "the in-app watermark went backwards (the store lost rows): reading the partition again from it"
+            );
+            let target = now.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) =
+                self.consumer
+                    .seek(&self.topic, partition, target, self.deps.kafka.timeout)
+            {
+                warn!(partition, error = %e, "seeking back failed; the next check tries again");
+                continue;
+            }
+            // Records in lanes are skipped (a new reading); the partition's marks start over.
+            self.bump_epoch(partition);
+            marks.partitions.remove(&partition);
+            stored.written.insert(partition, now);
+        }
+    }
+}
