@@ -42,6 +42,9 @@ struct Cli {
     /// How long what was killed stays down.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     down_for: Duration,
+    /// How long the broker stays down in its runs (longer than the services' retry budget).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    broker_down_for: Duration,
     /// The booking processor's recovery: `log`, or `trust-store` (the negative control).
     #[arg(long, default_value = "log", value_parser = ["log", "trust-store"])]
     recovery_source: String,
@@ -84,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         fault_at: cli.fault_at,
         down_for: cli.down_for,
+        broker_down_for: cli.broker_down_for,
     };
     let mut failed = 0;
     let mut total = 0;

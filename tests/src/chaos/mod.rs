@@ -63,6 +63,9 @@ pub struct RunConfig {
     pub fault_at: Duration,
     /// How long what was killed stays down before it is started again.
     pub down_for: Duration,
+    /// How long the broker stays down in its run (longer than every service's retry budget,
+    /// so each consumer gives up and must resume by itself).
+    pub broker_down_for: Duration,
 }
 
 /// What one run showed.
@@ -277,7 +280,12 @@ impl Suite {
         let probe_key = format!("{run_key}-probe");
         let injected = async {
             tokio::time::sleep(config.fault_at).await;
-            let injected = self.inject(fault, config.down_for, &probe_key).await;
+            let down_for = if fault == Fault::Broker {
+                config.broker_down_for
+            } else {
+                config.down_for
+            };
+            let injected = self.inject(fault, down_for, &probe_key).await;
             let _ = watching.send(true);
             injected
         };
@@ -366,6 +374,8 @@ impl Suite {
                 violations.push(format!("the booking processor is not ready again: {e}"));
             }
             format!("{GIVE_UP} {gave_up_before}→{gave_up}, booking /readyz {statuses:?}")
+        } else if fault == Fault::Broker {
+            self.broker_outage_evidence(&outcome, &mut violations).await
         } else {
             "n/a".to_owned()
         };
@@ -394,6 +404,68 @@ impl Suite {
             delivered,
             violations,
         })
+    }
+
+    /// The broker run's checks: while it was down ingest answered 503 with `Retry-After`
+    /// (never a 500, which the sale records as a violation anyway), no answer took longer than
+    /// the produce timeout allows, and every service is ready again without being restarted.
+    async fn broker_outage_evidence(
+        &self,
+        outcome: &sale::SaleOutcome,
+        violations: &mut Vec<String>,
+    ) -> String {
+        if outcome.unavailable == 0 {
+            violations.push(
+                "the broker was down, but ingest never answered 503 (did the outage happen?)"
+                    .to_owned(),
+            );
+        }
+        if outcome.unavailable_without_retry_after > 0 {
+            violations.push(format!(
+                "{} of {} 503 answers had no Retry-After",
+                outcome.unavailable_without_retry_after, outcome.unavailable
+            ));
+        }
+        if outcome.slowest_answer > system::INGEST_ANSWER_BOUND {
+            violations.push(format!(
+                "an answer took {:.1?}, longer than ingest's produce timeout allows ({:?})",
+                outcome.slowest_answer,
+                system::INGEST_ANSWER_BOUND
+            ));
+        }
+        if outcome.no_answer > 0 {
+            violations.push(format!(
+                "{} requests got no answer (timed out or connection failed)",
+                outcome.no_answer
+            ));
+        }
+        let mut ready = Vec::new();
+        for service in Service::ALL {
+            let url = self.system.readiness_url(service);
+            let resumed = crate::wait::until(
+                &format!("{} /readyz 200", service.name()),
+                Duration::from_secs(120),
+                || {
+                    let url = url.clone();
+                    async move { (system::status(&url).await == Some(200)).then_some(()) }
+                },
+            )
+            .await;
+            match resumed {
+                Ok(()) => ready.push(service.name()),
+                Err(e) => violations.push(format!(
+                    "{} did not resume by itself after the broker came back: {e}",
+                    service.name()
+                )),
+            }
+        }
+        format!(
+            "{} answers 503 (all with Retry-After: {}), slowest answer {:.1?}, ready again without a restart: {}",
+            outcome.unavailable,
+            outcome.unavailable_without_retry_after == 0,
+            outcome.slowest_answer,
+            ready.join(", ")
+        )
     }
 
     /// Kills what `fault` names, waits `down_for`, starts it again; returns the proof and when

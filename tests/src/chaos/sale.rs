@@ -39,6 +39,8 @@ pub struct Fan {
 pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
 }
 
 /// ingest's HTTP API.
@@ -80,8 +82,17 @@ impl Api {
         }
         let response = request.send().await?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            body,
+            retry_after,
+        })
     }
 
     async fn post(&self, path: &str, token: Option<&str>, body: Value) -> anyhow::Result<Answer> {
@@ -235,6 +246,13 @@ pub struct SaleOutcome {
     pub gave_up: usize,
     /// 503s and refused connections that were retried.
     pub retries: usize,
+    /// 503 answers, and those of them without a `Retry-After` header (a defect).
+    pub unavailable: usize,
+    pub unavailable_without_retry_after: usize,
+    /// Requests that got no answer within the client's timeout or whose connection failed.
+    pub no_answer: usize,
+    /// The longest time any answer took.
+    pub slowest_answer: Duration,
 }
 
 /// Books one slot per request, round-robin over the fans, every request with its own
@@ -298,6 +316,7 @@ async fn book(
     };
     // Bounded: every turn either returns or waits, and gives up at the deadline.
     loop {
+        let sent = Instant::now();
         let answer = api
             .send(
                 reqwest::Method::POST,
@@ -307,6 +326,19 @@ async fn book(
                 &[("Idempotency-Key", key)],
             )
             .await;
+        let took = sent.elapsed();
+        record(&mut |o| match &answer {
+            Ok(a) => {
+                o.slowest_answer = o.slowest_answer.max(took);
+                if a.status == StatusCode::SERVICE_UNAVAILABLE {
+                    o.unavailable += 1;
+                    if a.retry_after.is_none() {
+                        o.unavailable_without_retry_after += 1;
+                    }
+                }
+            }
+            Err(_) => o.no_answer += 1,
+        });
         match answer {
             Ok(a) if a.status == StatusCode::ACCEPTED || a.status == StatusCode::OK => {
                 let id = a.body["id"].as_str().unwrap_or_default().to_owned();

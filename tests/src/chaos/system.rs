@@ -20,6 +20,11 @@ use crate::{Services, wait};
 
 /// The retry budget of every service in the chaos system (see `spawn`).
 pub const RETRY_BUDGET: &str = "3s";
+/// Ingest's produce timeout here: a request waits at most this long for the broker.
+pub const INGEST_PRODUCE_TIMEOUT: &str = "5s";
+/// The longest an answer of ingest may take: its produce timeout plus the work around it
+/// (a CQL write, the response) on this loaded machine.
+pub const INGEST_ANSWER_BOUND: Duration = Duration::from_secs(8);
 /// A boxoffice service the suite runs and kills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
@@ -247,6 +252,7 @@ impl System {
                 format!("127.0.0.1:{}", self.ports[&Service::Ingest]),
             )
             .env("INGEST_JWT_SECRET", &s.jwt)
+            .env("INGEST_PRODUCE_TIMEOUT", INGEST_PRODUCE_TIMEOUT)
             .env("INGEST_ADMIN_EMAIL", &self.admin_email)
             .env("INGEST_ADMIN_PASSWORD", &s.admin_password)
             // Every fan logs in from this one address.
