@@ -64,8 +64,8 @@ pub struct StoredPayment {
     pub user_id: String,
     pub amount_minor: i64,
     pub currency: String,
-    /// The processor's status name (`PENDING`, `CHARGING`, `CAPTURED`, ...).
-    pub status: String,
+    /// Where the payment stands (`NEW` when another writer created the row without one).
+    pub status: PaymentStatus,
     pub provider_reference: String,
     pub hold_expires_at: i64,
     pub requested: bool,
@@ -108,6 +108,90 @@ impl std::fmt::Debug for StoredPayment {
     }
 }
 
+/// Where a payment stands, as `payments.status` stores it: the payment processor writes it,
+/// ingest shows it. One wire-name table (strum, `SCREAMING_SNAKE_CASE`: `PROVIDER_PENDING`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentStatus {
+    /// Nothing known yet (no row).
+    #[default]
+    New,
+    /// A submission arrived before the booking processor's request; parked.
+    AwaitingRequest,
+    /// Requested, waiting for the fan's submission.
+    Pending,
+    /// The charge is (or may be) in flight: the intent is stored before the gateway is called.
+    Charging,
+    /// The provider accepted the charge and completes it later.
+    ProviderPending,
+    Captured,
+    Failed,
+    /// Never submitted in time.
+    Expired,
+    Refunding,
+    Refunded,
+    /// The provider refused the refund for good: an operator must act.
+    RefundFailed,
+}
+
+impl PaymentStatus {
+    /// The stored name (`CAPTURED`).
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    /// The status a stored name stands for.
+    pub fn parse(name: &str) -> Option<PaymentStatus> {
+        name.parse().ok()
+    }
+
+    /// No further step happens without a new request (a refund of a captured payment).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            PaymentStatus::Captured
+                | PaymentStatus::Failed
+                | PaymentStatus::Expired
+                | PaymentStatus::Refunded
+                | PaymentStatus::RefundFailed
+        )
+    }
+
+    /// The gateway owes an answer: the runtime must resolve it (query) before anything else.
+    pub fn is_in_flight(self) -> bool {
+        matches!(
+            self,
+            PaymentStatus::Charging | PaymentStatus::ProviderPending | PaymentStatus::Refunding
+        )
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::PaymentStatus;
+    use strum::VariantArray;
+
+    #[test]
+    fn every_status_reads_back_from_its_stored_name() {
+        for status in PaymentStatus::VARIANTS {
+            assert_eq!(PaymentStatus::parse(status.name()), Some(*status));
+        }
+        assert_eq!(PaymentStatus::ProviderPending.name(), "PROVIDER_PENDING");
+        assert_eq!(PaymentStatus::parse("captured"), None);
+    }
+}
+
 const PAYMENT_COLUMNS: &str = "id, order_id, event_id, user_id, amount_minor, currency, status, \
     provider_reference, hold_expires_at, requested, payment_method_token, submitted_user_id, \
     submitted_amount_minor, submitted_currency, submitted_at, charge_attempts, captured_minor, \
@@ -118,7 +202,7 @@ const PAYMENT_COLUMNS: &str = "id, order_id, event_id, user_id, amount_minor, cu
 impl StoredPayment {
     /// From a row of `SELECT {PAYMENT_COLUMNS}`; a column that is null (a row another writer
     /// created with fewer columns) reads as its sentinel.
-    fn from_row(row: Row) -> Self {
+    fn from_row(row: Row) -> Result<Self, PaymentStoreError> {
         let mut columns = row.columns.into_iter();
         let mut next = || columns.next().flatten();
         let text = |v: Option<CqlValue>| match v {
@@ -137,14 +221,24 @@ impl StoredPayment {
             Some(CqlValue::Timestamp(t)) => t.0,
             _ => 0,
         };
-        StoredPayment {
-            id: text(next()),
-            order_id: text(next()),
-            event_id: text(next()),
-            user_id: text(next()),
-            amount_minor: big(next()),
-            currency: text(next()),
-            status: text(next()),
+        let id = text(next());
+        let (order_id, event_id, user_id) = (text(next()), text(next()), text(next()));
+        let (amount_minor, currency) = (big(next()), text(next()));
+        let status = match text(next()) {
+            name if name.is_empty() => PaymentStatus::New,
+            name => PaymentStatus::parse(&name).ok_or_else(|| PaymentStoreError::CorruptRow {
+                id: id.clone(),
+                reason: format!("unknown status {name:?}"),
+            })?,
+        };
+        Ok(StoredPayment {
+            id,
+            order_id,
+            event_id,
+            user_id,
+            amount_minor,
+            currency,
+            status,
             provider_reference: text(next()),
             hold_expires_at: big(next()),
             requested: matches!(next(), Some(CqlValue::Boolean(true))),
@@ -170,7 +264,7 @@ impl StoredPayment {
             revision: big(next()),
             created_at: time(next()),
             updated_at: time(next()),
-        }
+        })
     }
 }
 
@@ -253,6 +347,9 @@ pub enum PaymentStoreError {
         #[source]
         source: BoxError,
     },
+    /// A stored row no version of the processor writes (give up: an operator must look).
+    #[error("payment {id}: the stored row is unusable: {reason}")]
+    CorruptRow { id: String, reason: String },
 }
 
 impl PaymentStoreError {
@@ -392,7 +489,7 @@ impl PaymentStore {
             .map_err(|e| PaymentStoreError::unusable(OPERATION, e))?
             .maybe_first_row::<Row>()
             .map_err(|e| PaymentStoreError::unusable(OPERATION, e))
-            .map(|row| row.map(StoredPayment::from_row))
+            .and_then(|row| row.map(StoredPayment::from_row).transpose())
     }
 
     /// Appends history entries (idempotent: the same entry written twice is one row).
@@ -434,7 +531,7 @@ impl PaymentStore {
             user_id: &p.user_id,
             amount_minor: p.amount_minor,
             currency: &p.currency,
-            status: &p.status,
+            status: p.status.name(),
             provider_reference: &p.provider_reference,
             hold_expires_at: p.hold_expires_at,
             requested: p.requested,

@@ -131,7 +131,7 @@ async fn a_sigkilled_payment_processor_never_charges_twice_and_loses_nothing() {
     let mut in_flight = 0;
     for i in 0..PAYMENTS {
         let row = store.load(&ids::payment_id(&order_id(i))).await.unwrap();
-        if row.is_some_and(|r| r.status == "CHARGING") {
+        if row.is_some_and(|r| r.status.name() == "CHARGING") {
             in_flight += 1;
         }
     }

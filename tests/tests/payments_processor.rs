@@ -139,7 +139,7 @@ async fn payment_row(pipeline: &Pipeline, order_id: &str, status: &str) -> Store
                 .await
                 .ok()
                 .flatten()
-                .filter(|p| p.status == status)
+                .filter(|p| p.status.name() == status)
         }
     })
     .await

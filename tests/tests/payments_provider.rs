@@ -137,7 +137,7 @@ async fn settled(pipeline: &Pipeline, order_id: &str, status: &str) -> StoredPay
                 .await
                 .ok()
                 .flatten()
-                .filter(|p| p.status == status)
+                .filter(|p| p.status.name() == status)
         }
     })
     .await
@@ -562,14 +562,14 @@ async fn a_pending_charge_holds_up_no_other_payment_and_its_check_survives_a_res
         async move {
             let status = store.load(&id).await.ok().flatten()?.status;
             ["PROVIDER_PENDING", "CAPTURED"]
-                .contains(&status.as_str())
+                .contains(&status.name())
                 .then_some(())
         }
     })
     .await
     .unwrap();
     let pending = row(pipeline, &lost).await.unwrap();
-    assert_eq!(pending.status, "PROVIDER_PENDING");
+    assert_eq!(pending.status.name(), "PROVIDER_PENDING");
     assert!(
         timers(pipeline).await.contains(&pending.id),
         "the pending payment's check is stored"
@@ -578,7 +578,7 @@ async fn a_pending_charge_holds_up_no_other_payment_and_its_check_survives_a_res
     first.stop().await;
     // The restart must find the payment still waiting, or this test proves nothing.
     assert_eq!(
-        row(pipeline, &lost).await.unwrap().status,
+        row(pipeline, &lost).await.unwrap().status.name(),
         "PROVIDER_PENDING",
         "settled before the restart; the test proves nothing"
     );

@@ -104,7 +104,7 @@ async fn captured(pipeline: &Pipeline, orders: &[String]) {
         async move {
             for order in orders {
                 let payment = store.load(&ids::payment_id(order)).await.ok().flatten()?;
-                if payment.status != "CAPTURED" {
+                if payment.status.name() != "CAPTURED" {
                     return None;
                 }
             }

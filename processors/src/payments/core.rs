@@ -69,84 +69,8 @@ pub type Millis = i64;
 /// the booking processor's business: re-allocate or refund). After that it expires.
 pub const DEFAULT_LATE_GRACE_MS: Millis = 24 * 3_600_000;
 
-/// Where a payment stands. The stored names are [`Status::name`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// Nothing known yet (no row).
-    New,
-    /// A submission arrived before the booking processor's request; parked.
-    AwaitingRequest,
-    /// Requested, waiting for the fan's submission.
-    Pending,
-    /// The charge is (or may be) in flight: the intent is stored before the gateway is called.
-    Charging,
-    /// The provider accepted the charge and completes it later.
-    ProviderPending,
-    Captured,
-    Failed,
-    /// Never submitted in time.
-    Expired,
-    Refunding,
-    Refunded,
-    /// The provider refused the refund for good: an operator must act.
-    RefundFailed,
-}
-
-impl Status {
-    pub const ALL: [Status; 11] = [
-        Status::New,
-        Status::AwaitingRequest,
-        Status::Pending,
-        Status::Charging,
-        Status::ProviderPending,
-        Status::Captured,
-        Status::Failed,
-        Status::Expired,
-        Status::Refunding,
-        Status::Refunded,
-        Status::RefundFailed,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Status::New => "NEW",
-            Status::AwaitingRequest => "AWAITING_REQUEST",
-            Status::Pending => "PENDING",
-            Status::Charging => "CHARGING",
-            Status::ProviderPending => "PROVIDER_PENDING",
-            Status::Captured => "CAPTURED",
-            Status::Failed => "FAILED",
-            Status::Expired => "EXPIRED",
-            Status::Refunding => "REFUNDING",
-            Status::Refunded => "REFUNDED",
-            Status::RefundFailed => "REFUND_FAILED",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|s| s.name() == name)
-    }
-
-    /// No further step happens without a new request (a refund of a captured payment).
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Status::Captured
-                | Status::Failed
-                | Status::Expired
-                | Status::Refunded
-                | Status::RefundFailed
-        )
-    }
-
-    /// The gateway owes an answer: the runtime must resolve it (query) before anything else.
-    pub fn is_in_flight(self) -> bool {
-        matches!(
-            self,
-            Status::Charging | Status::ProviderPending | Status::Refunding
-        )
-    }
-}
+/// Where a payment stands: the store's [`PaymentStatus`], whose wire names are the stored ones.
+pub use boxoffice_store::payments::PaymentStatus as Status;
 
 /// A fan's submission (kept while parked or charging: the token is needed to charge again
 /// after a `NotFound`; dropped once the payment is settled).

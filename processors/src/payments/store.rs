@@ -3,7 +3,7 @@
 use boxoffice_avro::records::{PaymentFailureReason, RefundReason};
 use boxoffice_store::payments::StoredPayment;
 
-use super::core::{PaymentState, Refund, Status, Submission};
+use super::core::{PaymentState, Refund, Submission};
 use super::gateway::Token;
 
 /// Where a loaded payment stands beside its state.
@@ -30,7 +30,7 @@ pub fn to_stored(
         user_id: state.user_id.clone(),
         amount_minor: state.amount_minor,
         currency: state.currency.clone(),
-        status: state.status.name().to_owned(),
+        status: state.status,
         provider_reference: state.provider_reference.clone().unwrap_or_default(),
         hold_expires_at: state.hold_expires_at,
         requested: state.requested,
@@ -70,12 +70,7 @@ pub fn to_stored(
 
 /// The state a stored row describes. `Err` names what is wrong with the row.
 pub fn restore(row: StoredPayment) -> Result<(PaymentState, Stored), String> {
-    let status = if row.status.is_empty() {
-        Status::New
-    } else {
-        Status::parse(&row.status)
-            .ok_or_else(|| format!("payment {}: unknown status {:?}", row.id, row.status))?
-    };
+    let status = row.status;
     let submission = (!row.payment_method_token.is_empty()).then(|| Submission {
         user_id: row.submitted_user_id.clone(),
         amount_minor: row.submitted_amount_minor,
