@@ -39,6 +39,20 @@ impl StoreError {
             reason: e.to_string(),
         }
     }
+
+    /// An error of another family's reader interface (`boxoffice_store`): unavailable when
+    /// retrying may help, corrupt otherwise.
+    pub fn from_reader(
+        operation: &'static str,
+        e: impl std::fmt::Display,
+        retryable: bool,
+    ) -> Self {
+        if retryable {
+            StoreError::unavailable(operation, e)
+        } else {
+            StoreError::corrupt(operation, e)
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

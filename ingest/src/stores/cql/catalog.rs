@@ -5,7 +5,9 @@ use async_trait::async_trait;
 use scylla::value::CqlTimestamp;
 
 use super::{CqlStores, none_if_empty, text};
-use crate::stores::{CatalogStore, CategoryRecord, EventRecord, InventoryCounters, StoreResult};
+use crate::stores::{
+    CatalogStore, CategoryRecord, EventRecord, InventoryCounters, StoreError, StoreResult,
+};
 
 #[derive(scylla::DeserializeRow)]
 struct EventRow {
@@ -102,17 +104,16 @@ impl CatalogStore for CqlStores {
     }
 
     async fn inventory(&self, event_id: &str) -> StoreResult<Option<InventoryCounters>> {
-        type Row = (Option<i32>, Option<i32>, Option<i32>, Option<i64>);
-        let row: Option<Row> = self
-            .one(&self.s.read_inventory, (event_id,), "read inventory")
-            .await?;
-        Ok(row.and_then(|(capacity, held, sold, sequence)| {
-            Some(InventoryCounters {
-                capacity: capacity?,
-                held: held.unwrap_or(0),
-                sold: sold.unwrap_or(0),
-                sequence: sequence.unwrap_or(0),
-            })
+        let counters = self
+            .inventory
+            .counters(event_id)
+            .await
+            .map_err(|e| StoreError::from_reader("read inventory", &e, e.is_retryable()))?;
+        Ok(counters.map(|c| InventoryCounters {
+            capacity: c.capacity,
+            held: c.held,
+            sold: c.sold,
+            sequence: c.sequence,
         }))
     }
 

@@ -16,6 +16,8 @@ mod webhooks;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use boxoffice_store::inventory::InventoryReader;
+use boxoffice_store::payments::PaymentReader;
 use boxoffice_store::schema::Keyspace;
 use scylla::client::session::Session;
 use scylla::response::query_result::QueryResult;
@@ -49,6 +51,10 @@ struct PageStatements {
 pub struct CqlStores {
     session: Arc<Session>,
     s: Statements,
+    /// The booking processor's tables, through their owner's reader interface.
+    inventory: InventoryReader,
+    /// The payment processor's tables, through their owner's reader interface.
+    payment_reader: PaymentReader,
 }
 
 #[derive(Debug)]
@@ -79,7 +85,6 @@ struct Statements {
     scan_events: PreparedStatement,
     read_event: PreparedStatement,
     insert_event: PreparedStatement,
-    read_inventory: PreparedStatement,
     scan_categories: PreparedStatement,
     read_category: PreparedStatement,
     insert_category: PreparedStatement,
@@ -92,13 +97,10 @@ struct Statements {
     delete_order_listing: PreparedStatement,
     delete_order: PreparedStatement,
     orders_page: PageStatements,
-    read_decision: PreparedStatement,
     // payments
     insert_payment_listing: PreparedStatement,
     insert_submission: PreparedStatement,
-    read_payment: PreparedStatement,
     read_submission: PreparedStatement,
-    read_history: PreparedStatement,
     payments_page: PageStatements,
     // notifications
     notifications_page: PageStatements,
@@ -279,12 +281,6 @@ impl CqlStores {
                     t("events")
                 ))
                 .await?,
-            read_inventory: p
-                .prepare(format!(
-                    "SELECT capacity, held, sold, sequence FROM {} WHERE event_id = ? LIMIT 1",
-                    t("event_inventory")
-                ))
-                .await?,
             scan_categories: p.prepare(format!("SELECT id, name, is_free FROM {}", t("cate_events"))).await?,
             read_category: p
                 .prepare(format!("SELECT id, name, is_free FROM {} WHERE id = ?", t("cate_events")))
@@ -314,13 +310,6 @@ impl CqlStores {
                 .prepare(format!("DELETE FROM {} WHERE id = ?", t("orders")))
                 .await?,
             orders_page: p.page(orders_page).await?,
-            read_decision: p
-                .prepare(format!(
-                    "SELECT status, slots, amount_minor, order_currency, payment_id, hold_expires_at, reject_reason, \
-                     cancel_reason, late FROM {} WHERE event_id = ? AND order_id = ?",
-                    t("event_inventory")
-                ))
-                .await?,
             insert_payment_listing: p
                 .prepare(format!(
                     "INSERT INTO {} (user_id, created_at, payment_id, order_id, amount_minor, currency) VALUES (?, ?, ?, ?, ?, ?)",
@@ -333,21 +322,11 @@ impl CqlStores {
                     t("payment_submissions")
                 ))
                 .await?,
-            read_payment: p
-                .prepare(format!(
-                    "SELECT id, order_id, user_id, amount_minor, currency, status, provider_reference, created_at, updated_at \
-                     FROM {} WHERE id = ?",
-                    t("payments")
-                ))
-                .await?,
             read_submission: p
                 .prepare(format!(
                     "SELECT payment_id, order_id, user_id, amount_minor, currency, submitted_at FROM {} WHERE payment_id = ?",
                     t("payment_submissions")
                 ))
-                .await?,
-            read_history: p
-                .prepare(format!("SELECT at, seq, status, detail FROM {} WHERE payment_id = ?", t("payment_histories")))
                 .await?,
             payments_page: p.page(payments_page).await?,
             notifications_page: p.page(notifications_page).await?,
@@ -406,7 +385,18 @@ impl CqlStores {
                 ))
                 .await?,
         };
-        Ok(CqlStores { session, s })
+        let inventory = InventoryReader::new(Arc::clone(&session), keyspace)
+            .await
+            .map_err(|e| StoreError::unavailable("preparing the inventory reads", e))?;
+        let payment_reader = PaymentReader::new(Arc::clone(&session), keyspace)
+            .await
+            .map_err(|e| StoreError::unavailable("preparing the payment reads", e))?;
+        Ok(CqlStores {
+            session,
+            s,
+            inventory,
+            payment_reader,
+        })
     }
 
     /// The stores as the router takes them.

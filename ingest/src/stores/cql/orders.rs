@@ -7,7 +7,7 @@ use scylla::value::CqlTimestamp;
 
 use super::{CqlStores, applied, none_if_empty};
 use crate::stores::{
-    CreateOrder, OrderDecision, OrderRecord, OrderStore, Page, PageRequest, StoreResult,
+    CreateOrder, OrderDecision, OrderRecord, OrderStore, Page, PageRequest, StoreError, StoreResult,
 };
 
 type OrderRow = (
@@ -134,32 +134,20 @@ impl OrderStore for CqlStores {
     }
 
     async fn decision(&self, event_id: &str, order_id: &str) -> StoreResult<Option<OrderDecision>> {
-        #[derive(scylla::DeserializeRow)]
-        struct Row {
-            status: Option<String>,
-            slots: Option<i32>,
-            amount_minor: Option<i64>,
-            order_currency: Option<String>,
-            payment_id: Option<String>,
-            hold_expires_at: Option<i64>,
-            reject_reason: Option<String>,
-            cancel_reason: Option<String>,
-            late: Option<bool>,
-        }
-        let row: Option<Row> = self
-            .one(&self.s.read_decision, (event_id, order_id), "read decision")
-            .await?;
-        Ok(row.and_then(|r| {
-            Some(OrderDecision {
-                status: none_if_empty(r.status)?,
-                slots: r.slots.unwrap_or(0),
-                amount_minor: r.amount_minor.unwrap_or(0),
-                currency: r.order_currency.unwrap_or_default(),
-                payment_id: none_if_empty(r.payment_id),
-                hold_expires_at: r.hold_expires_at.filter(|&at| at != 0),
-                reason: none_if_empty(r.reject_reason).or(none_if_empty(r.cancel_reason)),
-                late: r.late.unwrap_or(false),
-            })
+        let decision = self
+            .inventory
+            .decision(event_id, order_id)
+            .await
+            .map_err(|e| StoreError::from_reader("read decision", &e, e.is_retryable()))?;
+        Ok(decision.map(|d| OrderDecision {
+            status: d.status.as_str().to_owned(),
+            slots: d.slots,
+            amount_minor: d.amount_minor,
+            currency: d.currency,
+            payment_id: d.payment_id,
+            hold_expires_at: d.hold_expires_at,
+            reason: d.reason,
+            late: d.late,
         }))
     }
 }

@@ -5,25 +5,22 @@
 use async_trait::async_trait;
 use scylla::value::CqlTimestamp;
 
+use boxoffice_store::payments::{PaymentStatus, PaymentView};
+
 use super::{CqlStores, none_if_empty};
 use crate::stores::{
-    Page, PageRequest, PaymentHistoryEntry, PaymentRecord, PaymentStore, StoreResult,
+    Page, PageRequest, PaymentHistoryEntry, PaymentRecord, PaymentStore, StoreError, StoreResult,
 };
 
 /// Status shown before the payment processor wrote the payment.
 pub const SUBMITTED: &str = "SUBMITTED";
 
-#[derive(scylla::DeserializeRow)]
-struct PaymentRow {
-    id: String,
-    order_id: Option<String>,
-    user_id: Option<String>,
-    amount_minor: Option<i64>,
-    currency: Option<String>,
-    status: Option<String>,
-    provider_reference: Option<String>,
-    created_at: Option<CqlTimestamp>,
-    updated_at: Option<CqlTimestamp>,
+/// The status ingest shows: the processor's, or [`SUBMITTED`] before it wrote one.
+fn shown_status(status: PaymentStatus) -> String {
+    match status {
+        PaymentStatus::New => SUBMITTED.to_owned(),
+        status => status.name().to_owned(),
+    }
 }
 
 type SubmissionRow = (
@@ -71,7 +68,7 @@ impl PaymentStore for CqlStores {
 
     async fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRecord>> {
         let (row, submission) = tokio::join!(
-            self.one::<PaymentRow>(&self.s.read_payment, (id,), "read payment"),
+            self.read_payment(id),
             self.one::<SubmissionRow>(&self.s.read_submission, (id,), "read payment submission"),
         );
         let (row, submission) = (row?, submission?);
@@ -92,40 +89,37 @@ impl PaymentStore for CqlStores {
         Ok(match (row, from_submission) {
             (Some(r), submitted) => Some(PaymentRecord {
                 id: r.id,
-                order_id: none_if_empty(r.order_id)
+                order_id: r
+                    .order_id
                     .or_else(|| submitted.as_ref().map(|s| s.order_id.clone()))
                     .unwrap_or_default(),
-                user_id: none_if_empty(r.user_id)
+                user_id: r
+                    .user_id
                     .or_else(|| submitted.as_ref().map(|s| s.user_id.clone()))
                     .unwrap_or_default(),
-                amount_minor: r.amount_minor.unwrap_or(0),
-                currency: r.currency.unwrap_or_default(),
-                status: none_if_empty(r.status).unwrap_or_else(|| SUBMITTED.to_owned()),
-                provider_reference: none_if_empty(r.provider_reference),
-                created_at: r.created_at.map_or(0, |t| t.0),
-                updated_at: r.updated_at.map_or(0, |t| t.0),
+                amount_minor: r.amount_minor,
+                currency: r.currency,
+                status: shown_status(r.status),
+                provider_reference: r.provider_reference,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
             }),
             (None, submitted) => submitted,
         })
     }
 
     async fn history(&self, id: &str) -> StoreResult<Vec<PaymentHistoryEntry>> {
-        type Row = (
-            Option<CqlTimestamp>,
-            Option<i32>,
-            Option<String>,
-            Option<String>,
-        );
-        let rows: Vec<Row> = self
-            .all(&self.s.read_history, (id,), "read payment history")
-            .await?;
-        Ok(rows
+        let entries =
+            self.payment_reader.history(id).await.map_err(|e| {
+                StoreError::from_reader("read payment history", &e, e.is_retryable())
+            })?;
+        Ok(entries
             .into_iter()
-            .map(|(at, seq, status, detail)| PaymentHistoryEntry {
-                at: at.map_or(0, |t| t.0),
-                seq: seq.unwrap_or(0),
-                status: status.unwrap_or_default(),
-                detail: none_if_empty(detail),
+            .map(|e| PaymentHistoryEntry {
+                at: e.at,
+                seq: e.seq,
+                status: e.status,
+                detail: none_if_empty(Some(e.detail)),
             })
             .collect())
     }
@@ -145,10 +139,9 @@ impl PaymentStore for CqlStores {
         let page: Page<Listing> = self
             .page(&self.s.payments_page, user_id, request, "list payments")
             .await?;
-        let statuses = futures::future::try_join_all(page.items.iter().map(|(id, ..)| {
-            self.one::<PaymentRow>(&self.s.read_payment, (id.as_str(),), "read payment")
-        }))
-        .await?;
+        let statuses =
+            futures::future::try_join_all(page.items.iter().map(|(id, ..)| self.read_payment(id)))
+                .await?;
         Ok(Page {
             items: page
                 .items
@@ -164,17 +157,23 @@ impl PaymentStore for CqlStores {
                         currency: currency.unwrap_or_default(),
                         status: row
                             .as_ref()
-                            .and_then(|r| none_if_empty(r.status.clone()))
-                            .unwrap_or_else(|| SUBMITTED.to_owned()),
-                        provider_reference: row
-                            .as_ref()
-                            .and_then(|r| none_if_empty(r.provider_reference.clone())),
+                            .map_or_else(|| SUBMITTED.to_owned(), |r| shown_status(r.status)),
+                        provider_reference: row.as_ref().and_then(|r| r.provider_reference.clone()),
                         created_at: at,
-                        updated_at: row.and_then(|r| r.updated_at).map_or(at, |t| t.0),
+                        updated_at: row.map_or(at, |r| r.updated_at),
                     }
                 })
                 .collect(),
             more: page.more,
         })
+    }
+}
+
+impl CqlStores {
+    async fn read_payment(&self, id: &str) -> StoreResult<Option<PaymentView>> {
+        self.payment_reader
+            .payment(id)
+            .await
+            .map_err(|e| StoreError::from_reader("read payment", &e, e.is_retryable()))
     }
 }

@@ -101,6 +101,9 @@ use scylla::value::{CqlValue, Row};
 use crate::schema::Keyspace;
 use crate::session::{execution_is_transient, next_page_is_transient, prepare_is_transient};
 
+mod reader;
+pub use reader::{InventoryReader, StoredCounters, StoredDecision};
+
 /// Order rows fetched per page when loading an event.
 pub const ORDER_PAGE_SIZE: i32 = 5_000;
 /// Largest estimated request one save may send (see the module docs): about 15,000 orders.

@@ -55,6 +55,9 @@ use scylla::value::{CqlTimestamp, CqlValue, Row};
 use crate::schema::Keyspace;
 use crate::session::{execution_is_transient, prepare_is_transient};
 
+mod reader;
+pub use reader::{PaymentReader, PaymentView};
+
 /// One payment as stored. Absent texts are `""`, absent numbers `0`.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct StoredPayment {
