@@ -4,9 +4,11 @@
 //! family's owner and its documented reader interface for other services:
 //!
 //! - `inventory`: the booking processor's per-event state (`event_inventory`,
-//!   `partition_events`);
+//!   `partition_events`); other services read it through `inventory::InventoryReader` (an
+//!   event's counters, one order's decision);
 //! - `payments`: the payment processor's state (`payments`, `payment_histories`,
-//!   `payment_timers`);
+//!   `payment_timers`); other services read it through `payments::PaymentReader` (a payment
+//!   without the fan's token, its history);
 //! - `notifications`: the notifier's in-app list (`notifications`), delivery state
 //!   (`notification_deliveries`) and webhook endpoints (`webhook_endpoints`);
 //! - `watermarks`: where a consumer whose effects live in the store resumes

@@ -53,24 +53,22 @@ impl InventoryReader {
     /// Prepares the reads. The schema must exist (`schema::ensure_schema`).
     pub async fn new(session: Arc<Session>, keyspace: &Keyspace) -> Result<Self, StoreError> {
         let inventory = keyspace.table("event_inventory");
-        let prepare = |cql: String| {
-            let session = Arc::clone(&session);
-            async move {
-                session
-                    .prepare(cql)
-                    .await
-                    .map_err(|e| StoreError::prepare("preparing the inventory reads", e))
-            }
-        };
-        let counters = prepare(format!(
-            "SELECT capacity, held, sold, sequence FROM {inventory} WHERE event_id = ? LIMIT 1"
-        ))
-        .await?;
-        let decision = prepare(format!(
-            "SELECT status, slots, amount_minor, order_currency, payment_id, hold_expires_at, \
-             reject_reason, cancel_reason, late FROM {inventory} WHERE event_id = ? AND order_id = ?"
-        ))
-        .await?;
+        const OPERATION: &str = "preparing the inventory reads";
+        let mut counters = session
+            .prepare(format!(
+                "SELECT capacity, held, sold, sequence FROM {inventory} WHERE event_id = ? LIMIT 1"
+            ))
+            .await
+            .map_err(|e| StoreError::prepare(OPERATION, e))?;
+        let mut decision = session
+            .prepare(format!(
+                "SELECT status, slots, amount_minor, order_currency, payment_id, hold_expires_at, \
+                 reject_reason, cancel_reason, late FROM {inventory} WHERE event_id = ? AND order_id = ?"
+            ))
+            .await
+            .map_err(|e| StoreError::prepare(OPERATION, e))?;
+        counters.set_is_idempotent(true);
+        decision.set_is_idempotent(true);
         Ok(InventoryReader {
             session,
             counters,
@@ -83,14 +81,8 @@ impl InventoryReader {
         const OPERATION: &str = "read inventory counters";
         type Row = (Option<i32>, Option<i32>, Option<i32>, Option<i64>);
         let row: Option<Row> = self
-            .session
-            .execute_unpaged(&self.counters, (event_id,))
-            .await
-            .map_err(|e| StoreError::execution(OPERATION, e))?
-            .into_rows_result()
-            .map_err(|e| StoreError::unusable(OPERATION, e))?
-            .maybe_first_row::<Row>()
-            .map_err(|e| StoreError::unusable(OPERATION, e))?;
+            .first_row(&self.counters, (event_id,), OPERATION)
+            .await?;
         Ok(row.and_then(|(capacity, held, sold, sequence)| {
             Some(StoredCounters {
                 capacity: capacity?,
@@ -121,14 +113,8 @@ impl InventoryReader {
             late: Option<bool>,
         }
         let row: Option<Row> = self
-            .session
-            .execute_unpaged(&self.decision, (event_id, order_id))
-            .await
-            .map_err(|e| StoreError::execution(OPERATION, e))?
-            .into_rows_result()
-            .map_err(|e| StoreError::unusable(OPERATION, e))?
-            .maybe_first_row::<Row>()
-            .map_err(|e| StoreError::unusable(OPERATION, e))?;
+            .first_row(&self.decision, (event_id, order_id), OPERATION)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -149,5 +135,25 @@ impl InventoryReader {
             reason: non_empty(row.reject_reason).or(non_empty(row.cancel_reason)),
             late: row.late.unwrap_or(false),
         }))
+    }
+
+    /// The first row `statement` answers, if any.
+    async fn first_row<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+        operation: &'static str,
+    ) -> Result<Option<T>, StoreError>
+    where
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| StoreError::execution(operation, e))?
+            .into_rows_result()
+            .map_err(|e| StoreError::unusable(operation, e))?
+            .maybe_first_row::<T>()
+            .map_err(|e| StoreError::unusable(operation, e))
     }
 }

@@ -3,7 +3,8 @@
 //! `catalog` (events, categories, inventory counters), `orders`, `payments`,
 //! `notifications`, `webhooks` (users' endpoints), `provider_events` (the payment provider's
 //! deliveries, deduplicated). Absent texts are written as `''` rather than `null` (no
-//! tombstones).
+//! tombstones). The processors' and the notifier's tables are read only through their owners'
+//! reader interfaces (`boxoffice_store::{inventory, payments, notifications}`).
 
 mod accounts;
 mod catalog;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use boxoffice_store::inventory::InventoryReader;
+use boxoffice_store::notifications::NotificationReader;
 use boxoffice_store::payments::PaymentReader;
 use boxoffice_store::schema::Keyspace;
 use scylla::client::session::Session;
@@ -55,6 +57,8 @@ pub struct CqlStores {
     inventory: InventoryReader,
     /// The payment processor's tables, through their owner's reader interface.
     payment_reader: PaymentReader,
+    /// The notifier's in-app list, through its owner's reader interface.
+    notification_reader: NotificationReader,
 }
 
 #[derive(Debug)]
@@ -102,8 +106,6 @@ struct Statements {
     insert_submission: PreparedStatement,
     read_submission: PreparedStatement,
     payments_page: PageStatements,
-    // notifications
-    notifications_page: PageStatements,
     // webhooks
     list_endpoints: PreparedStatement,
     read_endpoint: PreparedStatement,
@@ -161,13 +163,6 @@ impl CqlStores {
             "user_id",
             "created_at",
             "payment_id",
-        );
-        let notifications_page = page(
-            t("notifications"),
-            "notification_id, kind, order_id, event_id, params, created_at, read",
-            "user_id",
-            "created_at",
-            "notification_id",
         );
         let mut read_order_serial = p
             .prepare(format!("{ORDER_SELECT} FROM {} WHERE id = ?", t("orders")))
@@ -329,7 +324,6 @@ impl CqlStores {
                 ))
                 .await?,
             payments_page: p.page(payments_page).await?,
-            notifications_page: p.page(notifications_page).await?,
             list_endpoints: p
                 .prepare(format!("SELECT {ENDPOINT_COLUMNS} FROM {} WHERE user_id = ?", t("webhook_endpoints")))
                 .await?,
@@ -391,11 +385,15 @@ impl CqlStores {
         let payment_reader = PaymentReader::new(Arc::clone(&session), keyspace)
             .await
             .map_err(|e| StoreError::unavailable("preparing the payment reads", e))?;
+        let notification_reader = NotificationReader::new(Arc::clone(&session), keyspace)
+            .await
+            .map_err(|e| StoreError::unavailable("preparing the notification reads", e))?;
         Ok(CqlStores {
             session,
             s,
             inventory,
             payment_reader,
+            notification_reader,
         })
     }
 
@@ -497,8 +495,8 @@ impl CqlStores {
         K: SerializeValue,
         T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
-        let fetch = i32::try_from(request.limit + 1).unwrap_or(i32::MAX);
-        let mut rows: Vec<T> = match (&request.cursor, request.direction) {
+        let fetch = fetch_count(request);
+        let rows: Vec<T> = match (&request.cursor, request.direction) {
             (None, _) => self.all(&statements.first, (key, fetch), operation).await?,
             (Some(c), Direction::Next) => {
                 self.all(
@@ -517,13 +515,24 @@ impl CqlStores {
                 .await?
             }
         };
-        let more = rows.len() > request.limit;
-        rows.truncate(request.limit);
-        if request.cursor.is_some() && request.direction == Direction::Previous {
-            rows.reverse();
-        }
-        Ok(Page { items: rows, more })
+        Ok(into_page(rows, request))
     }
+}
+
+/// Rows a page read asks for: one more than the page holds, to tell whether more lie beyond.
+fn fetch_count(request: &PageRequest) -> i32 {
+    i32::try_from(request.limit + 1).unwrap_or(i32::MAX)
+}
+
+/// The page [`fetch_count`] rows make: `more` when the extra row came, and newest first again
+/// after a read towards newer items (which reads oldest first).
+fn into_page<T>(mut rows: Vec<T>, request: &PageRequest) -> Page<T> {
+    let more = rows.len() > request.limit;
+    rows.truncate(request.limit);
+    if request.cursor.is_some() && request.direction == Direction::Previous {
+        rows.reverse();
+    }
+    Page { items: rows, more }
 }
 
 struct Preparer<'a> {

@@ -12,6 +12,9 @@ use scylla::value::CqlTimestamp;
 
 use crate::schema::Keyspace;
 
+mod reader;
+pub use reader::{NotificationReader, PageStart, StoredNotification};
+
 /// A CQL call failed. The notifier treats every store failure as an outage: retried, nothing
 /// skipped.
 #[derive(Debug, thiserror::Error)]
