@@ -300,6 +300,7 @@ pub async fn follow(
     metrics.live_following.set(1);
     tracing::info!("live streams: following orders, availability and notifications");
     loop {
+        // The follower loop: one record a turn, until `shutdown`.
         let message = tokio::select! {
             _ = &mut shutdown => return,
             message = consumer.recv() => message,

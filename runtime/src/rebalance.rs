@@ -92,6 +92,7 @@ pub async fn seek_and_resume<C: ConsumerContext>(
     let target = offset.map_or(rdkafka::Offset::Beginning, rdkafka::Offset::Offset);
     let mut attempt = 0;
     loop {
+        // Bounded: SEEK_ATTEMPTS.
         match consumer.seek(topic, partition, target, timeout) {
             Ok(()) => break,
             Err(e) if attempt < SEEK_ATTEMPTS => {

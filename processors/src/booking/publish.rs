@@ -46,6 +46,7 @@ where
 {
     let mut retries = RetryPolicy::with_budget(budget).start(Instant::now());
     loop {
+        // Bounded: `retries` gives up after `budget`.
         match encode().await {
             Ok(bytes) => return Ok(bytes),
             Err(e) if e.is_retryable() => {
@@ -240,6 +241,7 @@ pub async fn transaction(
         // Bounded: a full local queue drains as deliveries complete; give up after `timeout`.
         let enqueue_deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Bounded: until `enqueue_deadline`.
             match producer.send_result(record) {
                 Ok(delivery) => {
                     deliveries.push(delivery);

@@ -301,6 +301,7 @@ impl BatchJob<'_> {
         let timeout = self.deps.kafka.timeout;
         let mut retries = self.retry_policy().start(Instant::now());
         loop {
+            // Bounded: `retries` gives up after the retry budget.
             let Some(group) = self.consumer.group_metadata() else {
                 return Err(BatchOutcome::Rebuild {
                     reason: "the consumer has no group metadata (not a group member?)".to_owned(),
@@ -410,6 +411,7 @@ impl BatchJob<'_> {
     async fn register_event(&self, partition: i32, event_id: &str) -> Result<(), BatchOutcome> {
         let mut retries = self.retry_policy().start(Instant::now());
         loop {
+            // Bounded: `retries` gives up after the retry budget.
             let e = match self
                 .deps
                 .store
@@ -440,6 +442,7 @@ impl BatchJob<'_> {
     ) -> Result<SaveOutcome, BatchOutcome> {
         let mut retries = self.retry_policy().start(Instant::now());
         loop {
+            // Bounded: `retries` gives up after the retry budget.
             let e = match self.deps.store.save(update).await {
                 // A retried save whose first attempt landed (it timed out, but was applied).
                 Ok(SaveOutcome::Conflict {
@@ -495,6 +498,7 @@ impl BatchJob<'_> {
         };
         let mut retries = self.retry_policy().start(Instant::now());
         let command = loop {
+            // Bounded: `retries` gives up after the retry budget.
             match self
                 .deps
                 .codec

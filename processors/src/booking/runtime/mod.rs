@@ -220,6 +220,7 @@ pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Resul
     };
     tokio::pin!(shutdown);
     loop {
+        // The consumer loop: one batch a turn, until `shutdown`.
         let batch = tokio::select! {
             _ = &mut shutdown => break,
             batch = boxoffice_runtime::batch::collect(

@@ -282,6 +282,7 @@ impl Runtime {
         let mut rescanned = Instant::now();
         let mut checked = Instant::now();
         loop {
+            // The consumer loop: one batch a turn, until `shutdown`.
             let batch = tokio::select! {
                 _ = &mut shutdown => break,
                 batch = boxoffice_runtime::batch::collect(

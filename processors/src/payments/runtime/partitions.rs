@@ -186,6 +186,7 @@ impl Runtime {
     {
         let mut retries = policy.start(Instant::now());
         loop {
+            // Bounded: `retries` gives up after the retry budget.
             let e = match call(retries.attempts()).await {
                 Ok(value) => return Ok(value),
                 Err(e) => e,

@@ -24,6 +24,7 @@ impl Runtime {
         let order_id = request.key().to_owned();
         let mut retries = self.policy().start(Instant::now());
         loop {
+            // Bounded: `retries` gives up after the retry budget.
             let applied = {
                 let _lock = self.locks.lock(&payment_id).await;
                 self.apply_record(partition, &payment_id, &request, offset)

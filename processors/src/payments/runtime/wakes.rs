@@ -9,6 +9,7 @@ impl Runtime {
     pub(super) async fn drive_timers(&self, mut stopping: watch::Receiver<bool>) {
         let mut running = FuturesUnordered::new();
         loop {
+            // The timer loop: until stopping and no wake runs.
             let stop = *stopping.borrow();
             if stop && running.is_empty() {
                 break;

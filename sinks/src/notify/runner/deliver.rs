@@ -31,6 +31,7 @@ impl ChannelRunner {
     {
         let mut retries = self.deps.settings.retry_policy().start(Instant::now());
         loop {
+            // Bounded: `retries` gives up after the retry budget (or on stop).
             let e = match call().await {
                 Ok(value) => return Ok(value),
                 Err(e) => e,
@@ -82,6 +83,7 @@ impl ChannelRunner {
         };
         let mut retries = self.deps.settings.retry_policy().start(Instant::now());
         let notification = loop {
+            // Bounded: `retries` gives up after the retry budget.
             match self
                 .deps
                 .codec
@@ -206,6 +208,7 @@ impl ChannelRunner {
         let mut outage: Option<Retries> = None;
         let mut first = true;
         loop {
+            // Bounded: --max-attempts per target; an outage by `outage`'s budget.
             let current = self
                 .store_retry(stop, "reading the delivery", || {
                     store.delivery(id, channel, &key)
@@ -404,6 +407,7 @@ impl ChannelRunner {
         let topic = self.deps.settings.dead_letters_topic();
         let mut retries = self.deps.settings.retry_policy().start(Instant::now());
         loop {
+            // Bounded: `retries` gives up after the retry budget (or on stop).
             let payload = match self.deps.codec.encode(&topic, &record).await {
                 Ok(payload) => payload,
                 Err(e) => {

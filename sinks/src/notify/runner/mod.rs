@@ -243,6 +243,7 @@ impl ChannelRunner {
             Skip,
         }
         loop {
+            // The consumer loop: one event a turn, until stop.
             let event = tokio::select! {
                 _ = stop_main.wait_for(|s| *s) => Event::Stop,
                 _ = tick.tick() => Event::Tick,

@@ -97,6 +97,7 @@ impl ChannelRunner {
     ) -> Result<(), String> {
         let mut retries = policy.start(Instant::now());
         loop {
+            // Bounded: `retries` gives up after `policy`'s budget.
             match self.try_reposition(partition).await {
                 Ok((watermark, resume)) => {
                     if self.channel == Channel::Inapp {
