@@ -295,6 +295,11 @@ pub async fn follow(
             "live streams: cannot follow the topics ({reason}); retrying"
         )]);
         tracing::error!(error = %reason, budget = ?retry.budget, "live streams: topics unreachable for the whole retry budget; starting over");
+        // A pause between rounds: a new round never starts at once, whatever the budget.
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(retry.max_delay) => {}
+        }
     };
     metrics.readiness.set(Vec::new());
     metrics.live_following.set(1);

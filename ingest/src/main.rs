@@ -49,7 +49,7 @@ struct Cli {
     /// (`ingest_live_retries_exhausted_total`) and `/readyz` on `--metrics-addr` says so; then
     /// they start over (e.g. `60s`).
     #[arg(long = "live-retry-budget", env = "INGEST_LIVE_RETRY_BUDGET", default_value = "60s",
-          value_parser = humantime::parse_duration)]
+          value_parser = parse_positive_duration)]
     live_retry_budget: std::time::Duration,
     #[command(subcommand)]
     command: Option<Command>,
@@ -71,6 +71,15 @@ enum Command {
         #[arg(long, env = "INGEST_ADMIN_PASSWORD", hide_env_values = true)]
         password: String,
     },
+}
+
+/// A duration of at least a millisecond (a zero retry budget would give up before trying).
+fn parse_positive_duration(raw: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if duration < std::time::Duration::from_millis(1) {
+        return Err(format!("{raw:?} is shorter than 1ms"));
+    }
+    Ok(duration)
 }
 
 #[tokio::main]
@@ -191,6 +200,20 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_zero_live_retry_budget_is_refused_naming_the_flag() {
+        let err = Cli::try_parse_from([
+            "boxoffice-ingest",
+            "--jwt-secret",
+            &"s".repeat(40),
+            "--live-retry-budget",
+            "0s",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--live-retry-budget"), "{err}");
     }
 
     #[test]

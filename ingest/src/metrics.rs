@@ -13,6 +13,7 @@ use axum::response::Response;
 use boxoffice_runtime::metrics::{
     Counter, Gauge, Histogram, LATENCY_BUCKETS_MS, Readiness, Registry, counter, gauge, render,
 };
+use futures::FutureExt;
 use prometheus_client::metrics::family::Family;
 
 type Labels = Vec<(&'static str, String)>;
@@ -25,7 +26,8 @@ pub struct IngestMetrics {
     pub requests: Family<Labels, Counter>,
     /// `ingest_http_request_duration_ms{method, route}`.
     pub latency: Family<Labels, Histogram, fn() -> Histogram>,
-    /// 1 while the live streams follow Kafka.
+    /// 1 once the live streams have their topics assigned (after that librdkafka reconnects by
+    /// itself; an outage then shows in the streams' silence, not here).
     pub live_following: Gauge,
     /// Times the live follower could not reach its topics within its retry budget.
     pub live_retries_exhausted: Counter,
@@ -56,7 +58,7 @@ impl Default for IngestMetrics {
         let live_following = gauge(
             &mut registry,
             "ingest_live_following",
-            "1 while the live streams follow orders, availability and notifications",
+            "1 once the live streams have orders, availability and notifications assigned",
         );
         let live_retries_exhausted = counter(
             &mut registry,
@@ -94,9 +96,15 @@ pub async fn track(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
+    // A handler that panics is counted as the 500 the panic layer outside answers with.
+    let outcome = std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let status = response.status().as_u16().to_string();
+    let status = match &outcome {
+        Ok(response) => response.status().as_u16().to_string(),
+        Err(_) => "500".to_owned(),
+    };
     metrics
         .latency
         .get_or_create(&vec![("method", method.clone()), ("route", route.clone())])
@@ -109,7 +117,10 @@ pub async fn track(
             ("status", status),
         ])
         .inc();
-    response
+    match outcome {
+        Ok(response) => response,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 #[cfg(test)]

@@ -21,12 +21,12 @@ pub struct PaymentView {
     pub user_id: Option<String>,
     pub amount_minor: i64,
     pub currency: String,
-    /// `NEW` when the row has no status yet.
-    pub status: PaymentStatus,
+    /// `None` while the row has no status yet.
+    pub status: Option<PaymentStatus>,
     pub provider_reference: Option<String>,
-    /// Milliseconds since the epoch.
-    pub created_at: i64,
-    pub updated_at: i64,
+    /// Milliseconds since the epoch; `None` when the row has none.
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
 }
 
 /// Reads the payments family for other services.
@@ -102,15 +102,16 @@ impl PaymentReader {
         let Some(row) = row else {
             return Ok(None);
         };
-        let status = match non_empty(row.status) {
-            None => PaymentStatus::New,
-            Some(name) => {
-                PaymentStatus::parse(&name).ok_or_else(|| PaymentStoreError::CorruptRow {
-                    id: row.id.clone(),
-                    reason: format!("unknown status {name:?}"),
-                })?
-            }
-        };
+        let status =
+            match non_empty(row.status) {
+                None => None,
+                Some(name) => Some(PaymentStatus::parse(&name).ok_or_else(|| {
+                    PaymentStoreError::CorruptRow {
+                        id: row.id.clone(),
+                        reason: format!("unknown status {name:?}"),
+                    }
+                })?),
+            };
         Ok(Some(PaymentView {
             id: row.id,
             order_id: non_empty(row.order_id),
@@ -119,8 +120,8 @@ impl PaymentReader {
             currency: row.currency.unwrap_or_default(),
             status,
             provider_reference: non_empty(row.provider_reference),
-            created_at: row.created_at.map_or(0, |t| t.0),
-            updated_at: row.updated_at.map_or(0, |t| t.0),
+            created_at: row.created_at.map(|t| t.0),
+            updated_at: row.updated_at.map(|t| t.0),
         }))
     }
 

@@ -261,7 +261,7 @@ impl Suite {
         // which would stop a future polled beside it for exactly the outage.
         let readiness = tokio::spawn(async move {
             let mut seen = Vec::new();
-            if fault != Fault::Store {
+            if !matches!(fault, Fault::Store | Fault::Broker) {
                 return seen;
             }
             let mut watched = watched;
@@ -375,7 +375,8 @@ impl Suite {
             }
             format!("{GIVE_UP} {gave_up_before}→{gave_up}, booking /readyz {statuses:?}")
         } else if fault == Fault::Broker {
-            self.broker_outage_evidence(&outcome, &mut violations).await
+            self.broker_outage_evidence(&outcome, &statuses, &mut violations)
+                .await
         } else {
             "n/a".to_owned()
         };
@@ -408,10 +409,14 @@ impl Suite {
 
     /// The broker run's checks: while it was down ingest answered 503 with `Retry-After`
     /// (never a 500, which the sale records as a violation anyway), no answer took longer than
-    /// the produce timeout allows, and every service is ready again without being restarted.
+    /// the produce timeout allows, and every service (ingest's live streams too) is ready again
+    /// without being restarted; the booking processor's readiness during the outage and its
+    /// give-up counter are reported (whether it gives up depends on whether a batch was in
+    /// flight; that every 202 was decided after the outage is checked for every run).
     async fn broker_outage_evidence(
         &self,
         outcome: &sale::SaleOutcome,
+        booking_statuses: &[Option<u16>],
         violations: &mut Vec<String>,
     ) -> String {
         if outcome.unavailable == 0 {
@@ -440,10 +445,16 @@ impl Suite {
             ));
         }
         let mut ready = Vec::new();
-        for service in Service::ALL {
-            let url = self.system.readiness_url(service);
+        let urls = Service::ALL
+            .iter()
+            .map(|s| (s.name(), self.system.readiness_url(*s)))
+            .chain([(
+                "ingest live streams",
+                self.system.ingest_live_readiness_url(),
+            )]);
+        for (name, url) in urls {
             let resumed = crate::wait::until(
-                &format!("{} /readyz 200", service.name()),
+                &format!("{name} /readyz 200"),
                 Duration::from_secs(120),
                 || {
                     let url = url.clone();
@@ -452,15 +463,18 @@ impl Suite {
             )
             .await;
             match resumed {
-                Ok(()) => ready.push(service.name()),
+                Ok(()) => ready.push(name),
                 Err(e) => violations.push(format!(
-                    "{} did not resume by itself after the broker came back: {e}",
-                    service.name()
+                    "{name} did not resume by itself after the broker came back: {e}"
                 )),
             }
         }
+        let gave_up = self
+            .system
+            .counter(Service::BookingProcessor, GIVE_UP)
+            .await;
         format!(
-            "{} answers 503 (all with Retry-After: {}), slowest answer {:.1?}, ready again without a restart: {}",
+            "{} answers 503 (all with Retry-After: {}), slowest answer {:.1?}; booking /readyz during the outage {booking_statuses:?}, {GIVE_UP} {gave_up}; ready again without a restart: {}",
             outcome.unavailable,
             outcome.unavailable_without_retry_after == 0,
             outcome.slowest_answer,

@@ -16,11 +16,8 @@ use crate::stores::{
 pub const SUBMITTED: &str = "SUBMITTED";
 
 /// The status ingest shows: the processor's, or [`SUBMITTED`] before it wrote one.
-fn shown_status(status: PaymentStatus) -> String {
-    match status {
-        PaymentStatus::New => SUBMITTED.to_owned(),
-        status => status.name().to_owned(),
-    }
+fn shown_status(status: Option<PaymentStatus>) -> String {
+    status.map_or_else(|| SUBMITTED.to_owned(), |s| s.name().to_owned())
 }
 
 type SubmissionRow = (
@@ -101,8 +98,8 @@ impl PaymentStore for CqlStores {
                 currency: r.currency,
                 status: shown_status(r.status),
                 provider_reference: r.provider_reference,
-                created_at: r.created_at,
-                updated_at: r.updated_at,
+                created_at: r.created_at.unwrap_or(0),
+                updated_at: r.updated_at.unwrap_or(0),
             }),
             (None, submitted) => submitted,
         })
@@ -160,7 +157,7 @@ impl PaymentStore for CqlStores {
                             .map_or_else(|| SUBMITTED.to_owned(), |r| shown_status(r.status)),
                         provider_reference: row.as_ref().and_then(|r| r.provider_reference.clone()),
                         created_at: at,
-                        updated_at: row.map_or(at, |r| r.updated_at),
+                        updated_at: row.and_then(|r| r.updated_at).unwrap_or(at),
                     }
                 })
                 .collect(),
