@@ -2,6 +2,7 @@
 //! re-folded update state only), published with the consumer offset in one transaction, and
 //! saved with the fenced, conditional write of each touched event.
 
+use super::decode::{DecodeFailure, order_id_of};
 use super::*;
 
 /// What one partition's share of a batch needs.
@@ -26,7 +27,7 @@ struct Decided {
 }
 
 impl BatchJob<'_> {
-    fn retry_policy(&self) -> RetryPolicy {
+    pub(super) fn retry_policy(&self) -> RetryPolicy {
         self.deps.settings.retry_policy()
     }
 
@@ -406,157 +407,5 @@ impl BatchJob<'_> {
             }
         }
         Ok(())
-    }
-
-    async fn register_event(&self, partition: i32, event_id: &str) -> Result<(), BatchOutcome> {
-        let mut retries = self.retry_policy().start(Instant::now());
-        loop {
-            // Bounded: `retries` gives up after the retry budget.
-            let e = match self
-                .deps
-                .store
-                .register_event(&self.topics.commands, partition, event_id)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            let delay = e
-                .is_retryable()
-                .then(|| retries.next_delay(Instant::now()))
-                .flatten();
-            let Some(delay) = delay else {
-                return Err(self.store_failure("registering an event", &e));
-            };
-            self.deps.metrics.store_retries.inc_by(1);
-            let attempt = retries.attempts();
-            warn!(partition, event_id, attempt, error = %e, "registering an event failed; retrying");
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    /// Writes an event's state, retrying while the store is unavailable, within the budget.
-    async fn save_with_retry(
-        &self,
-        update: &StoredEventUpdate,
-    ) -> Result<SaveOutcome, BatchOutcome> {
-        let mut retries = self.retry_policy().start(Instant::now());
-        loop {
-            // Bounded: `retries` gives up after the retry budget.
-            let e = match self.deps.store.save(update).await {
-                // A retried save whose first attempt landed (it timed out, but was applied).
-                Ok(SaveOutcome::Conflict {
-                    current_offset: Some(current),
-                }) if retries.attempts() > 0 && current == update.new_offset => {
-                    return Ok(SaveOutcome::Applied);
-                }
-                Ok(outcome) => return Ok(outcome),
-                Err(e) => e,
-            };
-            let delay = e
-                .is_retryable()
-                .then(|| retries.next_delay(Instant::now()))
-                .flatten();
-            let Some(delay) = delay else {
-                return Err(self.store_failure("saving event state", &e));
-            };
-            self.deps.metrics.store_retries.inc_by(1);
-            let attempt = retries.attempts();
-            warn!(event_id = %update.event_id, attempt, error = %e, "saving event state failed; retrying");
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    fn store_failure(
-        &self,
-        what: &str,
-        e: &boxoffice_store::inventory::StoreError,
-    ) -> BatchOutcome {
-        if e.is_retryable() {
-            self.deps.metrics.retries_exhausted.inc_by(1);
-            BatchOutcome::Rebuild {
-                reason: format!(
-                    "{what}: the store was unavailable for longer than the retry budget: {e}"
-                ),
-                after: Duration::ZERO,
-            }
-        } else {
-            BatchOutcome::Failed(format!("{what}: {e}"))
-        }
-    }
-
-    /// Decodes a command and checks it belongs here.
-    async fn decode_command(
-        &self,
-        message: &OwnedMessage,
-    ) -> Result<BookingCommand, DecodeFailure> {
-        let Some(payload) = message.payload() else {
-            return Err(DecodeFailure::Record(
-                DeadLetterErrorKind::InvalidRecord,
-                "record has no value".to_owned(),
-            ));
-        };
-        let mut retries = self.retry_policy().start(Instant::now());
-        let command = loop {
-            // Bounded: `retries` gives up after the retry budget.
-            match self
-                .deps
-                .codec
-                .decode_group::<BookingCommand>(payload)
-                .await
-            {
-                Ok(command) => break command,
-                Err(e) if e.is_retryable() => {
-                    let Some(delay) = retries.next_delay(Instant::now()) else {
-                        return Err(DecodeFailure::Registry(
-                            boxoffice_avro::CodecError::Registry(e.to_string()),
-                        ));
-                    };
-                    let attempt = retries.attempts();
-                    warn!(offset = message.offset(), attempt, error = %e, "registry unavailable while decoding; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(DecodeFailure::Record(e.dead_letter_kind(), e.to_string())),
-            }
-        };
-        let key = message.key().unwrap_or_default();
-        if key != command.key().as_bytes() {
-            return Err(DecodeFailure::Record(
-                DeadLetterErrorKind::InvalidRecord,
-                format!("record key does not match its event_id {}", command.key()),
-            ));
-        }
-        let expected = partition_for(key, self.partition_count);
-        if expected != message.partition() {
-            // Another partition owns this event: deciding it here would make two writers.
-            return Err(DecodeFailure::Record(
-                DeadLetterErrorKind::InvalidRecord,
-                format!(
-                    "event {} belongs to partition {expected}, not {}",
-                    command.key(),
-                    message.partition()
-                ),
-            ));
-        }
-        Ok(command)
-    }
-}
-
-/// Why a command could not be decoded.
-enum DecodeFailure {
-    /// The registry stayed unavailable for the whole budget (the bytes may be fine).
-    Registry(boxoffice_avro::CodecError),
-    /// The record itself is wrong: dead-letter it.
-    Record(DeadLetterErrorKind, String),
-}
-
-fn order_id_of(command: &BookingCommand) -> Option<&str> {
-    match command {
-        BookingCommand::BookingRequested(r) => Some(&r.order_id),
-        BookingCommand::CancelRequested(r) => Some(&r.order_id),
-        BookingCommand::PaymentSucceeded(r) => Some(&r.order_id),
-        BookingCommand::PaymentFailed(r) => Some(&r.order_id),
-        BookingCommand::HoldExpired(r) => Some(&r.order_id),
-        BookingCommand::EventUpserted(_) => None,
     }
 }

@@ -457,5 +457,6 @@ impl Runtime {
 }
 
 mod partitions;
+mod records;
 mod steps;
 mod wakes;

@@ -1,0 +1,89 @@
+//! The booking processor's store calls with the one bounded retry policy: registering an
+//! event for its partition and the fenced save; a fault that outlasts the budget rebuilds the
+//! partition through the recovery path.
+
+use super::batch::BatchJob;
+use super::*;
+
+impl BatchJob<'_> {
+    pub(super) async fn register_event(
+        &self,
+        partition: i32,
+        event_id: &str,
+    ) -> Result<(), BatchOutcome> {
+        let mut retries = self.retry_policy().start(Instant::now());
+        loop {
+            // Bounded: `retries` gives up after the retry budget.
+            let e = match self
+                .deps
+                .store
+                .register_event(&self.topics.commands, partition, event_id)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let delay = e
+                .is_retryable()
+                .then(|| retries.next_delay(Instant::now()))
+                .flatten();
+            let Some(delay) = delay else {
+                return Err(self.store_failure("registering an event", &e));
+            };
+            self.deps.metrics.store_retries.inc_by(1);
+            let attempt = retries.attempts();
+            warn!(partition, event_id, attempt, error = %e, "registering an event failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Writes an event's state, retrying while the store is unavailable, within the budget.
+    pub(super) async fn save_with_retry(
+        &self,
+        update: &StoredEventUpdate,
+    ) -> Result<SaveOutcome, BatchOutcome> {
+        let mut retries = self.retry_policy().start(Instant::now());
+        loop {
+            // Bounded: `retries` gives up after the retry budget.
+            let e = match self.deps.store.save(update).await {
+                // A retried save whose first attempt landed (it timed out, but was applied).
+                Ok(SaveOutcome::Conflict {
+                    current_offset: Some(current),
+                }) if retries.attempts() > 0 && current == update.new_offset => {
+                    return Ok(SaveOutcome::Applied);
+                }
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => e,
+            };
+            let delay = e
+                .is_retryable()
+                .then(|| retries.next_delay(Instant::now()))
+                .flatten();
+            let Some(delay) = delay else {
+                return Err(self.store_failure("saving event state", &e));
+            };
+            self.deps.metrics.store_retries.inc_by(1);
+            let attempt = retries.attempts();
+            warn!(event_id = %update.event_id, attempt, error = %e, "saving event state failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    pub(super) fn store_failure(
+        &self,
+        what: &str,
+        e: &boxoffice_store::inventory::StoreError,
+    ) -> BatchOutcome {
+        if e.is_retryable() {
+            self.deps.metrics.retries_exhausted.inc_by(1);
+            BatchOutcome::Rebuild {
+                reason: format!(
+                    "{what}: the store was unavailable for longer than the retry budget: {e}"
+                ),
+                after: Duration::ZERO,
+            }
+        } else {
+            BatchOutcome::Failed(format!("{what}: {e}"))
+        }
+    }
+}
