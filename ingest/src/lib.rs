@@ -208,6 +208,20 @@ pub enum AdminError {
     Failed(String),
 }
 
+/// Gives the account with `email` the admin role; `None` when there is no such account.
+async fn promote_by_email(state: &SharedState, email: &str) -> Result<Option<String>, AdminError> {
+    let accounts = &state.stores.accounts;
+    let failed = |e: crate::stores::StoreError| AdminError::Failed(e.to_string());
+    let Some(user_id) = accounts.user_id_by_email(email).await.map_err(failed)? else {
+        return Ok(None);
+    };
+    accounts
+        .set_role(&user_id, Role::Admin)
+        .await
+        .map_err(failed)?;
+    Ok(Some(user_id))
+}
+
 /// Makes `email` an admin: creates the account (user name from `user_name`, or from the email)
 /// or, when the email is registered already, gives it the admin role (the password is left as
 /// it is). Idempotent.
@@ -219,17 +233,8 @@ pub async fn ensure_admin(
 ) -> Result<String, AdminError> {
     let email = validate::email(email).map_err(AdminError::Email)?;
     let password = validate::password(password).map_err(AdminError::Password)?;
-    let accounts = &state.stores.accounts;
     let failed = |e: &dyn std::fmt::Display| AdminError::Failed(e.to_string());
-    if let Some(user_id) = accounts
-        .user_id_by_email(&email)
-        .await
-        .map_err(|e| failed(&e))?
-    {
-        accounts
-            .set_role(&user_id, Role::Admin)
-            .await
-            .map_err(|e| failed(&e))?;
+    if let Some(user_id) = promote_by_email(state, &email).await? {
         return Ok(user_id);
     }
     let base = user_name.map(str::to_owned).unwrap_or_else(|| {
@@ -272,15 +277,7 @@ pub async fn ensure_admin(
             Ok(user) => return Ok(user.id),
             Err(ApiError::Conflict(_)) => {
                 // Email claimed concurrently (another replica): make that one admin.
-                if let Some(user_id) = accounts
-                    .user_id_by_email(&email)
-                    .await
-                    .map_err(|e| failed(&e))?
-                {
-                    accounts
-                        .set_role(&user_id, Role::Admin)
-                        .await
-                        .map_err(|e| failed(&e))?;
+                if let Some(user_id) = promote_by_email(state, &email).await? {
                     return Ok(user_id);
                 }
             }

@@ -1,9 +1,11 @@
 //! How every consumer takes a batch: wait for the first record (or a quiet 200 ms, so the
 //! caller's timers, restores and membership changes still run), then take what else arrives
-//! within `max_wait`, up to `max_records`.
+//! within `max_wait`, up to `max_records`; and how a batch splits into each partition's share.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use rdkafka::Message;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use tracing::warn;
@@ -38,4 +40,13 @@ pub async fn collect<C: ConsumerContext + 'static>(
         }
     }
     batch
+}
+
+/// The batch's records by partition, each partition's in log order.
+pub fn by_partition(batch: Vec<OwnedMessage>) -> HashMap<i32, Vec<OwnedMessage>> {
+    let mut shares: HashMap<i32, Vec<OwnedMessage>> = HashMap::new();
+    for message in batch {
+        shares.entry(message.partition()).or_default().push(message);
+    }
+    shares
 }

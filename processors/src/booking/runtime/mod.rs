@@ -373,13 +373,7 @@ impl Runtime {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut by_partition: HashMap<i32, Vec<OwnedMessage>> = HashMap::new();
-        for message in batch {
-            by_partition
-                .entry(message.partition())
-                .or_default()
-                .push(message);
-        }
+        let mut by_partition = boxoffice_runtime::batch::by_partition(batch);
         let deps = &self.deps;
         let topics = &self.topics;
         let partition_count = self.partition_count;

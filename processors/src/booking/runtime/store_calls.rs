@@ -2,6 +2,9 @@
 //! event for its partition and the fenced save; a fault that outlasts the budget rebuilds the
 //! partition through the recovery path.
 
+use boxoffice_runtime::retry::Retries;
+use boxoffice_store::inventory::StoreError;
+
 use super::batch::BatchJob;
 use super::*;
 
@@ -23,17 +26,8 @@ impl BatchJob<'_> {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            let delay = e
-                .is_retryable()
-                .then(|| retries.next_delay(Instant::now()))
-                .flatten();
-            let Some(delay) = delay else {
-                return Err(self.store_failure("registering an event", &e));
-            };
-            self.deps.metrics.store_retries.inc_by(1);
-            let attempt = retries.attempts();
-            warn!(partition, event_id, attempt, error = %e, "registering an event failed; retrying");
-            tokio::time::sleep(delay).await;
+            self.wait_to_retry(&mut retries, "registering an event", &e)
+                .await?;
         }
     }
 
@@ -55,18 +49,30 @@ impl BatchJob<'_> {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) => e,
             };
-            let delay = e
-                .is_retryable()
-                .then(|| retries.next_delay(Instant::now()))
-                .flatten();
-            let Some(delay) = delay else {
-                return Err(self.store_failure("saving event state", &e));
-            };
-            self.deps.metrics.store_retries.inc_by(1);
-            let attempt = retries.attempts();
-            warn!(event_id = %update.event_id, attempt, error = %e, "saving event state failed; retrying");
-            tokio::time::sleep(delay).await;
+            self.wait_to_retry(&mut retries, "saving event state", &e)
+                .await?;
         }
+    }
+    /// Waits before the next attempt of a failed store call; `Err` when the error is not
+    /// transient or the retry budget is spent (the partition is then rebuilt).
+    async fn wait_to_retry(
+        &self,
+        retries: &mut Retries,
+        what: &str,
+        e: &StoreError,
+    ) -> Result<(), BatchOutcome> {
+        let delay = e
+            .is_retryable()
+            .then(|| retries.next_delay(Instant::now()))
+            .flatten();
+        let Some(delay) = delay else {
+            return Err(self.store_failure(what, e));
+        };
+        self.deps.metrics.store_retries.inc_by(1);
+        let attempt = retries.attempts();
+        warn!(what, attempt, error = %e, "store call failed; retrying");
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
 
     pub(super) fn store_failure(

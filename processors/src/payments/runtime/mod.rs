@@ -361,13 +361,7 @@ impl Runtime {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut by_partition: HashMap<i32, Vec<OwnedMessage>> = HashMap::new();
-        for message in batch {
-            by_partition
-                .entry(message.partition())
-                .or_default()
-                .push(message);
-        }
+        let by_partition = boxoffice_runtime::batch::by_partition(batch);
         let jobs = by_partition.into_iter().map(|(partition, records)| {
             let span = info_span!("payments", partition, records = records.len());
             async move {
