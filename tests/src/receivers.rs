@@ -36,6 +36,24 @@ fn now_ms() -> i64 {
 
 /// A free loopback port (bound, then released for the child to take).
 pub fn free_port() -> u16 {
+    // Below the kernel's ephemeral range (32768-60999 here): a service's port that is free
+    // while the chaos suite restarts it cannot be taken by an outgoing connection meanwhile
+    // (it was: "Address already in use" on a restarted payment processor). Above the test
+    // stack's fixed ports (17000-19093).
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = (std::process::id() % 600) * 20;
+    // Bounded: at most one pass over the range.
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Ok(port) = u16::try_from(FIRST + (start + offset) % SPAN) else {
+            continue;
+        };
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let listener = StdListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
