@@ -131,6 +131,29 @@ macro_rules! impl_record {
     };
 }
 
+/// Declares a record of the catalogue: the struct with the derives every record has,
+/// `record_id` as its first field and `occurred_at` as its last (the [`Record`] trait reads
+/// both, and the `.avsc` files put them there), and its [`Record`] impl.
+macro_rules! record {
+    (
+        $(#[$meta:meta])*
+        $name:ident, topic = $topic:expr, key = $key:ident {
+            $($(#[$field_meta:meta])* $field:ident: $ty:ident $(<$($arg:ident),+>)?,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+        #[avro(namespace = "boxoffice")]
+        pub struct $name {
+            pub record_id: String,
+            $($(#[$field_meta])* pub $field: $ty $(<$($arg),+>)?,)*
+            #[avro(with = timestamp_millis)]
+            pub occurred_at: i64,
+        }
+        impl_record!($name, topic = $topic, key = $key);
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Enums
 
@@ -250,127 +273,83 @@ wire_enum! {
 // ---------------------------------------------------------------------------------------------
 // booking.commands (key event_id)
 
-/// A fan asked for slots of an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct BookingRequested {
-    pub record_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub number_slot: i32,
-    pub idempotency_key: Option<String>,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// A fan asked for slots of an event.
+    BookingRequested, topic = topic::BOOKING_COMMANDS, key = event_id {
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        number_slot: i32,
+        idempotency_key: Option<String>,
+    }
 }
-impl_record!(
-    BookingRequested,
-    topic = topic::BOOKING_COMMANDS,
-    key = event_id
-);
 
-/// A fan asked to cancel an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct CancelRequested {
-    pub record_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// A fan asked to cancel an order.
+    CancelRequested, topic = topic::BOOKING_COMMANDS, key = event_id {
+        order_id: String,
+        event_id: String,
+        user_id: String,
+    }
 }
-impl_record!(
-    CancelRequested,
-    topic = topic::BOOKING_COMMANDS,
-    key = event_id
-);
 
-/// The gateway charged an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct PaymentSucceeded {
-    pub record_id: String,
-    pub payment_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub provider_reference: String,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// The gateway charged an order.
+    PaymentSucceeded, topic = topic::BOOKING_COMMANDS, key = event_id {
+        payment_id: String,
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        amount_minor: i64,
+        currency: String,
+        provider_reference: String,
+    }
 }
-impl_record!(
-    PaymentSucceeded,
-    topic = topic::BOOKING_COMMANDS,
-    key = event_id
-);
 
-/// The gateway refused or could not charge an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct PaymentFailed {
-    pub record_id: String,
-    pub payment_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub reason: PaymentFailureReason,
-    pub detail: Option<String>,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// The gateway refused or could not charge an order.
+    PaymentFailed, topic = topic::BOOKING_COMMANDS, key = event_id {
+        payment_id: String,
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        amount_minor: i64,
+        currency: String,
+        reason: PaymentFailureReason,
+        detail: Option<String>,
+    }
 }
-impl_record!(
-    PaymentFailed,
-    topic = topic::BOOKING_COMMANDS,
-    key = event_id
-);
 
-/// Time passed an order's hold (time enters the log as data).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct HoldExpired {
-    pub record_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    #[avro(with = timestamp_millis)]
-    pub hold_expires_at: i64,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// Time passed an order's hold (time enters the log as data).
+    HoldExpired, topic = topic::BOOKING_COMMANDS, key = event_id {
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        #[avro(with = timestamp_millis)]
+        hold_expires_at: i64,
+    }
 }
-impl_record!(HoldExpired, topic = topic::BOOKING_COMMANDS, key = event_id);
 
-/// An organiser created or edited an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct EventUpserted {
-    pub record_id: String,
-    pub event_id: String,
-    pub name: String,
-    pub category_id: Option<String>,
-    pub capacity: i32,
-    pub price_minor: i64,
-    pub currency: String,
-    #[avro(with = timestamp_millis)]
-    pub sale_starts_at: i64,
-    #[avro(with = timestamp_millis)]
-    pub sale_ends_at: i64,
-    #[avro(default = "600")]
-    pub hold_seconds: i32,
-    pub max_per_order: i32,
-    pub max_per_user: i32,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// An organiser created or edited an event.
+    EventUpserted, topic = topic::BOOKING_COMMANDS, key = event_id {
+        event_id: String,
+        name: String,
+        category_id: Option<String>,
+        capacity: i32,
+        price_minor: i64,
+        currency: String,
+        #[avro(with = timestamp_millis)]
+        sale_starts_at: i64,
+        #[avro(with = timestamp_millis)]
+        sale_ends_at: i64,
+        #[avro(default = "600")]
+        hold_seconds: i32,
+        max_per_order: i32,
+        max_per_user: i32,
+    }
 }
-impl_record!(
-    EventUpserted,
-    topic = topic::BOOKING_COMMANDS,
-    key = event_id
-);
 
 impl EventUpserted {
     /// The schema's default hold time, for producers that have no setting of their own.
@@ -380,267 +359,187 @@ impl EventUpserted {
 // ---------------------------------------------------------------------------------------------
 // orders.events (key order_id)
 
-/// Slots are held for an order until `hold_expires_at`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct OrderReserved {
-    pub record_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub number_slot: i32,
-    pub amount_minor: i64,
-    pub currency: String,
-    #[avro(with = timestamp_millis)]
-    pub hold_expires_at: i64,
-    pub payment_id: Option<String>,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// Slots are held for an order until `hold_expires_at`.
+    OrderReserved, topic = topic::ORDERS_EVENTS, key = order_id {
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        number_slot: i32,
+        amount_minor: i64,
+        currency: String,
+        #[avro(with = timestamp_millis)]
+        hold_expires_at: i64,
+        payment_id: Option<String>,
+    }
 }
-impl_record!(OrderReserved, topic = topic::ORDERS_EVENTS, key = order_id);
 
-/// A booking request was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct OrderRejected {
-    pub record_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub number_slot: i32,
-    pub reason: RejectReason,
-    pub detail: Option<String>,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// A booking request was refused.
+    OrderRejected, topic = topic::ORDERS_EVENTS, key = order_id {
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        number_slot: i32,
+        reason: RejectReason,
+        detail: Option<String>,
+    }
 }
-impl_record!(OrderRejected, topic = topic::ORDERS_EVENTS, key = order_id);
 
-/// An order is paid (or free) and its slots are sold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct OrderConfirmed {
-    pub record_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub payment_id: Option<String>,
-    pub number_slot: i32,
-    pub amount_minor: i64,
-    pub currency: String,
-    #[avro(default = "false")]
-    pub late_payment: bool,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// An order is paid (or free) and its slots are sold.
+    OrderConfirmed, topic = topic::ORDERS_EVENTS, key = order_id {
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        payment_id: Option<String>,
+        number_slot: i32,
+        amount_minor: i64,
+        currency: String,
+        #[avro(default = "false")]
+        late_payment: bool,
+    }
 }
-impl_record!(OrderConfirmed, topic = topic::ORDERS_EVENTS, key = order_id);
 
-/// An order was cancelled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct OrderCancelled {
-    pub record_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub number_slot: i32,
-    pub reason: CancelReason,
-    pub refund_id: Option<String>,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// An order was cancelled.
+    OrderCancelled, topic = topic::ORDERS_EVENTS, key = order_id {
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        number_slot: i32,
+        reason: CancelReason,
+        refund_id: Option<String>,
+    }
 }
-impl_record!(OrderCancelled, topic = topic::ORDERS_EVENTS, key = order_id);
 
-/// An order's hold ran out unpaid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct OrderExpired {
-    pub record_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub number_slot: i32,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// An order's hold ran out unpaid.
+    OrderExpired, topic = topic::ORDERS_EVENTS, key = order_id {
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        number_slot: i32,
+    }
 }
-impl_record!(OrderExpired, topic = topic::ORDERS_EVENTS, key = order_id);
 
-/// Tickets were issued for a confirmed order, one per slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct TicketsIssued {
-    pub record_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub ticket_ids: Vec<String>,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// Tickets were issued for a confirmed order, one per slot.
+    TicketsIssued, topic = topic::ORDERS_EVENTS, key = order_id {
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        ticket_ids: Vec<String>,
+    }
 }
-impl_record!(TicketsIssued, topic = topic::ORDERS_EVENTS, key = order_id);
 
 // ---------------------------------------------------------------------------------------------
 // payments.requests (key order_id)
 
-/// The booking processor asks for payment of a reserved order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct PaymentRequested {
-    pub record_id: String,
-    pub payment_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    #[avro(with = timestamp_millis)]
-    pub hold_expires_at: i64,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// The booking processor asks for payment of a reserved order.
+    PaymentRequested, topic = topic::PAYMENTS_REQUESTS, key = order_id {
+        payment_id: String,
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        amount_minor: i64,
+        currency: String,
+        #[avro(with = timestamp_millis)]
+        hold_expires_at: i64,
+    }
 }
-impl_record!(
-    PaymentRequested,
-    topic = topic::PAYMENTS_REQUESTS,
-    key = order_id
-);
 
-/// A fan submitted payment details for an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct PaymentSubmitted {
-    pub record_id: String,
-    pub payment_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub payment_method_token: String,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// A fan submitted payment details for an order.
+    PaymentSubmitted, topic = topic::PAYMENTS_REQUESTS, key = order_id {
+        payment_id: String,
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        amount_minor: i64,
+        currency: String,
+        payment_method_token: String,
+    }
 }
-impl_record!(
-    PaymentSubmitted,
-    topic = topic::PAYMENTS_REQUESTS,
-    key = order_id
-);
 
-/// Money must go back for a paid order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct RefundRequested {
-    pub record_id: String,
-    pub refund_id: String,
-    pub payment_id: String,
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub reason: RefundReason,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// Money must go back for a paid order.
+    RefundRequested, topic = topic::PAYMENTS_REQUESTS, key = order_id {
+        refund_id: String,
+        payment_id: String,
+        order_id: String,
+        event_id: String,
+        user_id: String,
+        amount_minor: i64,
+        currency: String,
+        reason: RefundReason,
+    }
 }
-impl_record!(
-    RefundRequested,
-    topic = topic::PAYMENTS_REQUESTS,
-    key = order_id
-);
 
-/// What an asynchronous payment provider reported about a charge, received by ingest on
-/// `POST v1/payments/webhook` after its signature was verified. The payment processor applies
-/// it to the payment (a provider event for a payment already final changes nothing).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct PaymentProviderEvent {
-    pub record_id: String,
-    pub provider_event_id: String,
-    pub payment_id: String,
-    pub order_id: String,
-    pub outcome: ProviderChargeOutcome,
-    pub provider_reference: String,
-    pub failure_reason: Option<PaymentFailureReason>,
-    pub detail: Option<String>,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// What an asynchronous payment provider reported about a charge, received by ingest on
+    /// `POST v1/payments/webhook` after its signature was verified. The payment processor applies
+    /// it to the payment (a provider event for a payment already final changes nothing).
+    PaymentProviderEvent, topic = topic::PAYMENTS_REQUESTS, key = order_id {
+        provider_event_id: String,
+        payment_id: String,
+        order_id: String,
+        outcome: ProviderChargeOutcome,
+        provider_reference: String,
+        failure_reason: Option<PaymentFailureReason>,
+        detail: Option<String>,
+    }
 }
-impl_record!(
-    PaymentProviderEvent,
-    topic = topic::PAYMENTS_REQUESTS,
-    key = order_id
-);
 
 // ---------------------------------------------------------------------------------------------
 // availability (compacted, key event_id)
 
-/// An event's inventory after a step; `available + held + sold == total`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct AvailabilityChanged {
-    pub record_id: String,
-    pub event_id: String,
-    pub sequence: i64,
-    pub total: i32,
-    pub available: i32,
-    pub held: i32,
-    pub sold: i32,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// An event's inventory after a step; `available + held + sold == total`.
+    AvailabilityChanged, topic = topic::AVAILABILITY, key = event_id {
+        event_id: String,
+        sequence: i64,
+        total: i32,
+        available: i32,
+        held: i32,
+        sold: i32,
+    }
 }
-impl_record!(
-    AvailabilityChanged,
-    topic = topic::AVAILABILITY,
-    key = event_id
-);
 
 // ---------------------------------------------------------------------------------------------
 // booking.progress (compacted, key event_id)
 
-/// How far the booking processor has published an event (see the `.avsc`): written in the
-/// same transaction as the decisions, read back on every assignment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct EventProgress {
-    pub record_id: String,
-    pub event_id: String,
-    pub applied_offset: i64,
-    pub first_offset: i64,
-    pub decisions: i64,
-    pub decision_digest: String,
-    pub capacity: i32,
-    pub held: i32,
-    pub sold: i32,
-    pub sequence: i64,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// How far the booking processor has published an event (see the `.avsc`): written in the
+    /// same transaction as the decisions, read back on every assignment.
+    EventProgress, topic = topic::BOOKING_PROGRESS, key = event_id {
+        event_id: String,
+        applied_offset: i64,
+        first_offset: i64,
+        decisions: i64,
+        decision_digest: String,
+        capacity: i32,
+        held: i32,
+        sold: i32,
+        sequence: i64,
+    }
 }
-impl_record!(
-    EventProgress,
-    topic = topic::BOOKING_PROGRESS,
-    key = event_id
-);
 
 // ---------------------------------------------------------------------------------------------
 // notifications (key user_id)
 
-/// Something a user must be told.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "boxoffice")]
-pub struct NotificationRequested {
-    pub record_id: String,
-    pub user_id: String,
-    pub order_id: Option<String>,
-    pub event_id: Option<String>,
-    pub kind: NotificationKind,
-    #[avro(with = string_map)]
-    pub params: BTreeMap<String, String>,
-    #[avro(with = timestamp_millis)]
-    pub occurred_at: i64,
+record! {
+    /// Something a user must be told.
+    NotificationRequested, topic = topic::NOTIFICATIONS, key = user_id {
+        user_id: String,
+        order_id: Option<String>,
+        event_id: Option<String>,
+        kind: NotificationKind,
+        #[avro(with = string_map)]
+        params: BTreeMap<String, String>,
+    }
 }
-impl_record!(
-    NotificationRequested,
-    topic = topic::NOTIFICATIONS,
-    key = user_id
-);
 
 impl NotificationRequested {
     /// The notification's id: its record id (so a redelivered record is one notification).
@@ -849,25 +748,23 @@ impl OrderEvent {
 
     /// The fan who placed the order.
     pub fn user_id(&self) -> &str {
-        match self {
-            OrderEvent::OrderReserved(r) => &r.user_id,
-            OrderEvent::OrderRejected(r) => &r.user_id,
-            OrderEvent::OrderConfirmed(r) => &r.user_id,
-            OrderEvent::OrderCancelled(r) => &r.user_id,
-            OrderEvent::OrderExpired(r) => &r.user_id,
-            OrderEvent::TicketsIssued(r) => &r.user_id,
-        }
+        self.user_and_event().0
     }
 
     /// The event the order is for.
     pub fn event_id(&self) -> &str {
+        self.user_and_event().1
+    }
+
+    /// Every order record names its fan and its event; one match reads both.
+    fn user_and_event(&self) -> (&str, &str) {
         match self {
-            OrderEvent::OrderReserved(r) => &r.event_id,
-            OrderEvent::OrderRejected(r) => &r.event_id,
-            OrderEvent::OrderConfirmed(r) => &r.event_id,
-            OrderEvent::OrderCancelled(r) => &r.event_id,
-            OrderEvent::OrderExpired(r) => &r.event_id,
-            OrderEvent::TicketsIssued(r) => &r.event_id,
+            OrderEvent::OrderReserved(r) => (&r.user_id, &r.event_id),
+            OrderEvent::OrderRejected(r) => (&r.user_id, &r.event_id),
+            OrderEvent::OrderConfirmed(r) => (&r.user_id, &r.event_id),
+            OrderEvent::OrderCancelled(r) => (&r.user_id, &r.event_id),
+            OrderEvent::OrderExpired(r) => (&r.user_id, &r.event_id),
+            OrderEvent::TicketsIssued(r) => (&r.user_id, &r.event_id),
         }
     }
 }

@@ -653,18 +653,7 @@ async fn describe_command(args: &DescribeArgs, out: Out<'_>, err: Out<'_>) -> Re
         )?;
         return Ok(Exit::Ok);
     }
-    let missing: Vec<&str> = topics
-        .iter()
-        .filter(|t| !metadata.topics.contains_key(*t))
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::Refused(format!(
-            "no such topic on {}: {}",
-            cluster.servers(),
-            missing.join(", ")
-        )));
-    }
+    refuse_missing(&topics, &metadata, &cluster, "")?;
     progress(err, &format!("describing {} topic(s) …", topics.len()));
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let configs = cluster.topic_configs(&names).await?;
@@ -777,6 +766,28 @@ async fn describe_command(args: &DescribeArgs, out: Out<'_>, err: Out<'_>) -> Re
     Ok(Exit::Ok)
 }
 
+/// Refuses a command naming topics the cluster does not have, listing all of them at once.
+fn refuse_missing(
+    topics: &[String],
+    metadata: &MetadataView,
+    cluster: &Cluster,
+    consequence: &str,
+) -> Result<(), Error> {
+    let missing: Vec<&str> = topics
+        .iter()
+        .filter(|t| !metadata.topics.contains_key(*t))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "no such topic on {}: {}{consequence}",
+        cluster.servers(),
+        missing.join(", ")
+    )))
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
@@ -788,19 +799,7 @@ async fn delete_command(args: &DeleteArgs, out: Out<'_>, err: Out<'_>) -> Result
         )));
     }
     let (cluster, metadata) = connect(&args.kafka, err).await?;
-    let missing: Vec<&str> = args
-        .topics
-        .iter()
-        .filter(|t| !metadata.topics.contains_key(*t))
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::Refused(format!(
-            "no such topic on {}: {} (nothing was deleted)",
-            cluster.servers(),
-            missing.join(", ")
-        )));
-    }
+    refuse_missing(&args.topics, &metadata, &cluster, " (nothing was deleted)")?;
     if !args.yes {
         return Err(Error::Refused(format!(
             "would delete {} and every record in {}; pass --yes to confirm",

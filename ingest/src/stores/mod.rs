@@ -314,6 +314,22 @@ pub struct OrderDecision {
     pub late: bool,
 }
 
+impl OrderDecision {
+    /// A decision that ends the order without money held: rejected, cancelled or expired.
+    pub fn closed(status: &str, slots: i32, reason: Option<String>) -> Self {
+        OrderDecision {
+            status: status.to_owned(),
+            slots,
+            amount_minor: 0,
+            currency: String::new(),
+            payment_id: None,
+            hold_expires_at: None,
+            reason,
+            late: false,
+        }
+    }
+}
+
 #[async_trait]
 pub trait OrderStore: Send + Sync + 'static {
     /// Writes the order row and the user's listing row concurrently. With `idempotent`, the
