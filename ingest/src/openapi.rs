@@ -64,3 +64,32 @@ impl Modify for BearerAuth {
         );
     }
 }
+
+/// Problem answers that many operations share, named once for their `responses(...)` lists so
+/// that each description is written in one place. Each is `application/problem+json` with the
+/// [`Problem`] schema.
+pub mod problems {
+    use crate::error::Problem;
+
+    macro_rules! problem_answer {
+        ($($(#[$doc:meta])* $name:ident = ($status:tt, $description:tt);)+) => {$(
+            $(#[$doc])*
+            #[derive(Debug, utoipa::IntoResponses)]
+            #[response(status = $status, description = $description, content_type = "application/problem+json")]
+            #[allow(dead_code)] // a documentation type: only its derived description is used
+            pub struct $name(Problem);
+        )+};
+    }
+
+    problem_answer! {
+        NotSignedIn = (401, "Not signed in");
+        NotAdmin = (403, "Not an admin");
+        InvalidPageToken = (400, "Invalid page token");
+        InvalidFields = (422, "Invalid fields");
+        KafkaUnavailable = (503, "Kafka unavailable");
+        NoSuchOrder = (404, "No such order (or not yours)");
+        NoSuchEvent = (404, "No such event");
+        NoSuchEndpoint = (404, "No such endpoint (or not yours)");
+        NoSuchUser = (404, "No such user (or not yours)");
+    }
+}

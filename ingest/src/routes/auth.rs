@@ -14,6 +14,7 @@ use crate::auth::{AuthUser, password, refresh};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
 use crate::now_millis;
+use crate::openapi::problems::{InvalidFields, NotSignedIn};
 use crate::routes::views::UserView;
 use crate::state::SharedState;
 use crate::stores::{CreateAccountError, NewAccount, RefreshRecord, Role};
@@ -76,7 +77,7 @@ pub struct TokenPair {
     responses(
         (status = 201, description = "Account created", body = UserView),
         (status = 409, description = "Email or user name taken", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        InvalidFields,
     ))]
 pub async fn register(
     State(state): State<SharedState>,
@@ -321,7 +322,7 @@ pub async fn refresh_tokens(
 #[utoipa::path(post, path = "/v1/logout", tag = "auth", security(("bearer" = [])),
     responses(
         (status = 204, description = "Logged out"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
     ))]
 pub async fn logout(
     State(state): State<SharedState>,

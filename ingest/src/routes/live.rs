@@ -21,9 +21,10 @@ use super::orders::{view_from_event, visible_order};
 use super::tickets::find_event;
 use super::views::{AvailabilityView, NotificationView, OrderView};
 use crate::auth::AuthUser;
-use crate::error::{ApiResult, Problem};
+use crate::error::ApiResult;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::live::Resume;
+use crate::openapi::problems::{NoSuchEvent, NoSuchOrder, NotSignedIn};
 use crate::state::SharedState;
 use crate::stores::NotificationRecord;
 
@@ -85,7 +86,7 @@ fn availability_event(change: &AvailabilityChanged) -> Event {
            ("Last-Event-ID" = Option<String>, Header, description = "Sequence number last seen")),
     responses(
         (status = 200, description = "text/event-stream of `availability` events", content_type = "text/event-stream", body = String),
-        (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
+        NoSuchEvent,
     ))]
 pub async fn availability_stream(
     State(state): State<SharedState>,
@@ -179,8 +180,8 @@ fn is_final(event: &OrderEvent) -> bool {
     params(("id" = String, Path, description = "Order id")),
     responses(
         (status = 200, description = "text/event-stream of `order` events (data: the order)", content_type = "text/event-stream", body = OrderView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchOrder,
     ))]
 pub async fn order_stream(
     State(state): State<SharedState>,
@@ -241,7 +242,7 @@ pub async fn order_stream(
 #[utoipa::path(get, path = "/v1/notifications/stream", tag = "live", security(("bearer" = [])),
     responses(
         (status = 200, description = "text/event-stream of `notification` events", content_type = "text/event-stream", body = NotificationView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
     ))]
 pub async fn notification_stream(
     State(state): State<SharedState>,

@@ -7,8 +7,9 @@ use axum::extract::State;
 use super::views::{NotificationView, PageOf, PageQuery};
 use super::{page_request, page_tokens};
 use crate::auth::AuthUser;
-use crate::error::{ApiResult, Problem};
+use crate::error::ApiResult;
 use crate::extract::ApiQuery;
+use crate::openapi::problems::{InvalidPageToken, NotSignedIn};
 use crate::state::SharedState;
 use crate::stores::TimeCursor;
 
@@ -16,8 +17,8 @@ use crate::stores::TimeCursor;
 #[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(PageQuery), security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of notifications", body = PageOf<NotificationView>),
-        (status = 400, description = "Invalid page token", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        InvalidPageToken,
+        NotSignedIn,
     ))]
 pub async fn list_notifications(
     State(state): State<SharedState>,

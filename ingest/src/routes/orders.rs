@@ -24,6 +24,9 @@ use super::{page_request, page_tokens};
 use crate::auth::{AuthUser, UncheckedUser};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::openapi::problems::{
+    InvalidPageToken, KafkaUnavailable, NoSuchEvent, NoSuchOrder, NotSignedIn,
+};
 use crate::routes::tickets::find_event;
 use crate::state::{MAX_ORDER_WAIT, SharedState};
 use crate::stores::{CreateOrder, OrderDecision, OrderRecord, TimeCursor};
@@ -125,8 +128,8 @@ fn with_location(status: StatusCode, view: OrderView) -> Response {
     responses(
         (status = 202, description = "Accepted (durably in Kafka), decision pending", body = OrderView),
         (status = 200, description = "Decided within `wait`", body = OrderView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchEvent,
         (status = 422, description = "Invalid fields, or key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka unavailable: retry (with the same key)", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -277,8 +280,8 @@ pub async fn visible_order(
     params(("id" = String, Path, description = "Order id")),
     responses(
         (status = 200, description = "The order", body = OrderView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchOrder,
     ))]
 pub async fn get_order(
     State(state): State<SharedState>,
@@ -300,8 +303,8 @@ const LIST: &str = "orders";
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(PageQuery), security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of orders", body = PageOf<OrderView>),
-        (status = 400, description = "Invalid page token", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        InvalidPageToken,
+        NotSignedIn,
     ))]
 pub async fn list_orders(
     State(state): State<SharedState>,
@@ -345,10 +348,10 @@ pub async fn list_orders(
     params(("id" = String, Path, description = "Order id")),
     responses(
         (status = 202, description = "Cancel requested", body = OrderView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchOrder,
         (status = 409, description = "The order already ended", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Kafka unavailable", body = Problem, content_type = "application/problem+json"),
+        KafkaUnavailable,
     ))]
 pub async fn cancel_order(
     State(state): State<SharedState>,

@@ -17,6 +17,7 @@ use super::{page_request, page_tokens};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::openapi::problems::{InvalidPageToken, KafkaUnavailable, NoSuchOrder, NotSignedIn};
 use crate::state::SharedState;
 use crate::stores::{PaymentRecord, TimeCursor};
 use crate::validate::{self, Checks};
@@ -39,11 +40,11 @@ pub struct PaymentRequestBody {
 #[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = PaymentRequestBody, security(("bearer" = [])),
     responses(
         (status = 202, description = "Submitted to the payment processor", body = PaymentView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchOrder,
         (status = 409, description = "The order is not awaiting payment", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields or wrong price", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Kafka unavailable", body = Problem, content_type = "application/problem+json"),
+        KafkaUnavailable,
     ))]
 pub async fn create_payment(
     State(state): State<SharedState>,
@@ -134,7 +135,7 @@ pub async fn create_payment(
     params(("id" = String, Path, description = "Payment id")),
     responses(
         (status = 200, description = "The payment", body = PaymentView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
         (status = 404, description = "No such payment (or not yours)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_payment(
@@ -161,8 +162,8 @@ const LIST: &str = "payments";
 #[utoipa::path(get, path = "/v1/payments", tag = "payments", params(PageQuery), security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of payments", body = PageOf<PaymentView>),
-        (status = 400, description = "Invalid page token", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        InvalidPageToken,
+        NotSignedIn,
     ))]
 pub async fn list_payments(
     State(state): State<SharedState>,

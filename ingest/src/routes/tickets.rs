@@ -21,6 +21,9 @@ use crate::auth::AdminUser;
 use crate::catalogue::{self, EventCursor, Filter, SortField};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::openapi::problems::{
+    InvalidFields, InvalidPageToken, KafkaUnavailable, NoSuchEvent, NotAdmin, NotSignedIn,
+};
 use crate::state::SharedState;
 use crate::stores::{CategoryRecord, Direction, EventRecord};
 use crate::validate::{self, Checks};
@@ -120,7 +123,7 @@ fn initial_availability(event: &EventRecord) -> AvailabilityView {
 #[utoipa::path(get, path = "/v1/tickets", tag = "events", params(SearchQuery),
     responses(
         (status = 200, description = "A page of events", body = PageOf<EventView>),
-        (status = 400, description = "Invalid page token", body = Problem, content_type = "application/problem+json"),
+        InvalidPageToken,
         (status = 422, description = "Invalid filters", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn search(
@@ -231,7 +234,7 @@ pub async fn search(
     params(("id" = String, Path, description = "Event id")),
     responses(
         (status = 200, description = "The event", body = EventView),
-        (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
+        NoSuchEvent,
     ))]
 pub async fn get_event(
     State(state): State<SharedState>,
@@ -440,10 +443,10 @@ async fn save_event(state: &SharedState, event: &EventRecord) -> ApiResult<()> {
 #[utoipa::path(post, path = "/v1/tickets", tag = "events", request_body = EventInput, security(("bearer" = [])),
     responses(
         (status = 201, description = "Created", body = EventView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Kafka unavailable", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NotAdmin,
+        InvalidFields,
+        KafkaUnavailable,
     ))]
 pub async fn create_event(
     State(state): State<SharedState>,
@@ -464,11 +467,11 @@ pub async fn create_event(
     params(("id" = String, Path, description = "Event id")),
     responses(
         (status = 200, description = "Updated", body = EventView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Kafka unavailable", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NotAdmin,
+        NoSuchEvent,
+        InvalidFields,
+        KafkaUnavailable,
     ))]
 pub async fn update_event(
     State(state): State<SharedState>,
@@ -517,9 +520,9 @@ fn validated_category(body: &CategoryInput, id: String) -> ApiResult<CategoryRec
 #[utoipa::path(post, path = "/v1/categories", tag = "events", request_body = CategoryInput, security(("bearer" = [])),
     responses(
         (status = 201, description = "Created", body = CategoryView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NotAdmin,
+        InvalidFields,
     ))]
 pub async fn create_category(
     State(state): State<SharedState>,
@@ -536,10 +539,10 @@ pub async fn create_category(
     params(("id" = String, Path, description = "Category id")),
     responses(
         (status = 200, description = "Updated", body = CategoryView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NotAdmin,
         (status = 404, description = "No such category", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        InvalidFields,
     ))]
 pub async fn update_category(
     State(state): State<SharedState>,

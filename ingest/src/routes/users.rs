@@ -11,6 +11,9 @@ use super::{page_request, page_tokens};
 use crate::auth::{AdminUser, AuthUser};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::openapi::problems::{
+    InvalidFields, InvalidPageToken, NoSuchUser, NotAdmin, NotSignedIn,
+};
 use crate::state::SharedState;
 use crate::stores::{TimeCursor, UpdateUserError, UserUpdate};
 use crate::validate::{self, Checks};
@@ -21,9 +24,9 @@ const LIST: &str = "users";
 #[utoipa::path(get, path = "/v1/users", tag = "users", params(PageQuery), security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of users", body = PageOf<UserView>),
-        (status = 400, description = "Invalid page token", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        InvalidPageToken,
+        NotSignedIn,
+        NotAdmin,
     ))]
 pub async fn list_users(
     State(state): State<SharedState>,
@@ -48,8 +51,8 @@ pub async fn list_users(
     params(("id" = String, Path, description = "User id")),
     responses(
         (status = 200, description = "The user", body = UserView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchUser,
     ))]
 pub async fn get_user(
     State(state): State<SharedState>,
@@ -100,10 +103,10 @@ pub struct UpdateUserRequest {
     params(("id" = String, Path, description = "User id")), request_body = UpdateUserRequest,
     responses(
         (status = 200, description = "The updated user", body = UserView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchUser,
         (status = 409, description = "User name taken", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        InvalidFields,
     ))]
 pub async fn update_user(
     State(state): State<SharedState>,

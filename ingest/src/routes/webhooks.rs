@@ -17,6 +17,7 @@ use super::views::{WebhookList, WebhookView, WebhookWithSecretView};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath};
+use crate::openapi::problems::{NoSuchEndpoint, NotSignedIn};
 use crate::state::SharedState;
 use crate::stores::WebhookEndpointRecord;
 use crate::validate::{self, Checks};
@@ -83,7 +84,7 @@ fn secret_headers(location: Option<&str>) -> HeaderMap {
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = WebhookRequest, security(("bearer" = [])),
     responses(
         (status = 201, description = "Registered; the secret is shown only in this answer", body = WebhookWithSecretView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
         (status = 409, description = "The caller already has 10 endpoints", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid URL or description", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
@@ -155,7 +156,7 @@ pub async fn create_webhook(
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
     responses(
         (status = 200, description = "The endpoints, oldest first", body = WebhookList),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
     ))]
 pub async fn list_webhooks(
     State(state): State<SharedState>,
@@ -173,8 +174,8 @@ pub async fn list_webhooks(
     params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint", body = WebhookView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchEndpoint,
     ))]
 pub async fn get_webhook(
     State(state): State<SharedState>,
@@ -190,8 +191,8 @@ pub async fn get_webhook(
     params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchEndpoint,
     ))]
 pub async fn delete_webhook(
     State(state): State<SharedState>,
@@ -217,8 +218,8 @@ pub async fn delete_webhook(
     params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "Enabled (also when it was not disabled)", body = WebhookView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchEndpoint,
     ))]
 pub async fn enable_webhook(
     State(state): State<SharedState>,
@@ -251,8 +252,8 @@ pub async fn enable_webhook(
     params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint with its new secret", body = WebhookWithSecretView),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (or not yours)", body = Problem, content_type = "application/problem+json"),
+        NotSignedIn,
+        NoSuchEndpoint,
     ))]
 pub async fn rotate_webhook_secret(
     State(state): State<SharedState>,
