@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use boxoffice_runtime::secrets::{SecretError, SecretSetting};
+
 pub use boxoffice_topics::names::{TopicPrefix, Topics};
 
 /// Shortest JWT signing secret accepted, in bytes (HS256 wants at least the hash size).
@@ -24,10 +26,9 @@ pub struct IngestSettings {
     #[command(flatten)]
     pub topic_prefix: TopicPrefix,
 
-    /// Secret that signs access tokens (HS256) and pagination tokens; at least 32 bytes.
-    /// Required: there is no default.
-    #[arg(long = "jwt-secret", env = "INGEST_JWT_SECRET", hide_env_values = true,
-          value_parser = parse_jwt_secret)]
+    /// Secret that signs access tokens (HS256) and pagination tokens; at least 32 bytes. Not a
+    /// flag: read from `INGEST_JWT_SECRET` or `INGEST_JWT_SECRET_FILE` by [`read_secrets`].
+    #[arg(skip)]
     pub jwt_secret: JwtSecret,
 
     /// `iss` of the access tokens this service issues and accepts.
@@ -100,8 +101,9 @@ impl std::fmt::Debug for IngestSettings {
     }
 }
 
-/// The signing secret; never printed.
-#[derive(Clone, PartialEq, Eq)]
+/// The signing secret; never printed. The default is empty and refused by [`crate::state`]'s
+/// callers' checks: a binary always fills it through [`read_secrets`].
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct JwtSecret(Vec<u8>);
 
 impl JwtSecret {
@@ -109,7 +111,7 @@ impl JwtSecret {
         let bytes = bytes.into();
         if bytes.len() < MIN_JWT_SECRET_BYTES {
             return Err(format!(
-                "the JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes (--jwt-secret / INGEST_JWT_SECRET), got {}",
+                "the JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes (INGEST_JWT_SECRET), got {}",
                 bytes.len()
             ));
         }
@@ -143,11 +145,10 @@ pub const DEV_PROVIDER_WEBHOOK_SECRET: &str = "whsec_boxoffice_local_dev_secret"
 #[derive(Clone, clap::Args)]
 pub struct ProviderWebhookSettings {
     /// Secret shared with the payment provider: the key of the HMAC-SHA256 signature in
-    /// `Boxoffice-Provider-Signature` (the string's bytes). The default is for local
-    /// development only.
-    #[arg(long = "payment-provider-webhook-secret", env = "PAYMENT_PROVIDER_WEBHOOK_SECRET",
-          hide_env_values = true, default_value = DEV_PROVIDER_WEBHOOK_SECRET,
-          value_parser = parse_provider_secret)]
+    /// `Boxoffice-Provider-Signature` (the string's bytes). Not a flag: read from
+    /// `PAYMENT_PROVIDER_WEBHOOK_SECRET` or `..._FILE` by [`read_secrets`]; the development
+    /// value only in the development mode.
+    #[arg(skip = ProviderSecret(DEV_PROVIDER_WEBHOOK_SECRET.as_bytes().to_vec()))]
     pub secret: ProviderSecret,
 
     /// Largest difference between the signature's timestamp and now (either way) that is
@@ -164,6 +165,63 @@ impl Default for ProviderWebhookSettings {
             tolerance: Duration::from_secs(300),
         }
     }
+}
+
+/// Ingest's secret settings, read from the environment or `*_FILE` (never flags).
+pub const JWT_SECRET: SecretSetting = SecretSetting {
+    name: "INGEST_JWT_SECRET",
+    hint: "at least 32 random bytes, e.g. `head -c 48 /dev/urandom | base64`",
+};
+pub const PROVIDER_WEBHOOK_SECRET: SecretSetting = SecretSetting {
+    name: "PAYMENT_PROVIDER_WEBHOOK_SECRET",
+    hint: "the signing secret your payment provider shows for this endpoint",
+};
+pub const ADMIN_PASSWORD: SecretSetting = SecretSetting {
+    name: "INGEST_ADMIN_PASSWORD",
+    hint: "a password of at least 12 characters, e.g. `head -c 18 /dev/urandom | base64`",
+};
+
+/// Reads ingest's secrets into its settings and checks them: outside the development mode
+/// (`dev`), a missing, shipped or guessable secret is refused naming its variable; in it, a
+/// missing provider webhook secret falls back to [`DEV_PROVIDER_WEBHOOK_SECRET`] (what the
+/// provider simulator signs with). `env` looks a variable up.
+pub fn read_secrets(
+    settings: &mut IngestSettings,
+    webhook: &mut ProviderWebhookSettings,
+    dev: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), SecretError> {
+    let jwt = JWT_SECRET.require(JWT_SECRET.read_with(&env)?, dev)?;
+    settings.jwt_secret = JwtSecret::new(jwt.bytes()).map_err(|why| SecretError::Invalid {
+        name: JWT_SECRET.name,
+        why,
+    })?;
+    let provider = PROVIDER_WEBHOOK_SECRET.require_or_development(
+        PROVIDER_WEBHOOK_SECRET.read_with(&env)?,
+        dev,
+        DEV_PROVIDER_WEBHOOK_SECRET,
+    )?;
+    webhook.secret = ProviderSecret(provider.bytes().to_vec());
+    Ok(())
+}
+
+/// The first admin's password (`INGEST_ADMIN_PASSWORD` or `..._FILE`), checked like every
+/// secret; `None` when it is not set.
+pub fn read_admin_password(
+    dev: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, SecretError> {
+    let Some(password) = ADMIN_PASSWORD.read_with(env)? else {
+        return Ok(None);
+    };
+    let password = ADMIN_PASSWORD.require(Some(password), dev)?;
+    if password.text().chars().count() < 12 && !dev {
+        return Err(SecretError::Invalid {
+            name: ADMIN_PASSWORD.name,
+            why: "shorter than 12 characters".to_owned(),
+        });
+    }
+    Ok(Some(password.text().to_owned()))
 }
 
 impl ProviderWebhookSettings {
@@ -254,6 +312,117 @@ mod tests {
         assert!(defaults.uses_dev_secret());
         assert_eq!(defaults.tolerance, Duration::from_secs(300));
         assert!(!format!("{defaults:?}").contains("whsec"));
+    }
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let pairs = pairs.to_vec();
+        move |key| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    const JWT: &str = "kR3vX9pQ2mZ7tY1wB5nC8dF0gH4jL6sA";
+    const HOOK: &str = "whsec_Hq2Zr8Kc1Vt5Xn9Lm3Pw";
+
+    fn read(
+        dev: bool,
+        vars: &[(&'static str, &'static str)],
+    ) -> Result<(IngestSettings, ProviderWebhookSettings), SecretError> {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: IngestSettings,
+            #[command(flatten)]
+            webhook: ProviderWebhookSettings,
+        }
+        let mut cli = Cli::try_parse_from(["ingest"]).unwrap();
+        read_secrets(&mut cli.settings, &mut cli.webhook, dev, env(vars))?;
+        Ok((cli.settings, cli.webhook))
+    }
+
+    #[test]
+    fn production_refuses_missing_and_shipped_secrets_naming_the_variable() {
+        let refused = |vars: &[(&'static str, &'static str)], name: &str| {
+            let err = read(false, vars).unwrap_err().to_string();
+            assert!(err.contains(name), "{vars:?}: {err}");
+        };
+        refused(
+            &[("PAYMENT_PROVIDER_WEBHOOK_SECRET", HOOK)],
+            "INGEST_JWT_SECRET",
+        );
+        refused(
+            &[("INGEST_JWT_SECRET", JWT)],
+            "PAYMENT_PROVIDER_WEBHOOK_SECRET",
+        );
+        refused(
+            &[
+                ("INGEST_JWT_SECRET", JWT),
+                (
+                    "PAYMENT_PROVIDER_WEBHOOK_SECRET",
+                    DEV_PROVIDER_WEBHOOK_SECRET,
+                ),
+            ],
+            "PAYMENT_PROVIDER_WEBHOOK_SECRET",
+        );
+        refused(
+            &[
+                (
+                    "INGEST_JWT_SECRET",
+                    "dev-only-secret-change-me-0123456789abcdef",
+                ),
+                ("PAYMENT_PROVIDER_WEBHOOK_SECRET", HOOK),
+            ],
+            "INGEST_JWT_SECRET",
+        );
+        let one_character = "s".repeat(40).leak();
+        refused(
+            &[
+                ("INGEST_JWT_SECRET", one_character),
+                ("PAYMENT_PROVIDER_WEBHOOK_SECRET", HOOK),
+            ],
+            "INGEST_JWT_SECRET",
+        );
+        let (settings, webhook) = read(
+            false,
+            &[
+                ("INGEST_JWT_SECRET", JWT),
+                ("PAYMENT_PROVIDER_WEBHOOK_SECRET", HOOK),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.jwt_secret.bytes(), JWT.as_bytes());
+        assert_eq!(webhook.secret.bytes(), HOOK.as_bytes());
+        assert!(!webhook.uses_dev_secret());
+    }
+
+    #[test]
+    fn the_development_mode_falls_back_to_the_development_webhook_secret() {
+        let (_, webhook) = read(true, &[("INGEST_JWT_SECRET", JWT)]).unwrap();
+        assert!(webhook.uses_dev_secret());
+        let err = read(true, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("INGEST_JWT_SECRET"),
+            "the JWT secret stays required: {err}"
+        );
+    }
+
+    #[test]
+    fn the_admin_password_is_checked_like_a_secret() {
+        assert_eq!(read_admin_password(false, env(&[])).unwrap(), None);
+        let shipped = [("INGEST_ADMIN_PASSWORD", "dev-only-admin-password")];
+        let err = read_admin_password(false, env(&shipped))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("INGEST_ADMIN_PASSWORD"), "{err}");
+        assert!(read_admin_password(true, env(&shipped)).unwrap().is_some());
+        let short = [("INGEST_ADMIN_PASSWORD", "Zq8$kP2w")];
+        assert!(read_admin_password(false, env(&short)).is_err());
+        let good = [("INGEST_ADMIN_PASSWORD", "Zq8$kP2wLm5#xR")];
+        assert!(read_admin_password(false, env(&good)).unwrap().is_some());
     }
 
     #[test]

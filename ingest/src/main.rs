@@ -9,7 +9,9 @@ use anyhow::Context;
 use boxoffice_avro::Codec;
 use boxoffice_ingest::RetryPolicy;
 use boxoffice_ingest::bus::KafkaBus;
-use boxoffice_ingest::config::{IngestSettings, ProviderWebhookSettings};
+use boxoffice_ingest::config::{
+    IngestSettings, ProviderWebhookSettings, read_admin_password, read_secrets,
+};
 use boxoffice_ingest::live::Live;
 use boxoffice_ingest::metrics::IngestMetrics;
 use boxoffice_ingest::stores::cql::CqlStores;
@@ -28,17 +30,10 @@ struct Cli {
     #[command(flatten)]
     service: ServiceArgs,
     /// Email of an admin created (or promoted) at startup; needs INGEST_ADMIN_PASSWORD.
+    /// The first admin's email; the password is read from `INGEST_ADMIN_PASSWORD` or
+    /// `INGEST_ADMIN_PASSWORD_FILE` (never a flag).
     #[arg(long = "admin-email", env = "INGEST_ADMIN_EMAIL")]
     admin_email: Option<String>,
-    /// Password of the admin created at startup (used only when the account is new).
-    #[arg(
-        long = "admin-password",
-        env = "INGEST_ADMIN_PASSWORD",
-        hide_env_values = true
-    )]
-    admin_password: Option<String>,
-    /// Where `/metrics` (OpenMetrics text), `/healthz` and `/readyz` (the live streams follow
-    /// Kafka) answer; the API's own `/readyz` probes Kafka and the CQL store.
     #[arg(
         long = "metrics-addr",
         env = "INGEST_METRICS_ADDR",
@@ -64,12 +59,10 @@ enum Command {
         /// The admin's email address.
         #[arg(long)]
         email: String,
-        /// The admin's user name (default: from the email address).
         #[arg(long = "user-name")]
+        /// The admin's user name (default: from the email address). The password is read from
+        /// `INGEST_ADMIN_PASSWORD` or `INGEST_ADMIN_PASSWORD_FILE`.
         user_name: Option<String>,
-        /// The password (10 to 128 characters); prefer the environment variable.
-        #[arg(long, env = "INGEST_ADMIN_PASSWORD", hide_env_values = true)]
-        password: String,
     },
 }
 
@@ -84,20 +77,7 @@ fn parse_positive_duration(raw: &str) -> Result<std::time::Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e)
-            if e.kind() == clap::error::ErrorKind::MissingRequiredArgument
-                && e.to_string().contains("--jwt-secret") =>
-        {
-            eprintln!(
-                "boxoffice-ingest: the access-token signing secret is required: set INGEST_JWT_SECRET \
-                 (or --jwt-secret) to at least 32 random bytes, e.g. `head -c 48 /dev/urandom | base64`"
-            );
-            return ExitCode::from(2);
-        }
-        Err(e) => e.exit(),
-    };
+    let cli = Cli::parse();
     cli.service.init_tracing();
     match start(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,7 +88,15 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn start(cli: Cli) -> anyhow::Result<()> {
+async fn start(mut cli: Cli) -> anyhow::Result<()> {
+    // Secrets first: a deployment missing one stops before connecting to anything.
+    let dev = cli.service.dev.dev;
+    let env = |key: &str| std::env::var(key).ok();
+    read_secrets(&mut cli.settings, &mut cli.provider_webhook, dev, env)?;
+    let admin_password = read_admin_password(dev, env)?;
+    if dev {
+        tracing::warn!("development mode (--dev / BOXOFFICE_DEV): development secrets allowed");
+    }
     let (session, schema) = cli.service.connect().await?;
     // Adds ingest's columns to an older keyspace, then prepares the statements.
     let stores = CqlStores::new(session, &schema.keyspace)
@@ -129,12 +117,10 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         )?,
     );
 
-    if let Some(Command::CreateAdmin {
-        email,
-        user_name,
-        password,
-    }) = &cli.command
-    {
+    if let Some(Command::CreateAdmin { email, user_name }) = &cli.command {
+        let password = admin_password
+            .as_deref()
+            .context("create-admin reads the password from INGEST_ADMIN_PASSWORD (or _FILE)")?;
         let state = boxoffice_ingest::state(&cli.settings, stores, bus, Arc::new(Live::new()));
         let id = ensure_admin(&state, email, password, user_name.as_deref()).await?;
         println!("admin {email} is user {id}");
@@ -144,7 +130,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.settings.listen)
         .await
         .with_context(|| format!("binding --listen / INGEST_LISTEN {}", cli.settings.listen))?;
-    match (&cli.admin_email, &cli.admin_password) {
+    match (&cli.admin_email, &admin_password) {
         (Some(email), Some(password)) => {
             let state = boxoffice_ingest::state(
                 &cli.settings,
@@ -162,8 +148,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
     }
     if cli.provider_webhook.uses_dev_secret() {
         tracing::warn!(
-            "POST /v1/payments/webhook uses the local-development secret: set \
-             PAYMENT_PROVIDER_WEBHOOK_SECRET (--payment-provider-webhook-secret) in production"
+            "POST /v1/payments/webhook uses the local-development secret (development mode)"
         );
     }
     let metrics = Arc::new(IngestMetrics::default());
@@ -204,54 +189,42 @@ mod tests {
 
     #[test]
     fn a_zero_live_retry_budget_is_refused_naming_the_flag() {
-        let err = Cli::try_parse_from([
-            "boxoffice-ingest",
-            "--jwt-secret",
-            &"s".repeat(40),
-            "--live-retry-budget",
-            "0s",
-        ])
-        .unwrap_err()
-        .to_string();
+        let err = Cli::try_parse_from(["boxoffice-ingest", "--live-retry-budget", "0s"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--live-retry-budget"), "{err}");
     }
 
     #[test]
-    fn the_jwt_secret_is_required_and_checked() {
-        let err = Cli::try_parse_from(["boxoffice-ingest", "--jwt-secret", "short"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("INGEST_JWT_SECRET"), "{err}");
+    fn secrets_are_not_flags() {
+        for flag in [
+            "--jwt-secret",
+            "--payment-provider-webhook-secret",
+            "--admin-password",
+        ] {
+            let err = Cli::try_parse_from(["boxoffice-ingest", flag, "x"]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{flag}"
+            );
+        }
     }
 
     #[test]
-    fn the_provider_webhook_settings_have_local_defaults() {
-        let cli =
-            Cli::try_parse_from(["boxoffice-ingest", "--jwt-secret", &"s".repeat(40)]).unwrap();
-        assert!(cli.provider_webhook.uses_dev_secret());
-        assert_eq!(
-            cli.provider_webhook.tolerance,
-            std::time::Duration::from_secs(300)
-        );
+    fn the_provider_webhook_tolerance_is_checked() {
         let cli = Cli::try_parse_from([
             "boxoffice-ingest",
-            "--jwt-secret",
-            &"s".repeat(40),
-            "--payment-provider-webhook-secret",
-            "whsec_production",
             "--payment-provider-webhook-tolerance",
             "2m",
         ])
         .unwrap();
-        assert_eq!(cli.provider_webhook.secret.bytes(), b"whsec_production");
         assert_eq!(
             cli.provider_webhook.tolerance,
             std::time::Duration::from_secs(120)
         );
         let err = Cli::try_parse_from([
             "boxoffice-ingest",
-            "--jwt-secret",
-            &"s".repeat(40),
             "--payment-provider-webhook-tolerance",
             "0s",
         ])

@@ -109,7 +109,15 @@ struct Clients {
     codec: Arc<Codec>,
 }
 
-async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn start(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    // Secrets and production checks first: they stop startup before anything is contacted.
+    let dev = cli.service.dev.dev;
+    if let Command::Payments { settings, .. } = &mut cli.command {
+        settings.read_secrets(dev, |key| std::env::var(key).ok())?;
+    }
+    if dev {
+        tracing::warn!("development mode (--dev / BOXOFFICE_DEV): development settings allowed");
+    }
     let (session, schema) = cli.service.connect().await?;
     let clients = Clients {
         codec: Arc::new(Codec::new(&cli.service.registry)?),
@@ -316,7 +324,6 @@ mod tests {
             ("--gateway", "stripe"),
             ("--provider-url", "ftp://api.example.com"),
             ("--provider-url", "not a url"),
-            ("--provider-api-key", ""),
             ("--provider-timeout", "0s"),
             ("--provider-pending-check", "soon"),
         ] {

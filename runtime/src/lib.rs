@@ -3,13 +3,14 @@
 //! builder (`dead_letter`),
 //! consumer-group membership and where a partition resumes (`rebalance`), the one bounded retry
 //! policy (`retry`), the `/metrics`,
-//! `/healthz` and `/readyz` every service serves (`metrics`), and the HMAC signature of webhooks
-//! in both directions (`signature`).
+//! `/healthz` and `/readyz` every service serves (`metrics`), the HMAC signature of webhooks
+//! in both directions (`signature`), and secrets with the development mode (`secrets`).
 
 pub mod batch;
 pub mod dead_letter;
 pub mod metrics;
 pub mod rebalance;
 pub mod retry;
+pub mod secrets;
 pub mod signature;
 pub mod startup;

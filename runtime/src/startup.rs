@@ -15,6 +15,8 @@ use tracing::info;
 use boxoffice_store::schema::{SchemaArgs, SchemaError, SchemaSettings, ensure_schema};
 use boxoffice_store::session::{ScyllaArgs, ScyllaConnectError};
 
+use crate::secrets::DevMode;
+
 /// A service the binary needs did not answer, or the schema could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -46,6 +48,8 @@ pub struct ServiceArgs {
     pub scylla: ScyllaArgs,
     #[command(flatten)]
     pub schema: SchemaArgs,
+    #[command(flatten)]
+    pub dev: DevMode,
     /// Log format: `text` or `json`.
     #[arg(long = "log-format", env = "BOXOFFICE_LOG_FORMAT", default_value = "text", global = true,
           value_parser = ["text", "json"])]

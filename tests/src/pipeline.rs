@@ -443,13 +443,18 @@ impl RunningProcessor {
 /// The `boxoffice-processor` binary next to the test binaries. `scripts/test` builds every
 /// binary before the tests run; run `cargo build --workspace --bins` when running tests alone.
 pub fn processor_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("boxoffice-processor")
+}
+
+/// A binary of this workspace, built next to the test binary (`target/<profile>/<name>`).
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test binary>
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .context("test binary is not in target/<profile>/deps")?;
-    let binary = profile_dir.join("boxoffice-processor");
+    let binary = profile_dir.join(name);
     anyhow::ensure!(
         binary.exists(),
         "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",

@@ -211,6 +211,8 @@ impl ChildProcessor {
         let services = &pipeline.services;
         let child = Command::new(processor_binary().unwrap())
             .arg("booking")
+            // The local test stack: the sandbox gateway and development secrets are allowed.
+            .env("BOXOFFICE_DEV", "1")
             .env("KAFKA_BOOTSTRAP_SERVERS", &services.kafka_bootstrap)
             .env("SCYLLA_URI", &services.scylla_uri)
             .env("SCHEMA_REGISTRY_URL", &services.registry_url)

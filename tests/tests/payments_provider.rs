@@ -258,6 +258,8 @@ impl Binary {
         let mut command = Command::new(processor_binary().unwrap());
         command
             .arg("payments")
+            // The local test stack: the sandbox gateway and development secrets are allowed.
+            .env("BOXOFFICE_DEV", "1")
             .env("KAFKA_BOOTSTRAP_SERVERS", &services.kafka_bootstrap)
             .env("SCYLLA_URI", &services.scylla_uri)
             .env("SCHEMA_REGISTRY_URL", &services.registry_url)
@@ -313,7 +315,7 @@ async fn webhooks_settle_pending_charges_and_duplicate_deliveries_change_nothing
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "started with a wrong key");
-    assert!(stderr.contains("--provider-api-key"), "{stderr}");
+    assert!(stderr.contains("PAYMENT_PROVIDER_API_KEY"), "{stderr}");
     assert!(
         !stderr.contains("sk_wrong"),
         "the key is never printed: {stderr}"

@@ -56,9 +56,10 @@ pub struct ProviderSettings {
           default_value = "http://127.0.0.1:8090", value_parser = parse_provider_url)]
     pub url: Url,
 
-    /// API key sent as `Authorization: Bearer <key>` (with `--gateway provider`).
-    #[arg(long = "provider-api-key", env = "PAYMENT_PROVIDER_API_KEY", hide_env_values = true,
-          default_value = DEFAULT_API_KEY, value_parser = parse_api_key)]
+    /// API key sent as `Authorization: Bearer <key>` (with `--gateway provider`). Not a flag:
+    /// read from `PAYMENT_PROVIDER_API_KEY` or `..._FILE` by
+    /// [`super::settings::PaymentSettings::read_secrets`].
+    #[arg(skip = ApiKey(DEFAULT_API_KEY.to_owned()))]
     pub api_key: ApiKey,
 
     /// Longest a provider call may take before its outcome counts as unknown (then queried).
@@ -135,7 +136,7 @@ fn parse_provider_url(value: &str) -> Result<Url, String> {
         return Err("must not have a query or fragment".to_owned());
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry credentials (use --provider-api-key)".to_owned());
+        return Err("must not carry credentials (use PAYMENT_PROVIDER_API_KEY)".to_owned());
     }
     Ok(url)
 }
@@ -170,7 +171,7 @@ pub enum ProviderError {
     )]
     Unreachable { url: String, reason: String },
     #[error(
-        "payment provider at {url} refused the API key with {status} (check --provider-api-key / PAYMENT_PROVIDER_API_KEY)"
+        "payment provider at {url} refused the API key with {status} (check PAYMENT_PROVIDER_API_KEY)"
     )]
     Unauthorized { url: String, status: u16 },
     #[error(

@@ -253,6 +253,7 @@ impl System {
         let child = Command::new(self.bin.join(program))
             .args(&args)
             .envs(self.stack.env())
+            .env("BOXOFFICE_DEV", "1")
             .env("RUST_LOG", "info")
             .env(
                 "INGEST_LISTEN",

@@ -236,6 +236,7 @@ impl NotifierChild {
     pub fn start(pipeline: &Pipeline, smtp_port: u16, lanes: usize) -> Self {
         let services = &pipeline.services;
         let child = Command::new(notifier_binary())
+            .env("BOXOFFICE_DEV", "1")
             .env("KAFKA_BOOTSTRAP_SERVERS", &services.kafka_bootstrap)
             .env("SCYLLA_URI", &services.scylla_uri)
             .env("SCHEMA_REGISTRY_URL", &services.registry_url)
