@@ -265,6 +265,9 @@ wire_enum! {
         // The consumer's state for the record's entity is gone and cannot be rebuilt from the
         // log (its commands are below the log start): the record waits for an operator.
         StateLost,
+        // A signed payment provider event that names another order, amount or currency than
+        // the payment it is about: refused, never settles the payment.
+        ProviderEventMismatch,
         #[default]
         Other,
     }
@@ -485,6 +488,13 @@ record! {
         provider_event_id: String,
         payment_id: String,
         order_id: String,
+        // What the provider says the charge was for; the payment processor refuses an event
+        // that differs from the payment. Records written before these fields read as 0 and
+        // "" (and would be refused, but they were applied before the upgrade).
+        #[avro(default = "0")]
+        amount_minor: i64,
+        #[avro(default = "\"\"")]
+        currency: String,
         outcome: ProviderChargeOutcome,
         provider_reference: String,
         failure_reason: Option<PaymentFailureReason>,

@@ -185,8 +185,11 @@ pub struct ProviderCharge {
     /// `succeeded`, `failed` or `pending` (informational: the event type decides).
     #[serde(default)]
     pub status: Option<String>,
+    /// The charge's amount in minor units; required for charge events (the payment processor
+    /// refuses an event whose amount differs from the payment's).
     #[serde(default)]
     pub amount_minor: Option<i64>,
+    /// ISO 4217 code; required for charge events, checked like the amount.
     #[serde(default)]
     pub currency: Option<String>,
     /// `card_declined`, `insufficient_funds`, `processing_error`, or another code.
@@ -222,6 +225,10 @@ pub struct ChargeEvent {
     pub event_type: String,
     pub payment_id: String,
     pub order_id: String,
+    /// What the provider says the charge was for (the payment processor compares them with
+    /// the payment).
+    pub amount_minor: i64,
+    pub currency: String,
     pub outcome: ProviderChargeOutcome,
     pub provider_reference: String,
     pub failure_reason: Option<PaymentFailureReason>,
@@ -321,6 +328,28 @@ pub fn interpret(body: &[u8]) -> Result<Delivery, EventError> {
         "data.object.metadata.order_id",
         validate::id(&charge.metadata.order_id),
     );
+    let currency = check(
+        "data.object.currency",
+        match charge.currency.as_deref() {
+            Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                Ok(c.to_ascii_uppercase())
+            }
+            Some(_) => Err("must be a three-letter currency code".to_owned()),
+            None => Err("is required (the payment processor checks it)".to_owned()),
+        },
+    );
+    let amount_minor = match charge.amount_minor {
+        Some(amount) if amount > 0 => Some(amount),
+        other => {
+            let message = if other.is_some() {
+                "must be positive"
+            } else {
+                "is required (the payment processor checks it)"
+            };
+            errors.push(FieldError::new("data.object.amount_minor", message));
+            None
+        }
+    };
     if let (Some(key), Some(payment_id)) = (&key, &payment_id)
         && key != payment_id
     {
@@ -329,22 +358,34 @@ pub fn interpret(body: &[u8]) -> Result<Delivery, EventError> {
             "must equal data.object.idempotency_key",
         ));
     }
-    match (provider_event_id, provider_reference, payment_id, order_id) {
-        (Some(provider_event_id), Some(provider_reference), Some(payment_id), Some(order_id))
-            if errors.is_empty() =>
-        {
-            Ok(Delivery::Charge(ChargeEvent {
-                provider_event_id,
-                event_type: envelope.kind,
-                payment_id,
-                order_id,
-                outcome,
-                provider_reference,
-                failure_reason: (outcome == ProviderChargeOutcome::Declined)
-                    .then(|| failure_reason(charge.failure_code.as_deref())),
-                detail: detail(charge.failure_message.as_deref()),
-            }))
-        }
+    match (
+        provider_event_id,
+        provider_reference,
+        payment_id,
+        order_id,
+        amount_minor,
+        currency,
+    ) {
+        (
+            Some(provider_event_id),
+            Some(provider_reference),
+            Some(payment_id),
+            Some(order_id),
+            Some(amount_minor),
+            Some(currency),
+        ) if errors.is_empty() => Ok(Delivery::Charge(ChargeEvent {
+            provider_event_id,
+            event_type: envelope.kind,
+            payment_id,
+            order_id,
+            amount_minor,
+            currency,
+            outcome,
+            provider_reference,
+            failure_reason: (outcome == ProviderChargeOutcome::Declined)
+                .then(|| failure_reason(charge.failure_code.as_deref())),
+            detail: detail(charge.failure_message.as_deref()),
+        })),
         _ => Err(EventError::Invalid(errors)),
     }
 }
@@ -358,6 +399,8 @@ impl ChargeEvent {
             provider_event_id: self.provider_event_id.clone(),
             payment_id: self.payment_id.clone(),
             order_id: self.order_id.clone(),
+            amount_minor: self.amount_minor,
+            currency: self.currency.clone(),
             outcome: self.outcome,
             provider_reference: self.provider_reference.clone(),
             failure_reason: self.failure_reason,
@@ -552,6 +595,41 @@ mod tests {
             assert_eq!(failed.failure_reason, Some(reason), "{code:?}");
             let expected_detail = code.map(|_| "Your card was declined.".to_owned());
             assert_eq!(failed.detail, expected_detail);
+        }
+    }
+
+    #[test]
+    fn charge_events_must_say_what_the_charge_was_for() {
+        let with = |amount: serde_json::Value, currency: serde_json::Value| {
+            let mut body: serde_json::Value =
+                serde_json::from_slice(&event("charge.succeeded", PAYMENT, PAYMENT, None)).unwrap();
+            body["data"]["object"]["amount_minor"] = amount;
+            body["data"]["object"]["currency"] = currency;
+            interpret(&serde_json::to_vec(&body).unwrap())
+        };
+        let Ok(Delivery::Charge(ok)) = with(9000.into(), "eur".into()) else {
+            panic!("a valid charge was refused");
+        };
+        assert_eq!((ok.amount_minor, ok.currency.as_str()), (9000, "EUR"));
+        let record = ok.record(1);
+        assert_eq!(
+            (record.amount_minor, record.currency.as_str()),
+            (9000, "EUR")
+        );
+        for (amount, currency, field) in [
+            (
+                serde_json::Value::Null,
+                "EUR".into(),
+                "data.object.amount_minor",
+            ),
+            (0.into(), "EUR".into(), "data.object.amount_minor"),
+            (9000.into(), serde_json::Value::Null, "data.object.currency"),
+            (9000.into(), "EURO".into(), "data.object.currency"),
+        ] {
+            let Err(EventError::Invalid(errors)) = with(amount.clone(), currency.clone()) else {
+                panic!("{amount} {currency} accepted");
+            };
+            assert_eq!(errors[0].field, field, "{amount} {currency}");
         }
     }
 

@@ -237,6 +237,8 @@ fn payment_requests(i: &Ids) -> Vec<PaymentRequest> {
             provider_event_id: "evt_1".into(),
             payment_id: i.payment.clone(),
             order_id: i.order.clone(),
+            amount_minor: 9000,
+            currency: "EUR".into(),
             outcome: ProviderChargeOutcome::Declined,
             provider_reference: "ch_1".into(),
             failure_reason: Some(PaymentFailureReason::InsufficientFunds),

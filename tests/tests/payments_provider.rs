@@ -13,7 +13,8 @@
 //!   charge that was made) without a second charge;
 //! - a pending charge does not hold up the partition's next payment, and its check survives a
 //!   processor restart (the timer is stored);
-//! - unpaid payments expire by their timer; the sandbox's `tok_pending` takes the same path.
+//! - unpaid payments expire by their timer; the sandbox's `tok_pending` takes the same path;
+//! - a signed event naming another amount, currency or order settles nothing (issue 13).
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers: a failed unwrap fails the test"
@@ -27,9 +28,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{
-    BookingCommand, PaymentFailureReason, PaymentRequest, PaymentRequested, PaymentSubmitted,
-    RecordGroup,
+    BookingCommand, DeadLetter, DeadLetterErrorKind, PaymentFailureReason, PaymentRequest,
+    PaymentRequested, PaymentSubmitted, RecordGroup,
 };
+use boxoffice_ingest::config::{ProviderSecret, ProviderWebhookSettings};
 use boxoffice_processors::payments::core::Policy;
 use boxoffice_processors::payments::gateway::Gateway;
 use boxoffice_processors::payments::provider::{ApiKey, ProviderGateway, ProviderSettings};
@@ -677,4 +679,120 @@ async fn unpaid_payments_expire_by_their_timer_and_the_sandbox_pending_token_is_
     .await
     .unwrap();
     processor.stop().await;
+}
+
+/// Issue 13, finding 7: a signed provider event is cross-checked with its payment. Events
+/// signed with the right secret but naming another amount, currency or order are forwarded by
+/// ingest (it cannot know the payment) and refused by the payment processor: the payment stays
+/// unsettled, each refusal is in its history, dead-lettered with the reason and counted. The
+/// control: the provider's true event then settles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_events_for_another_amount_currency_or_order_are_refused() {
+    let secret = format!("whsec_it_{}", uuid::Uuid::new_v4().simple());
+    let webhook = ProviderWebhookSettings {
+        secret: ProviderSecret::new(secret.as_bytes().to_vec()).unwrap(),
+        tolerance: Duration::from_secs(300),
+    };
+    let ingest = Ingest::start_with_provider("pay_provider_crosscheck", webhook).await;
+    let pipeline = &ingest.pipeline;
+    // No webhooks from the simulator: this test speaks for the provider.
+    let sim = provider_sim::start(sim_settings(None)).await.unwrap();
+    let check = Duration::from_secs(600);
+    let gateway = Gateway::Provider(ProviderGateway::new(&provider_settings(&sim, check)).unwrap());
+    let processor = InProcess::start(pipeline, gateway, policy(check)).await;
+
+    let order = new_order();
+    let payment_id = ids::payment_id(&order);
+    produce(pipeline, None, &payment(&order, "tok_success")).await;
+    settled(pipeline, &order, "PROVIDER_PENDING").await;
+
+    let deliver = |event_id: String, order_id: String, amount: i64, currency: &'static str| {
+        let body = serde_json::json!({
+            "id": event_id, "type": "charge.succeeded", "created": now_ms() / 1000,
+            "data": {"object": {
+                "id": format!("ch_{event_id}"), "idempotency_key": payment_id, "status": "succeeded",
+                "amount_minor": amount, "currency": currency,
+                "metadata": {"payment_id": payment_id, "order_id": order_id}
+            }}
+        })
+        .to_string();
+        let signature =
+            boxoffice_ingest::provider::sign(secret.as_bytes(), now_ms() / 1000, body.as_bytes());
+        let request = ingest
+            .http
+            .post(ingest.url("/v1/payments/webhook"))
+            .header("content-type", "application/json")
+            .header("Boxoffice-Provider-Signature", signature)
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        }
+    };
+    let forged = [
+        (order.clone(), 1, "EUR"),
+        (order.clone(), AMOUNT, "USD"),
+        (new_order(), AMOUNT, "EUR"),
+    ];
+    for (n, (order_id, amount, currency)) in forged.iter().enumerate() {
+        deliver(
+            format!("evt_forged_{n}_{order}"),
+            order_id.clone(),
+            *amount,
+            currency,
+        )
+        .await;
+    }
+
+    let mut letters = pipeline.reader(&pipeline.topics.dead_letters).unwrap();
+    let refused = letters
+        .read_until::<DeadLetter>(WAIT, |d| d.len() >= forged.len())
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), forged.len(), "{refused:?}");
+    // Another amount or currency: refused by the payment's core. Another order: its payment id
+    // is not that order's, which the processor refuses as it decodes the record.
+    let kinds: Vec<(DeadLetterErrorKind, &str)> = refused
+        .iter()
+        .map(|letter| (letter.error_kind, letter.reason.as_str()))
+        .collect();
+    let mismatches = kinds
+        .iter()
+        .filter(|(kind, reason)| {
+            *kind == DeadLetterErrorKind::ProviderEventMismatch && reason.contains("the payment")
+        })
+        .count();
+    assert_eq!(mismatches, 2, "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .any(|(kind, reason)| *kind == DeadLetterErrorKind::InvalidRecord
+                && reason.contains("is not the payment of order")),
+        "{kinds:?}"
+    );
+    assert_eq!(processor.metrics.provider_events_refused.get(), 2);
+    let stored = row(pipeline, &order).await.unwrap();
+    assert_eq!(
+        stored.status.name(),
+        "PROVIDER_PENDING",
+        "no forged event settled it"
+    );
+    assert_eq!(stored.captured_minor, 0);
+    let refusals = history(pipeline, &order).await;
+    assert_eq!(
+        statuses(&refusals)
+            .iter()
+            .filter(|s| **s == "PROVIDER_EVENT_REFUSED")
+            .count(),
+        2,
+        "{:?}",
+        statuses(&refusals)
+    );
+
+    // The provider's true event settles the payment.
+    deliver(format!("evt_true_{order}"), order.clone(), AMOUNT, "EUR").await;
+    let captured = settled(pipeline, &order, "CAPTURED").await;
+    assert_eq!(captured.captured_minor, AMOUNT);
+    processor.stop().await;
+    sim.shutdown().await;
 }

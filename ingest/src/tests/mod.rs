@@ -1844,6 +1844,7 @@ async fn a_reused_event_id_for_another_payment_is_refused() {
     let body = json!({
         "id": "evt_reused", "type": "charge.succeeded", "created": now_secs(),
         "data": {"object": {"id": "ch_2", "idempotency_key": other, "status": "succeeded",
+            "amount_minor": 9000, "currency": "EUR",
             "metadata": {"payment_id": other, "order_id": ORDER_ID}}}
     })
     .to_string()

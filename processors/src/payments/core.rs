@@ -53,7 +53,8 @@
 //! - **Every payment ends in a terminal state** once the provider answers: `CAPTURED`,
 //!   `FAILED`, `EXPIRED`, `REFUNDED` or `REFUND_FAILED`; until then it has a timer.
 //! - **Amounts come from the server**: the amount charged is the `PaymentRequested` amount
-//!   (the booking processor's); a submission with another amount, currency or user is refused.
+//!   (the booking processor's); a submission with another amount, currency or user is refused,
+//!   and so is a provider event that names another order, amount or currency.
 //! - **Every state change yields a history entry** (`Effect::History`).
 
 use boxoffice_avro::records::{
@@ -167,8 +168,9 @@ pub enum Input {
     ChargeResult(ChargeOutcome),
     /// The answer to a `Query` effect.
     QueryResult(ChargeOutcome),
-    /// An asynchronous completion pushed by the provider (webhook).
-    ProviderEvent(ChargeOutcome),
+    /// An asynchronous completion pushed by the provider (webhook); settles the payment only
+    /// when it describes this payment's charge.
+    ProviderEvent(ProviderReport),
     /// The answer to a `Refund` effect.
     RefundResult(RefundOutcome),
     /// The answer to a `QueryRefund` effect.
@@ -179,6 +181,59 @@ pub enum Input {
     Expire,
     /// The payment's timer (the last [`Effect::Schedule`]) came due.
     Wake,
+}
+
+/// What the provider's asynchronous event says about a charge: its outcome, and what the
+/// charge was for. Checked against the payment before it settles anything: a signed event that
+/// names another order, amount or currency is refused ([`Effect::ProviderEventRefused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderReport {
+    pub outcome: ChargeOutcome,
+    pub order_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+/// How a provider event differs from the payment it names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderMismatch {
+    #[error("the provider event names order {got}, the payment is for order {expected}")]
+    Order { expected: String, got: String },
+    #[error(
+        "the provider event is for {got_minor} {got_currency}, the payment for {expected_minor} {expected_currency}"
+    )]
+    Amount {
+        expected_minor: i64,
+        expected_currency: String,
+        got_minor: i64,
+        got_currency: String,
+    },
+}
+
+/// Whether `report` describes the charge of `state`. A payment not requested yet has nothing
+/// to compare with (and an event for it changes nothing anyway).
+pub fn provider_mismatch(
+    state: &PaymentState,
+    report: &ProviderReport,
+) -> Option<ProviderMismatch> {
+    if !state.requested {
+        return None;
+    }
+    if report.order_id != state.order_id {
+        return Some(ProviderMismatch::Order {
+            expected: state.order_id.clone(),
+            got: report.order_id.clone(),
+        });
+    }
+    if report.amount_minor != state.amount_minor || report.currency != state.currency {
+        return Some(ProviderMismatch::Amount {
+            expected_minor: state.amount_minor,
+            expected_currency: state.currency.clone(),
+            got_minor: report.amount_minor,
+            got_currency: report.currency.clone(),
+        });
+    }
+    None
 }
 
 /// The outcome the booking processor is told about.
@@ -237,6 +292,9 @@ pub enum Effect {
     /// The payment needs no timer any more (it is terminal). Removed after the payment row is
     /// stored; a timer left behind by a crash only wakes a settled payment, which cancels it.
     Unschedule,
+    /// The provider's event does not describe this payment's charge: nothing changed; the
+    /// runtime dead-letters the record with the reason and counts it.
+    ProviderEventRefused(ProviderMismatch),
     /// Nothing changed, for a reason worth logging.
     Ignored {
         reason: String,
@@ -350,7 +408,13 @@ pub fn apply_with(
         Input::RefundRequested(r) => refund_requested(&mut step, state, r),
         Input::ChargeResult(outcome) => charge_answer(&mut step, state, outcome, Source::Charge),
         Input::QueryResult(outcome) => charge_answer(&mut step, state, outcome, Source::Query),
-        Input::ProviderEvent(outcome) => charge_answer(&mut step, state, outcome, Source::Provider),
+        Input::ProviderEvent(report) => match provider_mismatch(state, &report) {
+            Some(mismatch) => {
+                step.refusal("PROVIDER_EVENT_REFUSED", mismatch.to_string());
+                step.fx.push(Effect::ProviderEventRefused(mismatch));
+            }
+            None => charge_answer(&mut step, state, report.outcome, Source::Provider),
+        },
         Input::RefundResult(outcome) => refund_answer(&mut step, state, outcome, Source::Charge),
         Input::RefundQueryResult(outcome) => {
             refund_answer(&mut step, state, outcome, Source::Query)

@@ -9,6 +9,9 @@ pub struct PaymentMetrics {
     pub records_processed: Counter,
     pub records_skipped: Counter,
     pub dead_letters: Counter,
+    /// Signed provider events refused because they name another order, amount or currency
+    /// than their payment (each is also dead-lettered).
+    pub provider_events_refused: Counter,
     pub charges: Counter,
     pub queries: Counter,
     pub refunds: Counter,
@@ -48,6 +51,11 @@ impl Default for PaymentMetrics {
                 r,
                 "payments_dead_letters_total",
                 "Records sent to the dead-letter topic",
+            ),
+            provider_events_refused: counter(
+                r,
+                "payments_provider_events_refused_total",
+                "Provider events refused: another order, amount or currency than the payment",
             ),
             charges: counter(r, "payments_gateway_charges_total", "Charge calls"),
             queries: counter(

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use super::core::{
-    Effect, Input, Millis, Outcome, PaymentState, Policy, Status, apply, apply_with,
+    Effect, Input, Millis, Outcome, PaymentState, Policy, ProviderReport, Status, apply, apply_with,
 };
 use super::gateway::{ChargeOutcome, DeclineReason, RefundOutcome, Token};
 use super::render::{Output, render};
@@ -39,6 +39,16 @@ fn request() -> Input {
         currency: "EUR".into(),
         hold_expires_at: T0 + 600_000,
         occurred_at: T0,
+    })
+}
+
+/// The provider's event about this payment's charge (the right order, amount and currency).
+fn provider_event(outcome: ChargeOutcome) -> Input {
+    Input::ProviderEvent(ProviderReport {
+        outcome,
+        order_id: ORDER.into(),
+        amount_minor: AMOUNT,
+        currency: "EUR".into(),
     })
 }
 
@@ -256,7 +266,7 @@ fn a_pending_charge_waits_for_the_providers_event_without_querying() {
         "nothing is asked while the provider works: {fx:?}"
     );
     assert_eq!(scheduled(&fx), Some(T0 + 5 + PENDING_CHECK));
-    let fx = apply(&mut s, Input::ProviderEvent(captured()), T0 + 50);
+    let fx = apply(&mut s, provider_event(captured()), T0 + 50);
     assert_eq!(s.status, Status::Captured);
     assert_eq!(emitted(&fx).len(), 1);
     assert!(
@@ -264,7 +274,7 @@ fn a_pending_charge_waits_for_the_providers_event_without_querying() {
         "a settled payment has no timer"
     );
     // The same event again (a duplicate delivery) changes nothing.
-    let fx = apply(&mut s, Input::ProviderEvent(captured()), T0 + 60);
+    let fx = apply(&mut s, provider_event(captured()), T0 + 60);
     assert!(emitted(&fx).is_empty() && histories(&fx).is_empty());
 }
 
@@ -367,13 +377,38 @@ fn an_unknown_answer_to_a_check_waits_for_the_next_check() {
 }
 
 #[test]
+fn a_provider_event_for_another_order_amount_or_currency_is_refused() {
+    let mut s = PaymentState::new(&payment_id());
+    apply(&mut s, request(), T0);
+    apply(&mut s, submit("tok_timeout"), T0);
+    assert_eq!(s.status, Status::Charging);
+    for which in 0..3 {
+        let before = s.clone();
+        let fx = apply(&mut s, forged_capture(which), T0 + 10);
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::ProviderEventRefused(_))),
+            "{which}: {fx:?}"
+        );
+        assert_eq!(histories(&fx), ["PROVIDER_EVENT_REFUSED"], "{which}");
+        assert!(emitted(&fx).is_empty(), "{which}: nothing settled");
+        assert_eq!(s.status, before.status);
+        assert_eq!(s.captured_minor, 0);
+    }
+    // The provider's real event still settles it.
+    let fx = apply(&mut s, provider_event(captured()), T0 + 20);
+    assert_eq!(s.status, Status::Captured);
+    assert_eq!(emitted(&fx).len(), 1);
+}
+
+#[test]
 fn a_provider_event_settles_a_charge_whose_answer_was_lost() {
     let mut s = PaymentState::new(&payment_id());
     apply(&mut s, request(), T0);
     apply(&mut s, submit("tok_timeout"), T0);
     let fx = apply(
         &mut s,
-        Input::ProviderEvent(ChargeOutcome::Declined {
+        provider_event(ChargeOutcome::Declined {
             reason: DeclineReason::InsufficientFunds,
             message: "nsf".into(),
         }),
@@ -389,7 +424,7 @@ fn a_provider_event_settles_a_charge_whose_answer_was_lost() {
         ChargeOutcome::NotFound,
         ChargeOutcome::Unknown { detail: "?".into() },
     ] {
-        let fx = apply(&mut s, Input::ProviderEvent(outcome), T0 + 10);
+        let fx = apply(&mut s, provider_event(outcome), T0 + 10);
         assert!(matches!(fx[..], [Effect::Ignored { .. }]), "{fx:?}");
     }
     assert_eq!(s.status, Status::Charging);
@@ -603,6 +638,11 @@ enum Op {
     },
     /// The provider pushes what it knows (webhook).
     ProviderEvent,
+    /// A signed event saying "captured" about this payment, but for another order (0), amount
+    /// (1) or currency (2): what a leaked webhook secret or a confused provider sends.
+    ForgedProviderEvent {
+        which: u8,
+    },
     /// Redeliver an earlier record.
     Redeliver {
         index: usize,
@@ -636,6 +676,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(token, wrong_amount, wrong_user)| Op::Submit { token, wrong_amount, wrong_user }),
         2 => (0u8..=120).prop_map(|amount_pct| Op::Refund { amount_pct }),
         1 => Just(Op::ProviderEvent),
+        1 => (0u8..3).prop_map(|which| Op::ForgedProviderEvent { which }),
         2 => any::<usize>().prop_map(|index| Op::Redeliver { index }),
         2 => any::<bool>().prop_map(|before| Op::CrashNextCall { before }),
         2 => Just(Op::Recover),
@@ -658,6 +699,8 @@ struct Harness {
     succeeded: u32,
     failed: u32,
     refunded_notices: u32,
+    /// Provider events the core refused (forged ones are always refused).
+    refused_events: u32,
 }
 
 impl Harness {
@@ -673,6 +716,7 @@ impl Harness {
             succeeded: 0,
             failed: 0,
             refunded_notices: 0,
+            refused_events: 0,
         }
     }
 
@@ -763,6 +807,7 @@ impl Harness {
                                 .unwrap_or(RefundOutcome::NotFound),
                         )),
                     },
+                    Effect::ProviderEventRefused(_) => self.refused_events += 1,
                     Effect::Ignored { .. } => {}
                 }
             }
@@ -813,11 +858,27 @@ impl Harness {
             self.succeeded,
             self.failed
         );
+        prop_assert!(
+            self.succeeded == 0 || self.provider.captures == 1,
+            "told the booking processor of a success the provider never captured"
+        );
         prop_assert!(self.provider.refunded <= AMOUNT * i64::from(self.provider.captures));
         prop_assert!(self.state.refunded_minor <= self.state.captured_minor);
         prop_assert!(self.refunded_notices <= 1);
         Ok(())
     }
+}
+
+fn forged_capture(which: u8) -> Input {
+    let Input::ProviderEvent(mut report) = provider_event(captured()) else {
+        unreachable!("provider_event builds a provider event")
+    };
+    match which {
+        0 => report.order_id = "order-2".into(),
+        1 => report.amount_minor = 1,
+        _ => report.currency = "USD".into(),
+    }
+    Input::ProviderEvent(report)
 }
 
 fn check_sequence(policy: Policy, ops: &[Op]) -> Result<(), TestCaseError> {
@@ -836,9 +897,10 @@ fn check_sequence(policy: Policy, ops: &[Op]) -> Result<(), TestCaseError> {
             ),
             Op::Refund { amount_pct } => refund_request(AMOUNT * i64::from(*amount_pct) / 100),
             Op::ProviderEvent => match h.provider.charge.clone() {
-                Some(truth) => Input::ProviderEvent(truth),
+                Some(truth) => provider_event(truth),
                 None => continue,
             },
+            Op::ForgedProviderEvent { which } => forged_capture(*which),
             Op::Redeliver { index } => {
                 if h.records.is_empty() {
                     continue;
@@ -868,7 +930,14 @@ fn check_sequence(policy: Policy, ops: &[Op]) -> Result<(), TestCaseError> {
         ) {
             h.records.push(input.clone());
         }
+        let forged_after_request =
+            matches!(op, Op::ForgedProviderEvent { .. }) && h.state.requested;
+        let refused_before = h.refused_events;
         h.step(input)?;
+        prop_assert!(
+            !forged_after_request || h.refused_events == refused_before + 1,
+            "a forged provider event was not refused"
+        );
     }
     // Drain: the provider answers from now on and no record comes: only the timers act (a
     // crash left the stored timer in place, as the store does).

@@ -98,7 +98,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::core::{self, Effect, Input, Millis, PaymentState, Policy};
+use super::core::{
+    self, Effect, Input, Millis, PaymentState, Policy, ProviderMismatch, ProviderReport,
+};
 use super::gateway::{
     ChargeOutcome, ChargeRequest, DeclineReason, Gateway, PaymentGateway, RefundRequest,
 };
@@ -173,6 +175,16 @@ struct Parked {
     /// Tries to take it again so far.
     attempt: u32,
     retry_at: Instant,
+}
+
+/// What applying one record did.
+enum Applied {
+    /// Applied before (a replay): nothing done.
+    Skipped,
+    Done,
+    /// A provider event that does not describe its payment: nothing changed; it goes to the
+    /// dead-letter topic with the reason.
+    Refused(ProviderMismatch),
 }
 
 /// Why a record could not be decoded.

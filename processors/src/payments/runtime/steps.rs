@@ -31,13 +31,22 @@ impl Runtime {
                     .await
             };
             match applied {
-                Ok(applied) => {
-                    let counter = if applied {
-                        &metrics.records_processed
-                    } else {
-                        &metrics.records_skipped
-                    };
-                    counter.inc_by(1);
+                Ok(Applied::Skipped) => {
+                    metrics.records_skipped.inc_by(1);
+                    return Ok(());
+                }
+                Ok(Applied::Done) => {
+                    metrics.records_processed.inc_by(1);
+                    return Ok(());
+                }
+                Ok(Applied::Refused(mismatch)) => {
+                    metrics.records_processed.inc_by(1);
+                    metrics.provider_events_refused.inc_by(1);
+                    let reason = mismatch.to_string();
+                    warn!(payment_id, order_id, partition, offset, reason = %reason, "provider event refused; dead-lettering it");
+                    let kind = DeadLetterErrorKind::ProviderEventMismatch;
+                    self.dead_letter(message, kind, &reason).await?;
+                    metrics.dead_letters.inc_by(1);
                     return Ok(());
                 }
                 Err(StepError::Conflict(reason)) => {
@@ -62,20 +71,20 @@ impl Runtime {
     }
 
     /// Loads the payment, resolves anything in flight, applies the record, stores the offset.
-    /// `Ok(false)`: already applied. The caller holds the payment's lock.
+    /// The caller holds the payment's lock.
     pub(super) async fn apply_record(
         &self,
         partition: i32,
         payment_id: &str,
         request: &PaymentRequest,
         offset: i64,
-    ) -> Result<bool, StepError> {
+    ) -> Result<Applied, StepError> {
         let (mut state, mut stored) = self.load(payment_id).await?;
         if stored
             .applied_offset
             .is_some_and(|applied| offset <= applied)
         {
-            return Ok(false);
+            return Ok(Applied::Skipped);
         }
         let input = match request {
             PaymentRequest::PaymentRequested(r) => Input::Requested(r.clone()),
@@ -91,7 +100,7 @@ impl Runtime {
                     outcome = ?e.outcome,
                     "provider event"
                 );
-                Input::ProviderEvent(provider_outcome(e))
+                Input::ProviderEvent(provider_report(e))
             }
         };
         // The provider's event is itself the answer; anything else first learns what a call
@@ -107,11 +116,12 @@ impl Runtime {
             self.run_input(partition, &mut state, &mut stored, Input::Recover)
                 .await?;
         }
-        self.run_input(partition, &mut state, &mut stored, input)
+        let refused = self
+            .run_input(partition, &mut state, &mut stored, input)
             .await?;
         stored.applied_offset = Some(offset);
         self.persist(&state, &mut stored, &[]).await?;
-        Ok(true)
+        Ok(refused.map_or(Applied::Done, Applied::Refused))
     }
 
     pub(super) async fn load(&self, payment_id: &str) -> Result<(PaymentState, Stored), StepError> {
@@ -140,15 +150,17 @@ impl Runtime {
 
     /// Feeds `input` to the core and carries out every effect, feeding the gateway's answers
     /// back until nothing is left to do now (what is left waits for the payment's timer).
+    /// `Some`: the input was a provider event the core refused.
     pub(super) async fn run_input(
         &self,
         partition: i32,
         state: &mut PaymentState,
         stored: &mut Stored,
         input: Input,
-    ) -> Result<(), StepError> {
+    ) -> Result<Option<ProviderMismatch>, StepError> {
         let metrics = &self.deps.metrics;
         let gateway = &self.deps.gateway;
+        let mut refused = None;
         let mut queue = VecDeque::from([input]);
         let mut steps = 0u32;
         while let Some(input) = queue.pop_front() {
@@ -185,6 +197,7 @@ impl Runtime {
                     Effect::Ignored { reason } => {
                         debug!(payment_id = %state.payment_id, partition, reason = %reason, "input changed nothing");
                     }
+                    Effect::ProviderEventRefused(mismatch) => refused = Some(mismatch.clone()),
                     _ => {}
                 }
             }
@@ -253,11 +266,12 @@ impl Runtime {
                     | Effect::History { .. }
                     | Effect::Schedule { .. }
                     | Effect::Unschedule
+                    | Effect::ProviderEventRefused(_)
                     | Effect::Ignored { .. } => {}
                 }
             }
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Writes the payment's timer (retrying outages), then puts it in the wheel.
@@ -367,8 +381,18 @@ pub(super) fn payment_id_of(request: &PaymentRequest) -> &str {
     }
 }
 
+/// A provider's asynchronous event as what the core checks and applies.
+pub(super) fn provider_report(event: &PaymentProviderEvent) -> ProviderReport {
+    ProviderReport {
+        outcome: provider_outcome(event),
+        order_id: event.order_id.clone(),
+        amount_minor: event.amount_minor,
+        currency: event.currency.clone(),
+    }
+}
+
 /// A provider's asynchronous event as the charge outcome it reports.
-pub(super) fn provider_outcome(event: &PaymentProviderEvent) -> ChargeOutcome {
+fn provider_outcome(event: &PaymentProviderEvent) -> ChargeOutcome {
     match event.outcome {
         ProviderChargeOutcome::Captured => ChargeOutcome::Captured {
             provider_reference: event.provider_reference.clone(),

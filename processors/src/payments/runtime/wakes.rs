@@ -101,7 +101,9 @@ impl Runtime {
             return self.unschedule(partition, payment_id).await;
         }
         debug!(order_id = %state.order_id, status = state.status.name(), "payment timer due");
+        // A wake is no provider event: nothing can be refused.
         self.run_input(partition, &mut state, &mut stored, Input::Wake)
             .await
+            .map(|_| ())
     }
 }
