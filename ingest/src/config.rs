@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use boxoffice_runtime::egress::EgressArgs;
 use boxoffice_runtime::secrets::{SecretError, SecretSetting};
 
 pub use boxoffice_topics::names::{TopicPrefix, Topics};
@@ -83,6 +84,11 @@ pub struct IngestSettings {
         default_value_t = 60
     )]
     pub login_ip_burst: u32,
+
+    /// Which non-public addresses users' webhook endpoints may point at
+    /// (`WEBHOOK_ALLOW_NETWORKS`, shared with the notifier).
+    #[command(flatten)]
+    pub egress: EgressArgs,
 
     /// Time to regain one login attempt for a client address.
     #[arg(long = "login-ip-refill", env = "INGEST_LOGIN_IP_REFILL", default_value = "200ms",

@@ -153,6 +153,7 @@ fn build_state(
         live,
         refresh_ttl: settings.refresh_token_ttl,
         provider_webhook: provider_webhook.clone(),
+        egress: settings.egress.policy(),
         stopping: tokio::sync::watch::channel(false).0,
         metrics,
     })

@@ -1,6 +1,7 @@
 //! The shared state every handler sees: stores, the Kafka bus, token keys, limiters, the
 //! session-revocation cache, the catalogue cache and the live fan-out.
 
+use boxoffice_runtime::egress::EgressPolicy;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +37,9 @@ pub struct AppState {
     pub refresh_ttl: Duration,
     /// The payment provider's webhook: shared secret and timestamp tolerance.
     pub provider_webhook: ProviderWebhookSettings,
+    /// Where users' webhook endpoints may point (checked at registration for literal
+    /// addresses; the notifier checks every resolved address at delivery).
+    pub egress: EgressPolicy,
     /// Set to `true` when the server shuts down: streams end so connections can close.
     pub stopping: tokio::sync::watch::Sender<bool>,
     pub metrics: Arc<IngestMetrics>,

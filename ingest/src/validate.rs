@@ -2,6 +2,9 @@
 //! [`Checks`] collects them so one response names every bad field. Texts refuse control and
 //! bidirectional-override characters; ids must be UUIDs; times are RFC 3339.
 
+use std::net::IpAddr;
+
+use boxoffice_runtime::egress::EgressPolicy;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 
 use crate::error::{ApiError, FieldError};
@@ -260,8 +263,8 @@ pub const MAX_WEBHOOK_URL_LEN: usize = 2048;
 /// The host must be a DNS name (ASCII labels of letters, digits, `-` and `_`; international
 /// names in their `xn--` form), an IPv4 address or a bracketed IPv6 address: stricter than
 /// the URL standard, so that every accepted URL is one the notifier's HTTP client takes too
-/// (a URL it refused would fail every delivery). Private and loopback addresses are allowed
-/// (local development; see the README).
+/// (a URL it refused would fail every delivery). Where it may point is
+/// [`webhook_destination`]'s question.
 pub fn webhook_url(value: &str) -> Result<String, String> {
     let value = value.trim();
     if value.is_empty() {
@@ -299,6 +302,29 @@ pub fn webhook_url(value: &str) -> Result<String, String> {
     }
     webhook_host(authority.host())?;
     Ok(value.to_owned())
+}
+
+/// Whether a URL that passed [`webhook_url`] may be registered under `policy`: a literal
+/// address (and `localhost` names, which always mean loopback) must be allowed. Other names
+/// are checked by the notifier at delivery, against what they resolve to then.
+pub fn webhook_destination(url: &str, policy: &EgressPolicy) -> Result<(), String> {
+    let host = url
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_ascii_lowercase))
+        .unwrap_or_default();
+    let name = host.strip_suffix('.').unwrap_or(&host);
+    let address = if let Some(v6) = name.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<IpAddr>().ok()
+    } else if name == "localhost" || name.ends_with(".localhost") {
+        Some(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        name.parse::<IpAddr>().ok()
+    };
+    match address {
+        Some(address) => policy.check(address).map_err(|refused| refused.to_string()),
+        None => Ok(()),
+    }
 }
 
 /// See [`webhook_url`].
@@ -346,6 +372,42 @@ fn webhook_host(host: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_destinations_at_non_public_addresses_need_the_allow_list() {
+        let public = EgressPolicy::public_only();
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://127.0.0.1:9042/",
+            "http://localhost:8080/",
+            "http://api.localhost./",
+            "http://10.1.2.3/",
+            "http://[::1]:9000/",
+            "http://[::ffff:10.0.0.1]/",
+            "http://[fd00::1]/",
+        ] {
+            let url = webhook_url(url).unwrap();
+            let refused = webhook_destination(&url, &public).unwrap_err();
+            assert!(
+                refused.contains("WEBHOOK_ALLOW_NETWORKS"),
+                "{url}: {refused}"
+            );
+        }
+        for url in [
+            "https://hooks.example.com/x",
+            "http://8.8.8.8/",
+            "http://[2606:4700::1]/",
+        ] {
+            assert_eq!(webhook_destination(url, &public), Ok(()), "{url}");
+        }
+        let local = boxoffice_runtime::egress::EgressArgs::loopback().policy();
+        assert_eq!(
+            webhook_destination("http://localhost:8080/", &local),
+            Ok(())
+        );
+        assert_eq!(webhook_destination("http://[::1]:9000/", &local), Ok(()));
+        assert!(webhook_destination("http://169.254.169.254/", &local).is_err());
+    }
 
     #[test]
     fn webhook_urls() {

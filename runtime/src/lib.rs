@@ -4,10 +4,12 @@
 //! consumer-group membership and where a partition resumes (`rebalance`), the one bounded retry
 //! policy (`retry`), the `/metrics`,
 //! `/healthz` and `/readyz` every service serves (`metrics`), the HMAC signature of webhooks
-//! in both directions (`signature`), and secrets with the development mode (`secrets`).
+//! in both directions (`signature`), secrets with the development mode (`secrets`), and where
+//! user-chosen webhook URLs may lead (`egress`).
 
 pub mod batch;
 pub mod dead_letter;
+pub mod egress;
 pub mod metrics;
 pub mod rebalance;
 pub mod retry;

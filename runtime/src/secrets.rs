@@ -289,10 +289,19 @@ mod tests {
         dev: DevMode,
     }
 
+    /// Off unless asked for: no default value, only the flag or `BOXOFFICE_DEV` (which
+    /// `scripts/test` sets for this very process, so the environment is not asserted here:
+    /// tests/tests/safe_defaults.rs starts binaries with a clean environment).
     #[test]
     fn dev_mode_is_off_unless_asked_for() {
-        use clap::Parser;
-        assert!(!Cli::try_parse_from(["x"]).unwrap().dev.dev);
+        use clap::{CommandFactory, Parser};
+        let command = Cli::command();
+        let dev = command
+            .get_arguments()
+            .find(|a| a.get_id() == "dev")
+            .unwrap();
+        assert!(dev.get_default_values().is_empty());
+        assert_eq!(dev.get_env(), Some(std::ffi::OsStr::new("BOXOFFICE_DEV")));
         assert!(Cli::try_parse_from(["x", "--dev"]).unwrap().dev.dev);
     }
 }

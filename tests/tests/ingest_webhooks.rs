@@ -597,3 +597,39 @@ async fn notifications_never_marked_read_are_shown_unread() {
     );
     ingest.stop().await;
 }
+
+/// Issue 13, finding 2 (SSRF) at registration: a URL whose host is a non-public literal
+/// address (or `localhost`) is refused with 422 naming the setting, unless the allow-list
+/// names it (this ingest allows loopback, as the local stack does); public destinations and
+/// other names are accepted (the notifier checks what names resolve to at delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_urls_at_non_public_addresses_are_refused_at_registration() {
+    let ingest = Ingest::start("ingest_webhooks_egress", false).await;
+    let (_, token, _) = ingest.user("egress").await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "http://192.168.1.1:8080/hook",
+        "http://[fd00::1]/hook",
+        "http://[::ffff:10.0.0.1]/hook",
+        "http://0.0.0.0:9042/",
+    ] {
+        let reply = ingest
+            .post("/v1/webhooks", Some(&token), json!({"url": url}))
+            .await;
+        reply.assert_problem(422);
+        let text = reply.body.to_string();
+        assert!(text.contains("WEBHOOK_ALLOW_NETWORKS"), "{url}: {text}");
+        assert_eq!(reply.body["errors"][0]["field"], "url", "{url}");
+    }
+    for url in [
+        "https://hooks.example.com/boxoffice",
+        "http://127.0.0.1:9/allowed-loopback",
+        "http://localhost:9/allowed-loopback",
+    ] {
+        let reply = ingest
+            .post("/v1/webhooks", Some(&token), json!({"url": url}))
+            .await;
+        assert_eq!(reply.status, 201, "{url}: {}", reply.body);
+    }
+}

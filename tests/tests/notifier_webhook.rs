@@ -1,7 +1,8 @@
 //! The notifier's webhook channel against a real HTTP receiver that verifies every HMAC
 //! signature: one delivery per notification and endpoint, in order, with the notification id
 //! as delivery id; 410 disables the endpoint; a refusal (400) is dead-lettered at once; an
-//! endpoint that keeps failing (503) is dead-lettered after the bounded attempts.
+//! endpoint that keeps failing (503) is dead-lettered after the bounded attempts; endpoints on
+//! private addresses are refused unless allow-listed.
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers: a failed unwrap fails the test"
@@ -168,4 +169,94 @@ async fn webhooks_are_signed_delivered_once_and_failures_dead_lettered() {
         (DeliveryState::Dead, 6)
     );
     assert_eq!(dead.len(), 2, "{dead:#?}");
+}
+
+/// Issue 13, finding 2 (SSRF): users choose webhook URLs, so without a policy the notifier
+/// POSTs wherever they point inside the network. With the default policy (public addresses
+/// only) endpoints at a loopback address, at a name that resolves to loopback (`localhost`:
+/// the check is on the resolved address) and at the cloud metadata address are refused for
+/// good: dead-lettered with the reason, and the receiver on loopback never sees a request. The
+/// control: a notifier whose allow-list names loopback delivers to the same receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn private_destinations_are_refused_unless_allow_listed() {
+    let services = services().await;
+    let pipeline = Pipeline::create(services, "notifier_egress").await.unwrap();
+    let receiver = WebhookReceiver::start().await;
+    let store = notify_store(&pipeline).await;
+    let by_name = receiver.url("by-name").replace("127.0.0.1", "localhost");
+    assert!(by_name.contains("localhost"), "{by_name}");
+    let (mallory, alice) = (new_id(), new_id());
+    for (endpoint, url) in [
+        ("by-address", receiver.url("by-address")),
+        ("by-name", by_name.clone()),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+        ),
+    ] {
+        store
+            .add_endpoint(&mallory, endpoint, &url, SECRET)
+            .await
+            .unwrap();
+    }
+    let allowed = receiver.url("allowed").replace("127.0.0.1", "localhost");
+    store
+        .add_endpoint(&alice, "allowed", &allowed, SECRET)
+        .await
+        .unwrap();
+
+    let t = now_ms();
+    let first = notification(&mallory, &new_id(), NotificationKind::OrderReserved, &[], t);
+    produce(&pipeline, std::slice::from_ref(&first)).await;
+    let mut public_only = settings(&pipeline, &[Channel::Webhook], 1);
+    public_only.egress = Default::default();
+    let notifier = RunningNotifier::start(&pipeline, public_only).await;
+    let mut dead_letters = pipeline.reader(&pipeline.topics.dead_letters).unwrap();
+    let dead: Vec<DeadLetter> = dead_letters
+        .read_until(Duration::from_secs(60), |records: &[DeadLetter]| {
+            records.len() >= 3
+        })
+        .await
+        .unwrap();
+    // Handled (every target's row final) before the next notifier reads the same partition.
+    wait::until("the record handled", Duration::from_secs(60), || {
+        let n = notifier.metrics.records.get();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+    notifier.stop().await.unwrap();
+    assert_eq!(dead.len(), 3, "{dead:#?}");
+    for letter in &dead {
+        assert!(letter.reason.contains("egress policy"), "{letter:?}");
+    }
+    let metadata = dead
+        .iter()
+        .find(|d| d.consumer.ends_with("/metadata"))
+        .unwrap();
+    assert!(metadata.reason.contains("link-local"), "{metadata:?}");
+    assert!(receiver.received().is_empty(), "{:?}", receiver.received());
+
+    // Control: loopback allow-listed, the same receiver gets the next notification.
+    let second = notification(
+        &alice,
+        &new_id(),
+        NotificationKind::OrderReserved,
+        &[],
+        t + 10,
+    );
+    produce(&pipeline, std::slice::from_ref(&second)).await;
+    let notifier =
+        RunningNotifier::start(&pipeline, settings(&pipeline, &[Channel::Webhook], 1)).await;
+    wait::until("the allowed delivery", Duration::from_secs(60), || {
+        let n = receiver.received().len();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+    notifier.stop().await.unwrap();
+    let received = receiver.received();
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert_eq!(received[0].endpoint, "allowed");
+    assert_eq!(received[0].delivery_id, second.record_id);
 }

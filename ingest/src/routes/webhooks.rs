@@ -86,7 +86,7 @@ fn secret_headers(location: Option<&str>) -> HeaderMap {
         (status = 201, description = "Registered; the secret is shown only in this answer", body = WebhookWithSecretView),
         NotSignedIn,
         (status = 409, description = "The caller already has 10 endpoints", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid URL or description", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid URL or description, or a URL at a non-public address (loopback, private, link-local, ...) that WEBHOOK_ALLOW_NETWORKS does not list", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_webhook(
@@ -95,7 +95,11 @@ pub async fn create_webhook(
     ApiJson(body): ApiJson<WebhookRequest>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<WebhookWithSecretView>)> {
     let mut checks = Checks::new();
-    let url = checks.check("url", validate::webhook_url(&body.url));
+    let url = checks.check(
+        "url",
+        validate::webhook_url(&body.url)
+            .and_then(|url| validate::webhook_destination(&url, &state.egress).map(|()| url)),
+    );
     let description = match &body.description {
         Some(text) => checks
             .check(

@@ -38,6 +38,8 @@ fn settings(secret: &str) -> IngestSettings {
         login_account_refill: Duration::from_secs(60),
         login_ip_burst: 1000,
         login_ip_refill: Duration::from_millis(1),
+        // Webhook receivers in the tests listen on loopback.
+        egress: boxoffice_runtime::egress::EgressArgs::loopback(),
     }
 }
 

@@ -51,6 +51,7 @@ use boxoffice_avro::Codec;
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::names::TopicPrefix;
 
+use boxoffice_runtime::egress::EgressArgs;
 use boxoffice_runtime::metrics::{
     Counter, Gauge, Histogram, LATENCY_BUCKETS_MS, Readiness, Registry, counter, gauge, histogram,
 };
@@ -155,6 +156,10 @@ pub struct NotifierSettings {
     #[arg(long = "webhook-timeout", env = "NOTIFIER_WEBHOOK_TIMEOUT", default_value = "10s",
           value_parser = humantime::parse_duration)]
     pub webhook_timeout: Duration,
+
+    /// Which addresses webhooks may reach besides public ones (`WEBHOOK_ALLOW_NETWORKS`).
+    #[command(flatten)]
+    pub egress: EgressArgs,
 
     /// Attempts per target (webhook endpoint, email) before the record is dead-lettered.
     #[arg(long = "max-attempts", env = "NOTIFIER_MAX_ATTEMPTS", default_value_t = 8,

@@ -7,15 +7,27 @@
 //!
 //! Endpoints may be `http://` or `https://` (rustls, certificates from the platform's store).
 //!
+//! Egress: every address an endpoint's name resolves to is checked against the
+//! [`EgressPolicy`] when the notifier connects (a resolver that drops refused addresses, so a
+//! name re-pointed at a private address after registration reaches nothing), and so is a
+//! literal address in the URL. Redirects are not followed, system proxies are not used (a proxy
+//! would resolve the name itself), every POST is bounded by the timeout, and the response
+//! body is never read (only the status), so its size costs nothing. A refused destination is
+//! a permanent failure: the record is dead-lettered with the reason.
+//!
 //! A receiver recomputes the HMAC over the timestamp and the raw body, compares in constant
 //! time, and refuses timestamps too far from now (replay). Answers: 2xx delivered; 410 Gone
 //! disables the endpoint; 408, 429 and 5xx (and network errors) are retried; other 4xx are
 //! refused for good (dead letter).
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use boxoffice_avro::records::NotificationRequested;
+use boxoffice_runtime::egress::{EgressPolicy, EgressRefused};
 use boxoffice_runtime::signature;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::SendError;
 use super::store::WebhookEndpoint;
@@ -52,22 +64,71 @@ pub fn body(n: &NotificationRequested) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
+/// Resolves endpoint names, keeping only the addresses the egress policy allows; a name with
+/// none left fails with the [`EgressRefused`] of its first address.
+#[derive(Debug)]
+struct EgressResolver {
+    policy: EgressPolicy,
+}
+
+impl Resolve for EgressResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let mut refused = None;
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|addr| match policy.check(addr.ip()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                        false
+                    }
+                })
+                .collect();
+            match (allowed.is_empty(), refused) {
+                (true, Some(refused)) => Err(Box::new(refused) as Box<_>),
+                _ => Ok(Box::new(allowed.into_iter()) as Addrs),
+            }
+        })
+    }
+}
+
+/// The egress refusal somewhere in a request error's chain of causes, if any.
+fn egress_refusal(error: &reqwest::Error) -> Option<&EgressRefused> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(refused) = e.downcast_ref::<EgressRefused>() {
+            return Some(refused);
+        }
+        cause = e.source();
+    }
+    None
+}
+
 /// Posts signed webhooks.
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
     client: reqwest::Client,
+    policy: EgressPolicy,
 }
 
 impl WebhookSender {
-    pub fn new(timeout: Duration) -> Result<Self, String> {
+    pub fn new(timeout: Duration, policy: EgressPolicy) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(EgressResolver {
+                policy: policy.clone(),
+            }))
             .user_agent("boxoffice-notifier")
             .build()
             .map_err(|e| format!("building the webhook client: {e}"))?;
-        Ok(WebhookSender { client })
+        Ok(WebhookSender { client, policy })
     }
 
     pub async fn send(
@@ -76,6 +137,14 @@ impl WebhookSender {
         n: &NotificationRequested,
         now_seconds: i64,
     ) -> Result<(), SendError> {
+        // A literal address in the URL is connected to without resolving: check it here.
+        if let Some(addr) = literal_address(&endpoint.url)
+            && let Err(refused) = self.policy.check(addr)
+        {
+            return Err(SendError::Permanent(format!(
+                "refused by the egress policy: {refused}"
+            )));
+        }
         let body = body(n);
         let signature = signature(endpoint.secret.as_bytes(), now_seconds, &body);
         let response = self
@@ -96,7 +165,14 @@ impl WebhookSender {
                     endpoint.url
                 )));
             }
-            Err(e) => return Err(SendError::Retryable(format!("POST failed: {e}"))),
+            Err(e) => {
+                if let Some(refused) = egress_refusal(&e) {
+                    return Err(SendError::Permanent(format!(
+                        "refused by the egress policy: {refused}"
+                    )));
+                }
+                return Err(SendError::Retryable(format!("POST failed: {e}")));
+            }
         };
         let status = response.status();
         match status.as_u16() {
@@ -107,6 +183,15 @@ impl WebhookSender {
             }
             _ => Err(SendError::Permanent(format!("endpoint answered {status}"))),
         }
+    }
+}
+
+/// The host of `url` when it is a literal IPv4 or IPv6 address.
+fn literal_address(url: &str) -> Option<IpAddr> {
+    match reqwest::Url::parse(url).ok()?.host()? {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
     }
 }
 
@@ -139,15 +224,27 @@ mod tests {
             socket.read_exact(&mut buf).await.unwrap();
             buf
         });
-        let sender = WebhookSender::new(Duration::from_secs(2)).unwrap();
-        let endpoint = WebhookEndpoint {
+        let loopback = EgressPolicy::allowing(vec!["127.0.0.0/8".parse().unwrap()]);
+        let sender = WebhookSender::new(Duration::from_secs(2), loopback).unwrap();
+        let endpoint = endpoint_at(format!("https://127.0.0.1:{port}/hook"));
+        let result = sender.send(&endpoint, &notification(), 1_700_000_000).await;
+        // 0x16: TLS handshake content type; 0x03: TLS major version.
+        assert_eq!(&first_bytes.await.unwrap()[..2], &[0x16, 0x03]);
+        assert!(matches!(result, Err(SendError::Retryable(_))), "{result:?}");
+    }
+
+    fn endpoint_at(url: String) -> WebhookEndpoint {
+        WebhookEndpoint {
             user_id: "u".into(),
             endpoint_id: "e".into(),
-            url: format!("https://127.0.0.1:{port}/hook"),
+            url,
             secret: "s".into(),
             disabled: false,
-        };
-        let n = NotificationRequested {
+        }
+    }
+
+    fn notification() -> NotificationRequested {
+        NotificationRequested {
             record_id: "r".into(),
             user_id: "u".into(),
             order_id: None,
@@ -155,11 +252,46 @@ mod tests {
             kind: boxoffice_avro::records::NotificationKind::OrderReserved,
             params: Default::default(),
             occurred_at: 0,
-        };
-        let result = sender.send(&endpoint, &n, 1_700_000_000).await;
-        // 0x16: TLS handshake content type; 0x03: TLS major version.
-        assert_eq!(&first_bytes.await.unwrap()[..2], &[0x16, 0x03]);
-        assert!(matches!(result, Err(SendError::Retryable(_))), "{result:?}");
+        }
+    }
+
+    /// Loopback by address and by a name that resolves to it: refused for good without the
+    /// allow-list, and the listener is never connected to; delivered with it.
+    #[tokio::test]
+    async fn private_destinations_are_refused_unless_allowed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let endpoint = |host: &str| endpoint_at(format!("http://{host}:{port}/hook"));
+        let public =
+            WebhookSender::new(Duration::from_secs(2), EgressPolicy::public_only()).unwrap();
+        for host in ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"] {
+            let result = public.send(&endpoint(host), &notification(), 1).await;
+            let Err(SendError::Permanent(reason)) = result else {
+                panic!("{host}: {result:?}");
+            };
+            assert!(reason.contains("egress policy"), "{host}: {reason}");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let allowed = EgressPolicy::allowing(vec!["127.0.0.0/8".parse().unwrap()]);
+        let local = WebhookSender::new(Duration::from_secs(2), allowed).unwrap();
+        for host in ["127.0.0.1", "localhost"] {
+            let result = local.send(&endpoint(host), &notification(), 1).await;
+            assert_eq!(result, Ok(()), "{host}");
+        }
+        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     }
 
     #[test]

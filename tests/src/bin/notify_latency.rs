@@ -284,6 +284,8 @@ async fn main() -> anyhow::Result<()> {
             smtp_timeout: Duration::from_secs(10),
             email_from: "boxoffice <notifications@boxoffice.test>".to_owned(),
             webhook_timeout: Duration::from_secs(10),
+            // The receivers listen on loopback.
+            egress: boxoffice_runtime::egress::EgressArgs::loopback(),
             max_attempts: 8,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),

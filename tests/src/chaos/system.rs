@@ -254,6 +254,10 @@ impl System {
             .args(&args)
             .envs(self.stack.env())
             .env("BOXOFFICE_DEV", "1")
+            .env(
+                "WEBHOOK_ALLOW_NETWORKS",
+                boxoffice_runtime::egress::LOCAL_STACK_NETWORKS,
+            )
             .env("RUST_LOG", "info")
             .env(
                 "INGEST_LISTEN",

@@ -39,6 +39,8 @@ pub fn settings(prefix: &str) -> IngestSettings {
         login_account_refill: Duration::from_millis(100),
         login_ip_burst: 1000,
         login_ip_refill: Duration::from_millis(1),
+        // Webhook receivers in the tests listen on loopback.
+        egress: boxoffice_runtime::egress::EgressArgs::loopback(),
     }
 }
 

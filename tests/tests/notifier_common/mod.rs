@@ -165,6 +165,8 @@ pub fn settings(pipeline: &Pipeline, channels: &[Channel], smtp_port: u16) -> No
         smtp_timeout: Duration::from_secs(5),
         email_from: "boxoffice <notifications@boxoffice.test>".to_owned(),
         webhook_timeout: Duration::from_secs(5),
+        // The receivers listen on loopback.
+        egress: boxoffice_runtime::egress::EgressArgs::loopback(),
         max_attempts: 6,
         retry_base: Duration::from_millis(100),
         retry_max: Duration::from_millis(800),
@@ -237,6 +239,11 @@ impl NotifierChild {
         let services = &pipeline.services;
         let child = Command::new(notifier_binary())
             .env("BOXOFFICE_DEV", "1")
+            // Webhook receivers in the tests listen on loopback.
+            .env(
+                "WEBHOOK_ALLOW_NETWORKS",
+                boxoffice_runtime::egress::LOCAL_STACK_NETWORKS,
+            )
             .env("KAFKA_BOOTSTRAP_SERVERS", &services.kafka_bootstrap)
             .env("SCYLLA_URI", &services.scylla_uri)
             .env("SCHEMA_REGISTRY_URL", &services.registry_url)

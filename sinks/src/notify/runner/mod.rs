@@ -194,7 +194,8 @@ impl ChannelRunner {
         };
         let webhook = match channel {
             Channel::Webhook => Some(
-                WebhookSender::new(settings.webhook_timeout).map_err(NotifierError::Settings)?,
+                WebhookSender::new(settings.webhook_timeout, settings.egress.policy())
+                    .map_err(NotifierError::Settings)?,
             ),
             _ => None,
         };
