@@ -85,15 +85,39 @@ pub struct IngestSettings {
     )]
     pub login_ip_burst: u32,
 
-    /// Which non-public addresses users' webhook endpoints may point at
-    /// (`WEBHOOK_ALLOW_NETWORKS`, shared with the notifier).
-    #[command(flatten)]
-    pub egress: EgressArgs,
-
     /// Time to regain one login attempt for a client address.
     #[arg(long = "login-ip-refill", env = "INGEST_LOGIN_IP_REFILL", default_value = "200ms",
           value_parser = humantime::parse_duration)]
     pub login_ip_refill: Duration,
+
+    /// Registrations allowed per client address in a burst; refilled one per
+    /// `--register-ip-refill`. Registration costs an Argon2 hash (19 MiB, tens of ms).
+    #[arg(
+        long = "register-ip-burst",
+        env = "INGEST_REGISTER_IP_BURST",
+        default_value_t = 10
+    )]
+    pub register_ip_burst: u32,
+
+    /// Time to regain one registration for a client address.
+    #[arg(long = "register-ip-refill", env = "INGEST_REGISTER_IP_REFILL", default_value = "1m",
+          value_parser = humantime::parse_duration)]
+    pub register_ip_refill: Duration,
+
+    /// Password hashes (register, login) computed at once; each holds 19 MiB while it runs.
+    #[arg(long = "password-hash-concurrency", env = "INGEST_PASSWORD_HASH_CONCURRENCY",
+          default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub password_hash_concurrency: u16,
+
+    /// Password hashes waiting for a turn; beyond that a request is answered 429 at once.
+    #[arg(long = "password-hash-queue", env = "INGEST_PASSWORD_HASH_QUEUE",
+          default_value_t = 64, value_parser = clap::value_parser!(u16).range(0..=10_000))]
+    pub password_hash_queue: u16,
+
+    /// Which non-public addresses users' webhook endpoints may point at
+    /// (`WEBHOOK_ALLOW_NETWORKS`, shared with the notifier).
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 impl std::fmt::Debug for IngestSettings {

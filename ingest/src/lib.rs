@@ -46,6 +46,7 @@ use utoipa_scalar::Servable;
 
 use crate::auth::jwt::TokenKeys;
 use crate::auth::limiter::RateLimiter;
+use crate::auth::password::PasswordWork;
 use crate::bus::Bus;
 use crate::config::{IngestSettings, ProviderWebhookSettings};
 use crate::error::{ApiError, problem_response};
@@ -148,6 +149,11 @@ fn build_state(
             settings.login_account_refill,
         ),
         ip_limiter: RateLimiter::new(settings.login_ip_burst, settings.login_ip_refill),
+        register_limiter: RateLimiter::new(settings.register_ip_burst, settings.register_ip_refill),
+        password_work: PasswordWork::new(
+            usize::from(settings.password_hash_concurrency),
+            usize::from(settings.password_hash_queue),
+        ),
         sessions: SessionCache::default(),
         catalogue: catalogue::Catalogue::default(),
         live,
@@ -165,25 +171,59 @@ fn panic_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     problem_response(StatusCode::INTERNAL_SERVER_ERROR, &problem)
 }
 
+/// Headers every answer carries: no MIME sniffing, never framed, no referrer, and not stored
+/// by caches (answers are per user: tokens, orders, payments).
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+];
+
+/// The API's answers are JSON and event streams, never pages: nothing may load or run.
+/// (`/docs`, a page that loads its script, is left without it.)
+const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
 /// The router with its middleware: request ids (`x-request-id`, generated when absent, echoed
-/// back), a tracing span per request, the body limit, panics as problem+json, `/openapi.json`
-/// and `/docs`.
+/// back), a tracing span per request, the body limit, panics as problem+json, security headers
+/// ([`SECURITY_HEADERS`], [`API_CSP`]), `/openapi.json` and `/docs`.
 pub fn router(state: SharedState) -> Router {
+    use axum::http::{HeaderName, HeaderValue};
+    use tower_http::set_header::SetResponseHeaderLayer;
     let spec = openapi::ApiDoc::openapi();
     let spec_json = serde_json::to_string(&spec).unwrap_or_else(|_| "{}".to_owned());
     let docs: Router<SharedState> = utoipa_scalar::Scalar::with_url("/docs", spec).into();
     let metrics = Arc::clone(&state.metrics);
-    routes::api()
-        .route_layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+    let mut app = routes::api()
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
         .route(
             "/openapi.json",
             axum::routing::get(move || {
                 let body = spec_json.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response() }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        body,
+                    )
+                        .into_response()
+                }
             }),
         )
-        .merge(docs)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(API_CSP),
+        ))
+        .merge(docs);
+    for (name, value) in SECURITY_HEADERS {
+        app = app.layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+    }
+    app.layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(CatchPanicLayer::custom(panic_problem))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {

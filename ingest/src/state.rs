@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::jwt::TokenKeys;
 use crate::auth::limiter::RateLimiter;
+use crate::auth::password::PasswordWork;
 use crate::bus::Bus;
 use crate::catalogue::Catalogue;
 use crate::config::ProviderWebhookSettings;
@@ -31,6 +32,10 @@ pub struct AppState {
     pub pager: Pager,
     pub account_limiter: RateLimiter,
     pub ip_limiter: RateLimiter,
+    /// Registrations per client address.
+    pub register_limiter: RateLimiter,
+    /// The bound on Argon2 work (registration, login, admin bootstrap).
+    pub password_work: PasswordWork,
     pub sessions: SessionCache,
     pub catalogue: Catalogue,
     pub live: Arc<Live>,

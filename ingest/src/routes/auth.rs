@@ -78,11 +78,20 @@ pub struct TokenPair {
         (status = 201, description = "Account created", body = UserView),
         (status = 409, description = "Email or user name taken", body = Problem, content_type = "application/problem+json"),
         InvalidFields,
+        (status = 429, description = "Too many registrations from this address, or too many password hashes in progress (Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<SharedState>,
+    ClientAddress(address): ClientAddress,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
+    state
+        .register_limiter
+        .check(&address)
+        .map_err(|retry_after| ApiError::TooManyRequests {
+            detail: "too many registrations from this address; wait before trying again".to_owned(),
+            retry_after,
+        })?;
     let mut checks = Checks::new();
     let email = checks.check("email", validate::email(&body.email));
     let user_name = checks.check("user_name", validate::user_name(&body.user_name));
@@ -131,6 +140,14 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
 
+/// The answer while the password hashing capacity is taken.
+fn busy(_: password::Busy) -> ApiError {
+    ApiError::TooManyRequests {
+        detail: "too many sign-ups and sign-ins in progress; retry shortly".to_owned(),
+        retry_after: std::time::Duration::from_secs(1),
+    }
+}
+
 /// Creates an account; shared by registration and the first-admin bootstrap.
 #[allow(clippy::too_many_arguments)]
 pub async fn create_account(
@@ -143,8 +160,11 @@ pub async fn create_account(
     password: String,
     role: Role,
 ) -> ApiResult<crate::stores::UserRecord> {
-    let password_hash = password::hash(password)
+    let password_hash = state
+        .password_work
+        .hash(password)
         .await
+        .map_err(busy)?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let now = now_millis();
     let account = NewAccount {
@@ -208,7 +228,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
     responses(
         (status = 200, description = "Signed in", body = TokenPair),
         (status = 401, description = "Wrong user or password", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts (per account or per address)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts (per account or per address), or too many password hashes in progress (Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn login(
     State(state): State<SharedState>,
@@ -229,13 +249,23 @@ pub async fn login(
         retry_after,
     };
     state.ip_limiter.check(&address).map_err(limited)?;
-    state.account_limiter.check(&login).map_err(limited)?;
     let credentials = state.stores.accounts.find_credentials(&login).await?;
+    // One bucket per account, whichever of its email or user name is typed; an unknown login
+    // gets a bucket of its own.
+    let bucket = credentials.as_ref().map_or_else(
+        || format!("login:{login}"),
+        |c| format!("user:{}", c.user_id),
+    );
+    state.account_limiter.check(&bucket).map_err(limited)?;
     let stored = credentials.as_ref().map_or_else(
         || password::dummy_hash().to_owned(),
         |c| c.password_hash.clone(),
     );
-    let matches = password::verify(body.password, stored).await;
+    let matches = state
+        .password_work
+        .verify(body.password, stored)
+        .await
+        .map_err(busy)?;
     let Some(credentials) = credentials.filter(|_| matches) else {
         return Err(ApiError::Unauthorized(
             "wrong user name, email or password".to_owned(),

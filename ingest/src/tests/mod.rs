@@ -38,6 +38,11 @@ fn settings(secret: &str) -> IngestSettings {
         login_account_refill: Duration::from_secs(60),
         login_ip_burst: 1000,
         login_ip_refill: Duration::from_millis(1),
+        // Every test user registers from this one address.
+        register_ip_burst: 100_000,
+        register_ip_refill: Duration::from_millis(1),
+        password_hash_concurrency: 2,
+        password_hash_queue: 1000,
         // Webhook receivers in the tests listen on loopback.
         egress: boxoffice_runtime::egress::EgressArgs::loopback(),
     }
@@ -364,6 +369,77 @@ async fn registration_is_unique_and_login_works_by_name_or_email() {
     )
     .await
     .assert_problem(401);
+}
+
+/// Issue 13, finding 9: the email and the user name of one account share one bucket.
+#[tokio::test]
+async fn an_accounts_email_and_user_name_share_one_login_bucket() {
+    let h = Harness::new();
+    h.register("dora").await;
+    for login in [
+        "dora",
+        "dora",
+        "dora@example.com",
+        "DORA@example.com",
+        "dora",
+    ] {
+        h.call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"login": login, "password": "wrong password"})),
+        )
+        .await
+        .assert_problem(401);
+    }
+    h.call(
+        "POST",
+        "/v1/login",
+        None,
+        Some(json!({"login": "dora@example.com", "password": "a good password"})),
+    )
+    .await
+    .assert_problem(429);
+}
+
+/// Issue 13, finding 9: answers carry security headers; token answers are never cached.
+#[tokio::test]
+async fn answers_carry_security_headers_and_tokens_are_not_cached() {
+    let h = Harness::new();
+    h.register("erin").await;
+    let reply = h
+        .call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"login": "erin", "password": "a good password"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    for (name, value) in [
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+    ] {
+        assert_eq!(
+            reply.headers.get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name}"
+        );
+    }
+    let problem = h.call("GET", "/v1/orders", None, None).await;
+    assert_eq!(
+        problem
+            .headers
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
 }
 
 #[tokio::test]

@@ -159,10 +159,12 @@ impl WebhookSender {
             .await;
         let response = match response {
             Ok(response) => response,
+            // Errors without the URL: they reach logs and dead letters, and users put tokens
+            // in their webhook URLs.
             Err(e) if e.is_builder() => {
                 return Err(SendError::Permanent(format!(
-                    "endpoint URL {:?} cannot be used: {e}",
-                    endpoint.url
+                    "the endpoint URL cannot be used: {}",
+                    e.without_url()
                 )));
             }
             Err(e) => {
@@ -171,7 +173,10 @@ impl WebhookSender {
                         "refused by the egress policy: {refused}"
                     )));
                 }
-                return Err(SendError::Retryable(format!("POST failed: {e}")));
+                return Err(SendError::Retryable(format!(
+                    "POST failed: {}",
+                    e.without_url()
+                )));
             }
         };
         let status = response.status();
@@ -292,6 +297,24 @@ mod tests {
             assert_eq!(result, Ok(()), "{host}");
         }
         assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    }
+
+    /// Users put tokens in webhook URLs: a failed POST's reason (logged, dead-lettered) never
+    /// carries the URL.
+    #[tokio::test]
+    async fn failures_never_carry_the_url() {
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let allowed = EgressPolicy::allowing(vec!["127.0.0.0/8".parse().unwrap()]);
+        let sender = WebhookSender::new(Duration::from_secs(2), allowed).unwrap();
+        let url = format!("http://127.0.0.1:{closed}/hook?token=s3cr3t-token");
+        let result = sender.send(&endpoint_at(url), &notification(), 1).await;
+        let Err(SendError::Retryable(reason)) = result else {
+            panic!("{result:?}");
+        };
+        assert!(!reason.contains("s3cr3t-token"), "{reason}");
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub fn settings(prefix: &str) -> IngestSettings {
         login_account_refill: Duration::from_millis(100),
         login_ip_burst: 1000,
         login_ip_refill: Duration::from_millis(1),
+        // Every test user registers from this one address.
+        register_ip_burst: 100_000,
+        register_ip_refill: Duration::from_millis(1),
+        password_hash_concurrency: 2,
+        password_hash_queue: 1000,
         // Webhook receivers in the tests listen on loopback.
         egress: boxoffice_runtime::egress::EgressArgs::loopback(),
     }

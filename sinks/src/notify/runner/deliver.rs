@@ -356,7 +356,8 @@ impl ChannelRunner {
         })
         .await?;
         self.deps.metrics.endpoints_disabled.inc_by(1);
-        info!(endpoint_id = %endpoint.endpoint_id, url = %endpoint.url,
+        // Never the URL: users put tokens in their webhook URLs, and logs are widely read.
+        info!(endpoint_id = %endpoint.endpoint_id, user_id = %endpoint.user_id,
               "webhook endpoint answered 410 Gone; disabled");
         Ok(())
     }
