@@ -90,6 +90,33 @@ pub struct IngestSettings {
           value_parser = humantime::parse_duration)]
     pub login_ip_refill: Duration,
 
+    /// Orders (`POST v1/orders`) allowed per account in a burst; refilled one per
+    /// `--order-user-refill`. Per replica; the hard cap per fan is the event's `max_per_user`.
+    #[arg(
+        long = "order-user-burst",
+        env = "INGEST_ORDER_USER_BURST",
+        default_value_t = 5
+    )]
+    pub order_user_burst: u32,
+
+    /// Time to regain one order for an account.
+    #[arg(long = "order-user-refill", env = "INGEST_ORDER_USER_REFILL", default_value = "2s",
+          value_parser = humantime::parse_duration)]
+    pub order_user_refill: Duration,
+
+    /// Orders allowed per client address in a burst (many fans may share an address).
+    #[arg(
+        long = "order-ip-burst",
+        env = "INGEST_ORDER_IP_BURST",
+        default_value_t = 100
+    )]
+    pub order_ip_burst: u32,
+
+    /// Time to regain one order for a client address.
+    #[arg(long = "order-ip-refill", env = "INGEST_ORDER_IP_REFILL", default_value = "50ms",
+          value_parser = humantime::parse_duration)]
+    pub order_ip_refill: Duration,
+
     /// Registrations allowed per client address in a burst; refilled one per
     /// `--register-ip-refill`. Registration costs an Argon2 hash (19 MiB, tens of ms).
     #[arg(

@@ -149,6 +149,8 @@ fn build_state(
             settings.login_account_refill,
         ),
         ip_limiter: RateLimiter::new(settings.login_ip_burst, settings.login_ip_refill),
+        order_user_limiter: RateLimiter::new(settings.order_user_burst, settings.order_user_refill),
+        order_ip_limiter: RateLimiter::new(settings.order_ip_burst, settings.order_ip_refill),
         register_limiter: RateLimiter::new(settings.register_ip_burst, settings.register_ip_refill),
         password_work: PasswordWork::new(
             usize::from(settings.password_hash_concurrency),

@@ -32,6 +32,9 @@ pub struct AppState {
     pub pager: Pager,
     pub account_limiter: RateLimiter,
     pub ip_limiter: RateLimiter,
+    /// `POST v1/orders` per account and per client address.
+    pub order_user_limiter: RateLimiter,
+    pub order_ip_limiter: RateLimiter,
     /// Registrations per client address.
     pub register_limiter: RateLimiter,
     /// The bound on Argon2 work (registration, login, admin bootstrap).

@@ -1,4 +1,4 @@
-//! Issue 13, finding 3: registration was a free CPU and memory bomb (no limit, a 19 MiB
+//! Issue 13, findings 3, 4 and 9. Registration was a free CPU and memory bomb (no limit, a 19 MiB
 //! Argon2 hash per request, unbounded). Against the real `boxoffice-ingest` binary on the test
 //! stack:
 //!
@@ -7,7 +7,8 @@
 //! - password hashing runs under a bound (one at a time here, two waiting): a flood of
 //!   concurrent registrations gets **201** or **429** (with `Retry-After`), never a 5xx, and
 //!   every 201 is a real account that can sign in;
-//! - (finding 9) answers carry the security headers and `Cache-Control: no-store`.
+//! - (finding 9) answers carry the security headers and `Cache-Control: no-store`;
+//! - (finding 4) orders per account are limited (429 with `Retry-After`), another fan is not.
 //!
 //! The memory figure under 1,000 concurrent registrations is measured, not asserted (see the
 //! closing notes of issue 13 and `ingest/README.md`).
@@ -186,4 +187,89 @@ async fn a_registration_flood_waits_in_a_bounded_queue_or_gets_429() {
             .unwrap();
         assert_eq!(login.status(), 200, "fan{n}");
     }
+}
+
+/// POSTs `body` (with a bearer token when given): status, `Retry-After`, body.
+async fn post(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Option<String>, Value) {
+    let mut request = http.post(url).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        status,
+        retry_after,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn access_token(http: &reqwest::Client, base: &str, login: &str, password: &str) -> String {
+    let body = json!({"login": login, "password": password});
+    let (status, _, reply) = post(http, format!("{base}/v1/login"), None, &body).await;
+    assert_eq!(status, 200, "{reply}");
+    reply["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Issue 13, finding 4: a script could hold a whole sale. Orders are limited per account (and
+/// per address) in each replica: past the burst, 429 with `Retry-After` and a problem body;
+/// another fan is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_per_account_are_limited() {
+    let pipeline = Pipeline::create(services().await, "abuse_orders")
+        .await
+        .unwrap();
+    let admin_password = "Zq8$kP2wLm5#xR-admin";
+    let ingest = start_ingest(
+        &pipeline,
+        &[
+            ("INGEST_ORDER_USER_BURST", "2"),
+            ("INGEST_ORDER_USER_REFILL", "1h"),
+            ("INGEST_ADMIN_EMAIL", "admin@abuse.example"),
+            ("INGEST_ADMIN_PASSWORD", admin_password),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = ingest.base.as_str();
+    let admin = access_token(&http, base, "admin@abuse.example", admin_password).await;
+    let event = json!({"name": "Flash sale", "description": "Limited", "venue": "Hall",
+        "starts_at": "2031-06-01T20:00:00Z", "price_minor": 1000, "currency": "EUR",
+        "capacity": 100, "sale_starts_at": "2020-01-01T00:00:00Z",
+        "sale_ends_at": "2031-06-01T18:00:00Z"});
+    let (status, _, created) =
+        post(&http, format!("{base}/v1/tickets"), Some(&admin), &event).await;
+    assert_eq!(status, 201, "{created}");
+    let order = json!({"event_id": created["id"], "number_slot": 1});
+
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut fans = Vec::new();
+    for n in 0..2 {
+        let (status, ..) = register(&http, base, &registration(n, &run)).await;
+        assert_eq!(status, 201);
+        let login = format!("fan{n}_{run}");
+        fans.push(access_token(&http, base, &login, &format!("correct horse {n} battery")).await);
+    }
+    let orders = format!("{base}/v1/orders");
+    for _ in 0..2 {
+        let (status, _, reply) = post(&http, orders.clone(), Some(&fans[0]), &order).await;
+        assert_eq!(status, 202, "{reply}");
+    }
+    let (status, retry_after, reply) = post(&http, orders.clone(), Some(&fans[0]), &order).await;
+    assert_eq!(status, 429, "{reply}");
+    assert!(retry_after.is_some_and(|s| s.parse::<u64>().unwrap() > 0));
+    assert_eq!(reply["status"], 429);
+    // Another fan orders as before.
+    let (status, _, reply) = post(&http, orders, Some(&fans[1]), &order).await;
+    assert_eq!(status, 202, "{reply}");
 }

@@ -27,6 +27,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::problems::{
     InvalidPageToken, KafkaUnavailable, NoSuchEvent, NoSuchOrder, NotSignedIn,
 };
+use crate::routes::auth::ClientAddress;
 use crate::routes::tickets::find_event;
 use crate::state::{MAX_ORDER_WAIT, SharedState};
 use crate::stores::{CreateOrder, OrderDecision, OrderRecord, TimeCursor};
@@ -131,11 +132,13 @@ fn with_location(status: StatusCode, view: OrderView) -> Response {
         NotSignedIn,
         NoSuchEvent,
         (status = 422, description = "Invalid fields, or key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many orders from this account or address (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka unavailable: retry (with the same key)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_order(
     State(state): State<SharedState>,
     caller: UncheckedUser,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<OrderWaitQuery>,
     ApiJson(body): ApiJson<OrderRequest>,
@@ -171,6 +174,22 @@ pub async fn create_order(
     let number_slot =
         i32::try_from(slots).map_err(|_| ApiError::field("number_slot", "out of range"))?;
     let user = &caller.0;
+    // In memory, per replica: no shared state on the accept path. The hard cap per fan stays
+    // the event's `max_per_user`, decided by the booking processor.
+    let limited = |who: &'static str| {
+        move |retry_after| ApiError::TooManyRequests {
+            detail: format!("too many orders from this {who}; wait before trying again"),
+            retry_after,
+        }
+    };
+    state
+        .order_user_limiter
+        .check(&user.user_id)
+        .map_err(limited("account"))?;
+    state
+        .order_ip_limiter
+        .check(&address)
+        .map_err(limited("address"))?;
     let event = find_event(&state, &event_id).await?;
 
     let order_id = match &key {

@@ -38,7 +38,11 @@ fn settings(secret: &str) -> IngestSettings {
         login_account_refill: Duration::from_secs(60),
         login_ip_burst: 1000,
         login_ip_refill: Duration::from_millis(1),
-        // Every test user registers from this one address.
+        // Every test user orders and registers from this one address.
+        order_user_burst: 100_000,
+        order_user_refill: Duration::from_millis(1),
+        order_ip_burst: 100_000,
+        order_ip_refill: Duration::from_millis(1),
         register_ip_burst: 100_000,
         register_ip_refill: Duration::from_millis(1),
         password_hash_concurrency: 2,

@@ -612,6 +612,11 @@ fn settings(prefix: &str, users: usize) -> anyhow::Result<IngestSettings> {
         login_account_refill: Duration::from_secs(6),
         login_ip_burst: u32::try_from(users + 100).unwrap_or(u32::MAX),
         login_ip_refill: Duration::from_millis(1),
+        // A load generator: the limits would measure themselves, not the accept path.
+        order_user_burst: u32::MAX,
+        order_user_refill: Duration::from_millis(1),
+        order_ip_burst: u32::MAX,
+        order_ip_refill: Duration::from_millis(1),
         register_ip_burst: u32::try_from(users + 100).unwrap_or(u32::MAX),
         register_ip_refill: Duration::from_millis(1),
         password_hash_concurrency: 2,

@@ -270,6 +270,8 @@ impl System {
             // Every fan logs in from this one address.
             .env("INGEST_LOGIN_IP_BURST", "100000")
             .env("INGEST_REGISTER_IP_BURST", "100000")
+            .env("INGEST_ORDER_USER_BURST", "100000")
+            .env("INGEST_ORDER_IP_BURST", "100000")
             .env("INGEST_PASSWORD_HASH_QUEUE", "10000")
             .env("PAYMENT_PROVIDER_WEBHOOK_SECRET", &s.webhook_secret)
             .env("PAYMENT_PROVIDER_URL", self.provider.url())
