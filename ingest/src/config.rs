@@ -305,7 +305,7 @@ impl ProviderSecret {
         let bytes = bytes.into();
         if bytes.is_empty() {
             return Err("the payment provider webhook secret must not be empty \
-                 (--payment-provider-webhook-secret / PAYMENT_PROVIDER_WEBHOOK_SECRET)"
+                 (PAYMENT_PROVIDER_WEBHOOK_SECRET)"
                 .to_owned());
         }
         Ok(ProviderSecret(bytes))

@@ -134,6 +134,12 @@ fn build_state(
     live: Arc<Live>,
     metrics: Arc<IngestMetrics>,
 ) -> SharedState {
+    // `IngestSettings.jwt_secret` is not a flag: a parsed command line holds an empty one
+    // until `config::read_secrets` fills it. Signing with an empty key must be impossible.
+    assert!(
+        settings.jwt_secret.bytes().len() >= config::MIN_JWT_SECRET_BYTES,
+        "the JWT secret was not read (config::read_secrets) before building ingest's state"
+    );
     Arc::new(AppState {
         stores,
         bus,
@@ -245,7 +251,7 @@ pub fn router(state: SharedState) -> Router {
 pub enum AdminError {
     #[error("INGEST_ADMIN_EMAIL / --email is not a valid email address: {0}")]
     Email(String),
-    #[error("INGEST_ADMIN_PASSWORD / --password is not acceptable: {0}")]
+    #[error("INGEST_ADMIN_PASSWORD is not acceptable: {0}")]
     Password(String),
     #[error("creating the admin failed: {0}")]
     Failed(String),

@@ -29,11 +29,12 @@ struct Cli {
     provider_webhook: ProviderWebhookSettings,
     #[command(flatten)]
     service: ServiceArgs,
-    /// Email of an admin created (or promoted) at startup; needs INGEST_ADMIN_PASSWORD.
-    /// The first admin's email; the password is read from `INGEST_ADMIN_PASSWORD` or
-    /// `INGEST_ADMIN_PASSWORD_FILE` (never a flag).
+    /// Email of an admin created (or promoted) at startup; the password is read from
+    /// `INGEST_ADMIN_PASSWORD` or `INGEST_ADMIN_PASSWORD_FILE` (never a flag).
     #[arg(long = "admin-email", env = "INGEST_ADMIN_EMAIL")]
     admin_email: Option<String>,
+    /// Where `/metrics` (OpenMetrics text), `/healthz` and `/readyz` (the live streams follow
+    /// Kafka) answer; the API's own `/readyz` probes Kafka and the CQL store.
     #[arg(
         long = "metrics-addr",
         env = "INGEST_METRICS_ADDR",
@@ -59,9 +60,9 @@ enum Command {
         /// The admin's email address.
         #[arg(long)]
         email: String,
-        #[arg(long = "user-name")]
         /// The admin's user name (default: from the email address). The password is read from
         /// `INGEST_ADMIN_PASSWORD` or `INGEST_ADMIN_PASSWORD_FILE`.
+        #[arg(long = "user-name")]
         user_name: Option<String>,
     },
 }
