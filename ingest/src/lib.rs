@@ -255,35 +255,72 @@ pub enum AdminError {
     Password(String),
     #[error("creating the admin failed: {0}")]
     Failed(String),
+    #[error(
+        "INGEST_ADMIN_EMAIL {0} belongs to an account that is not an admin. Anyone can register \
+         any email address (it is not verified), so startup never promotes one: choose another \
+         admin email, or, once you know the account is yours, promote it with \
+         `boxoffice-ingest create-admin --email {0}`"
+    )]
+    ExistingNotAdmin(String),
 }
 
-/// Gives the account with `email` the admin role; `None` when there is no such account.
-async fn promote_by_email(state: &SharedState, email: &str) -> Result<Option<String>, AdminError> {
+/// What [`ensure_admin`] does when the email is registered already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExistingAccount {
+    /// Give it the admin role: an operator's deliberate `create-admin`.
+    Promote,
+    /// Accept it only if it is an admin already (the startup bootstrap, run by every replica):
+    /// whoever registered the email first must not become admin.
+    RequireAdmin,
+}
+
+/// The admin account with `email`, handled as `existing` says; `None` when there is no such
+/// account.
+async fn existing_admin(
+    state: &SharedState,
+    email: &str,
+    existing: ExistingAccount,
+) -> Result<Option<String>, AdminError> {
     let accounts = &state.stores.accounts;
     let failed = |e: crate::stores::StoreError| AdminError::Failed(e.to_string());
     let Some(user_id) = accounts.user_id_by_email(email).await.map_err(failed)? else {
         return Ok(None);
     };
-    accounts
-        .set_role(&user_id, Role::Admin)
-        .await
-        .map_err(failed)?;
+    match existing {
+        ExistingAccount::Promote => {
+            accounts
+                .set_role(&user_id, Role::Admin)
+                .await
+                .map_err(failed)?;
+        }
+        ExistingAccount::RequireAdmin => {
+            let role = accounts
+                .get_user(&user_id)
+                .await
+                .map_err(failed)?
+                .map(|u| u.role);
+            if role != Some(Role::Admin) {
+                return Err(AdminError::ExistingNotAdmin(email.to_owned()));
+            }
+        }
+    }
     Ok(Some(user_id))
 }
 
 /// Makes `email` an admin: creates the account (user name from `user_name`, or from the email)
-/// or, when the email is registered already, gives it the admin role (the password is left as
-/// it is). Idempotent.
+/// or, when the email is registered already, handles it as `existing` says (the password is
+/// left as it is). Idempotent.
 pub async fn ensure_admin(
     state: &SharedState,
     email: &str,
     password: &str,
     user_name: Option<&str>,
+    existing: ExistingAccount,
 ) -> Result<String, AdminError> {
     let email = validate::email(email).map_err(AdminError::Email)?;
     let password = validate::password(password).map_err(AdminError::Password)?;
     let failed = |e: &dyn std::fmt::Display| AdminError::Failed(e.to_string());
-    if let Some(user_id) = promote_by_email(state, &email).await? {
+    if let Some(user_id) = existing_admin(state, &email, existing).await? {
         return Ok(user_id);
     }
     let base = user_name.map(str::to_owned).unwrap_or_else(|| {
@@ -325,8 +362,9 @@ pub async fn ensure_admin(
         match created {
             Ok(user) => return Ok(user.id),
             Err(ApiError::Conflict(_)) => {
-                // Email claimed concurrently (another replica): make that one admin.
-                if let Some(user_id) = promote_by_email(state, &email).await? {
+                // Email claimed concurrently: by another replica's bootstrap (an admin), or by
+                // someone registering it (then `existing` decides).
+                if let Some(user_id) = existing_admin(state, &email, existing).await? {
                     return Ok(user_id);
                 }
             }

@@ -15,7 +15,7 @@ use boxoffice_ingest::config::{
 use boxoffice_ingest::live::Live;
 use boxoffice_ingest::metrics::IngestMetrics;
 use boxoffice_ingest::stores::cql::CqlStores;
-use boxoffice_ingest::{Deps, Follow, ensure_admin};
+use boxoffice_ingest::{Deps, ExistingAccount, Follow, ensure_admin};
 use boxoffice_runtime::startup::{ServiceArgs, serve_health, shutdown_signal};
 use clap::{Parser, Subcommand};
 use tracing::info;
@@ -29,7 +29,8 @@ struct Cli {
     provider_webhook: ProviderWebhookSettings,
     #[command(flatten)]
     service: ServiceArgs,
-    /// Email of an admin created (or promoted) at startup; the password is read from
+    /// Email of an admin created at startup (an existing account with it must be an admin
+    /// already: startup never promotes one); the password is read from
     /// `INGEST_ADMIN_PASSWORD` or `INGEST_ADMIN_PASSWORD_FILE` (never a flag).
     #[arg(long = "admin-email", env = "INGEST_ADMIN_EMAIL")]
     admin_email: Option<String>,
@@ -123,7 +124,8 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
             .as_deref()
             .context("create-admin reads the password from INGEST_ADMIN_PASSWORD (or _FILE)")?;
         let state = boxoffice_ingest::state(&cli.settings, stores, bus, Arc::new(Live::new()));
-        let id = ensure_admin(&state, email, password, user_name.as_deref()).await?;
+        let promote = ExistingAccount::Promote;
+        let id = ensure_admin(&state, email, password, user_name.as_deref(), promote).await?;
         println!("admin {email} is user {id}");
         return Ok(());
     }
@@ -139,7 +141,8 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
                 bus.clone(),
                 Arc::new(Live::new()),
             );
-            let id = ensure_admin(&state, email, password, None).await?;
+            let existing = ExistingAccount::RequireAdmin;
+            let id = ensure_admin(&state, email, password, None, existing).await?;
             info!(%email, user_id = %id, "admin ensured (INGEST_ADMIN_EMAIL)");
         }
         (Some(_), None) | (None, Some(_)) => {

@@ -380,3 +380,61 @@ async fn an_older_orders_table_gets_ingests_columns() {
         .await
         .unwrap();
 }
+
+/// Issue 13, finding 8 (in part): the startup bootstrap made an admin of whoever had registered
+/// `INGEST_ADMIN_EMAIL` first (emails are not verified). Now it refuses an existing non-admin
+/// account, naming the way out, and the account stays a fan; only the operator's explicit
+/// `create-admin` (`ExistingAccount::Promote`) promotes it. The bootstrap stays idempotent for
+/// an account that is an admin already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_startup_bootstrap_never_promotes_an_account_someone_registered() {
+    use boxoffice_ingest::{AdminError, ExistingAccount, ensure_admin};
+    let ingest = Ingest::start("ingest_admin_bootstrap", false).await;
+    // Someone registers the address the operator will configure as the admin's.
+    let (squatter_id, squatter, _) = ingest.user("ops_squatter").await;
+    let email = "ops_squatter@example.com";
+    let bootstrap = ensure_admin(
+        &ingest.library,
+        email,
+        "a long admin password",
+        None,
+        ExistingAccount::RequireAdmin,
+    )
+    .await;
+    let Err(AdminError::ExistingNotAdmin(named)) = bootstrap else {
+        panic!("the bootstrap accepted a registered account: {bootstrap:?}");
+    };
+    assert_eq!(named, email);
+    assert!(
+        AdminError::ExistingNotAdmin(named)
+            .to_string()
+            .contains("create-admin"),
+        "the error says how to promote deliberately"
+    );
+    ingest
+        .get("/v1/users", Some(&squatter))
+        .await
+        .assert_problem(403);
+
+    // The operator's deliberate promotion works, and the bootstrap then accepts the admin.
+    let promoted = ensure_admin(
+        &ingest.library,
+        email,
+        "a long admin password",
+        None,
+        ExistingAccount::Promote,
+    )
+    .await
+    .unwrap();
+    assert_eq!(promoted, squatter_id);
+    let again = ensure_admin(
+        &ingest.library,
+        email,
+        "a long admin password",
+        None,
+        ExistingAccount::RequireAdmin,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, squatter_id);
+}

@@ -664,9 +664,15 @@ async fn start_local(cli: &Cli) -> anyhow::Result<Local> {
         bus.clone(),
         Arc::new(Live::new()),
     );
-    boxoffice_ingest::ensure_admin(&state, ADMIN_EMAIL, PASSWORD, Some(ADMIN_LOGIN))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    boxoffice_ingest::ensure_admin(
+        &state,
+        ADMIN_EMAIL,
+        PASSWORD,
+        Some(ADMIN_LOGIN),
+        boxoffice_ingest::ExistingAccount::RequireAdmin,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = oneshot::channel::<()>();

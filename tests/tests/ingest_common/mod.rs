@@ -58,6 +58,9 @@ pub struct Ingest {
     pub pipeline: Pipeline,
     pub base: String,
     pub http: reqwest::Client,
+    /// A state on the same stores and topics, for calling ingest's library functions (the
+    /// admin bootstrap) as the binary does.
+    pub library: boxoffice_ingest::state::SharedState,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     processor: Option<RunningProcessor>,
@@ -124,9 +127,15 @@ impl Ingest {
             bus.clone(),
             Arc::new(Live::new()),
         );
-        boxoffice_ingest::ensure_admin(&admin_state, ADMIN_EMAIL, PASSWORD, Some("admin"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        boxoffice_ingest::ensure_admin(
+            &admin_state,
+            ADMIN_EMAIL,
+            PASSWORD,
+            Some("admin"),
+            boxoffice_ingest::ExistingAccount::RequireAdmin,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -173,6 +182,7 @@ impl Ingest {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap_or_else(|e| panic!("{e}")),
+            library: admin_state,
             stop: Some(stop),
             server: Some(server),
             processor,
