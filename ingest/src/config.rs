@@ -186,10 +186,6 @@ impl std::fmt::Debug for JwtSecret {
     }
 }
 
-pub fn parse_jwt_secret(raw: &str) -> Result<JwtSecret, String> {
-    JwtSecret::new(raw.as_bytes().to_vec())
-}
-
 /// The default secret of the payment provider's webhook: for local development only (the
 /// provider simulator signs with it too). A deployment sets its own.
 pub const DEV_PROVIDER_WEBHOOK_SECRET: &str = "whsec_boxoffice_local_dev_secret";
@@ -322,10 +318,6 @@ impl std::fmt::Debug for ProviderSecret {
     }
 }
 
-pub fn parse_provider_secret(raw: &str) -> Result<ProviderSecret, String> {
-    ProviderSecret::new(raw.as_bytes().to_vec())
-}
-
 /// A tolerance of at least one second (zero would refuse every delivery).
 pub fn parse_tolerance(raw: &str) -> Result<Duration, String> {
     let tolerance = humantime::parse_duration(raw).map_err(|e| {
@@ -346,19 +338,19 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused_naming_the_setting() {
-        let err = parse_jwt_secret("short").unwrap_err();
+        let err = JwtSecret::new(b"short".to_vec()).unwrap_err();
         assert!(err.contains("INGEST_JWT_SECRET"), "{err}");
-        assert!(parse_jwt_secret(&"x".repeat(32)).is_ok());
+        assert!(JwtSecret::new("x".repeat(32).into_bytes()).is_ok());
         assert_eq!(
-            format!("{:?}", parse_jwt_secret(&"s".repeat(40)).unwrap()),
+            format!("{:?}", JwtSecret::new("s".repeat(40).into_bytes()).unwrap()),
             "JwtSecret(..)"
         );
     }
 
     #[test]
     fn provider_webhook_settings_check_their_values_and_hide_the_secret() {
-        assert!(parse_provider_secret("").is_err());
-        let secret = parse_provider_secret("whsec_x").unwrap();
+        assert!(ProviderSecret::new(b"".to_vec()).is_err());
+        let secret = ProviderSecret::new(b"whsec_x".to_vec()).unwrap();
         assert_eq!(secret.bytes(), b"whsec_x");
         assert_eq!(format!("{secret:?}"), "ProviderSecret(..)");
         assert_eq!(parse_tolerance("5m").unwrap(), Duration::from_secs(300));
