@@ -60,6 +60,13 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     InvalidPageToken(String),
+    /// A query parameter the operation does not take (or one given twice over, like two page
+    /// tokens). `errors` names it.
+    #[error("{detail}")]
+    BadParameter {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
     /// A signed delivery (the payment provider's webhook) whose signature header is missing,
     /// malformed, stale or wrong. The detail says which, never what was expected.
     #[error("{0}")]
@@ -116,6 +123,15 @@ impl ApiError {
         ApiError::Validation { detail, errors }
     }
 
+    /// A query parameter that is not accepted (400).
+    pub fn parameter(name: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError::BadParameter {
+            detail: format!("{name}: {message}"),
+            errors: vec![FieldError::new(name, message)],
+        }
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Self {
         ApiError::Unavailable {
             detail: detail.into(),
@@ -141,6 +157,11 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid-page-token",
                 "The pagination token is not valid",
+            ),
+            ApiError::BadParameter { .. } => (
+                StatusCode::BAD_REQUEST,
+                "bad-parameter",
+                "A query parameter is not accepted here",
             ),
             ApiError::InvalidSignature(_) => (
                 StatusCode::BAD_REQUEST,
@@ -210,7 +231,9 @@ impl ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
             errors: match self {
-                ApiError::Validation { errors, .. } => errors.clone(),
+                ApiError::Validation { errors, .. } | ApiError::BadParameter { errors, .. } => {
+                    errors.clone()
+                }
                 _ => Vec::new(),
             },
         }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pagination;
 pub mod provider;
+pub mod query_params;
 pub mod routes;
 pub mod state;
 pub mod stores;
@@ -199,10 +200,15 @@ pub fn router(state: SharedState) -> Router {
     use axum::http::{HeaderName, HeaderValue};
     use tower_http::set_header::SetResponseHeaderLayer;
     let spec = openapi::ApiDoc::openapi();
+    let known_query = Arc::new(query_params::KnownQueryParameters::from_spec(&spec));
     let spec_json = serde_json::to_string(&spec).unwrap_or_else(|_| "{}".to_owned());
     let docs: Router<SharedState> = utoipa_scalar::Scalar::with_url("/docs", spec).into();
     let metrics = Arc::clone(&state.metrics);
     let mut app = routes::api()
+        .route_layer(axum::middleware::from_fn_with_state(
+            known_query,
+            query_params::refuse_unknown,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::track,

@@ -99,6 +99,56 @@ impl Pager {
         }
         Ok((envelope.d, envelope.c))
     }
+
+    /// The position a list request asks for: `None` for the first page, else the direction
+    /// and cursor of the one token it passed (see [`PageTokens`]).
+    pub fn position<C: DeserializeOwned>(
+        &self,
+        list: &str,
+        tokens: &PageTokens<'_>,
+    ) -> Result<Option<(Direction, C)>, ApiError> {
+        let given: Vec<(&str, &str, Option<Direction>)> = [
+            ("page_token", tokens.page_token, None),
+            ("next_token", tokens.next_token, Some(Direction::Next)),
+            (
+                "previous_token",
+                tokens.previous_token,
+                Some(Direction::Previous),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, token, named)| token.map(|t| (name, t, named)))
+        .collect();
+        let (name, token, named) = match given.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            [_, (second, _, _), ..] => {
+                return Err(ApiError::parameter(
+                    second,
+                    "pass one page token: page_token, next_token or previous_token",
+                ));
+            }
+        };
+        let (direction, cursor) = self.verify(list, token)?;
+        match named {
+            Some(expected) if expected != direction => Err(ApiError::parameter(
+                name,
+                "this token goes the other way; pass a next_token as next_token and a \
+                 previous_token as previous_token",
+            )),
+            _ => Ok(Some((direction, cursor))),
+        }
+    }
+}
+
+/// The page token of a list request, under any of its names: the seed's `next_token` and
+/// `previous_token` (each answer's tokens passed back under their own names) or `page_token`
+/// (either of them). At most one may be given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageTokens<'a> {
+    pub page_token: Option<&'a str>,
+    pub next_token: Option<&'a str>,
+    pub previous_token: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -136,5 +186,49 @@ mod tests {
             other.verify::<TimeCursor>("orders:u1", &token).is_err(),
             "another key"
         );
+    }
+
+    #[test]
+    fn a_token_is_taken_under_its_own_name_or_page_token_and_only_one() {
+        let p = pager();
+        let cursor = TimeCursor {
+            at: 7,
+            id: "o".into(),
+        };
+        let next = p.sign("l", Direction::Next, &cursor);
+        let previous = p.sign("l", Direction::Previous, &cursor);
+        let at = |tokens: PageTokens<'_>| p.position::<TimeCursor>("l", &tokens);
+        assert!(at(PageTokens::default()).unwrap().is_none(), "first page");
+        for tokens in [
+            PageTokens {
+                next_token: Some(&next),
+                ..Default::default()
+            },
+            PageTokens {
+                page_token: Some(&next),
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(at(tokens).unwrap().unwrap().0, Direction::Next);
+        }
+        let back = PageTokens {
+            previous_token: Some(&previous),
+            ..Default::default()
+        };
+        assert_eq!(at(back).unwrap().unwrap().0, Direction::Previous);
+        let swapped = PageTokens {
+            next_token: Some(&previous),
+            ..Default::default()
+        };
+        assert_eq!(
+            at(swapped).unwrap_err().problem().errors[0].field,
+            "next_token"
+        );
+        let both = PageTokens {
+            next_token: Some(&next),
+            previous_token: Some(&previous),
+            ..Default::default()
+        };
+        assert_eq!(at(both).unwrap_err().status().as_u16(), 400);
     }
 }

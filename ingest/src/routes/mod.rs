@@ -108,12 +108,9 @@ pub fn page_request(state: &SharedState, list: &str, query: &PageQuery) -> ApiRe
         MAX_PAGE_SIZE as i64,
     )
     .map_err(|m| ApiError::field("limit", m))?;
-    let (cursor, direction) = match &query.page_token {
+    let (cursor, direction) = match state.pager.position::<TimeCursor>(list, &query.tokens())? {
         None => (None, Direction::Next),
-        Some(token) => {
-            let (direction, cursor): (Direction, TimeCursor) = state.pager.verify(list, token)?;
-            (Some(cursor), direction)
-        }
+        Some((direction, cursor)) => (Some(cursor), direction),
     };
     Ok(PageRequest {
         cursor,

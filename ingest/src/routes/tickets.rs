@@ -24,6 +24,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::problems::{
     InvalidFields, InvalidPageToken, KafkaUnavailable, NoSuchEvent, NotAdmin, NotSignedIn,
 };
+use crate::pagination::PageTokens;
 use crate::state::SharedState;
 use crate::stores::{CategoryRecord, Direction, EventRecord};
 use crate::validate::{self, Checks};
@@ -66,6 +67,11 @@ pub struct SearchQuery {
     /// 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    /// The `next_token` of an earlier page of the same search: the page after it.
+    pub next_token: Option<String>,
+    /// The `previous_token` of an earlier page of the same search: the page before it.
+    pub previous_token: Option<String>,
+    /// Either token, under one name (only one of the three may be given).
     pub page_token: Option<String>,
 }
 
@@ -176,10 +182,12 @@ pub async fn search(
         let digest = Sha256::digest(&identity);
         format!("events:{}", hex::encode(&digest[..12]))
     };
-    let position: Option<(Direction, EventCursor)> = match &query.page_token {
-        Some(token) => Some(state.pager.verify(&list, token)?),
-        None => None,
+    let tokens = PageTokens {
+        page_token: query.page_token.as_deref(),
+        next_token: query.next_token.as_deref(),
+        previous_token: query.previous_token.as_deref(),
     };
+    let position: Option<(Direction, EventCursor)> = state.pager.position(&list, &tokens)?;
     let limit = usize::try_from(limit.unwrap_or(20)).unwrap_or(DEFAULT_PAGE_SIZE);
     let events = state.catalogue.all(state.stores.catalog.as_ref()).await?;
     let available = |e: &EventRecord| {

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::pagination::PageTokens;
+
 use crate::stores::{
     CategoryRecord, EventRecord, NotificationRecord, OrderDecision, OrderRecord,
     PaymentHistoryEntry, PaymentRecord, Role, UserRecord, WebhookEndpointRecord,
@@ -18,15 +20,29 @@ pub const DEFAULT_PAGE_SIZE: usize = 20;
 /// Largest page a client may ask for.
 pub const MAX_PAGE_SIZE: usize = 100;
 
-/// `limit` and `page_token` of a paginated list.
+/// `limit` and the page token of a paginated list.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
-    /// A `next_token` or `previous_token` from an earlier page of the same list.
+    /// The `next_token` of an earlier page of the same list: the page after it.
+    pub next_token: Option<String>,
+    /// The `previous_token` of an earlier page of the same list: the page before it.
+    pub previous_token: Option<String>,
+    /// Either token, under one name (only one of the three may be given).
     pub page_token: Option<String>,
+}
+
+impl PageQuery {
+    pub fn tokens(&self) -> PageTokens<'_> {
+        PageTokens {
+            page_token: self.page_token.as_deref(),
+            next_token: self.next_token.as_deref(),
+            previous_token: self.previous_token.as_deref(),
+        }
+    }
 }
 
 /// One page of a list, newest first, with opaque tokens for the pages around it.
