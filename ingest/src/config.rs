@@ -141,6 +141,13 @@ pub struct IngestSettings {
           default_value_t = 64, value_parser = clap::value_parser!(u16).range(0..=10_000))]
     pub password_hash_queue: u16,
 
+    /// Proxies (networks in CIDR form, comma-separated) whose `X-Forwarded-For` names the
+    /// client for the per-address limits; from any other peer the header is ignored. Empty:
+    /// the TCP peer is the client.
+    #[arg(long = "trusted-proxies", env = "INGEST_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = boxoffice_runtime::egress::parse_network)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Which non-public addresses users' webhook endpoints may point at
     /// (`WEBHOOK_ALLOW_NETWORKS`, shared with the notifier).
     #[command(flatten)]

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod bus;
 pub mod catalogue;
+pub mod client_address;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -159,6 +160,7 @@ fn build_state(
         order_user_limiter: RateLimiter::new(settings.order_user_burst, settings.order_user_refill),
         order_ip_limiter: RateLimiter::new(settings.order_ip_burst, settings.order_ip_refill),
         register_limiter: RateLimiter::new(settings.register_ip_burst, settings.register_ip_refill),
+        trusted_proxies: settings.trusted_proxies.clone(),
         password_work: PasswordWork::new(
             usize::from(settings.password_hash_concurrency),
             usize::from(settings.password_hash_queue),

@@ -37,6 +37,8 @@ pub struct AppState {
     pub order_ip_limiter: RateLimiter,
     /// Registrations per client address.
     pub register_limiter: RateLimiter,
+    /// Peers whose `X-Forwarded-For` is believed (see [`crate::client_address`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The bound on Argon2 work (registration, login, admin bootstrap).
     pub password_work: PasswordWork,
     pub sessions: SessionCache,

@@ -41,7 +41,8 @@ impl EgressArgs {
     }
 }
 
-fn parse_network(raw: &str) -> Result<IpNet, String> {
+/// A network in CIDR form, or one address.
+pub fn parse_network(raw: &str) -> Result<IpNet, String> {
     let raw = raw.trim();
     raw.parse::<IpNet>()
         .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from))

@@ -8,7 +8,8 @@
 //!   concurrent registrations gets **201** or **429** (with `Retry-After`), never a 5xx, and
 //!   every 201 is a real account that can sign in;
 //! - (finding 9) answers carry the security headers and `Cache-Control: no-store`;
-//! - (finding 4) orders per account are limited (429 with `Retry-After`), another fan is not.
+//! - (finding 4) orders per account are limited (429 with `Retry-After`), another fan is not;
+//! - (finding 3) `X-Forwarded-For` is believed only from a configured trusted proxy.
 //!
 //! The memory figure under 1,000 concurrent registrations is measured, not asserted (see the
 //! closing notes of issue 13 and `ingest/README.md`).
@@ -78,12 +79,21 @@ async fn register(
     base: &str,
     body: &Value,
 ) -> (u16, Option<String>, String) {
-    let response = http
-        .post(format!("{base}/v1/register"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    register_forwarded(http, base, body, None).await
+}
+
+/// [`register`] with an `X-Forwarded-For` header.
+async fn register_forwarded(
+    http: &reqwest::Client,
+    base: &str,
+    body: &Value,
+    forwarded_for: Option<&str>,
+) -> (u16, Option<String>, String) {
+    let mut request = http.post(format!("{base}/v1/register")).json(body);
+    if let Some(forwarded_for) = forwarded_for {
+        request = request.header("x-forwarded-for", forwarded_for);
+    }
+    let response = request.send().await.unwrap();
     let header = |name: &str| {
         response
             .headers()
@@ -139,6 +149,54 @@ async fn registrations_per_address_are_limited() {
         let got = login.headers().get(name).and_then(|v| v.to_str().ok());
         assert_eq!(got, Some(value), "{name}");
     }
+}
+
+/// `X-Forwarded-For` names the client only when the peer is a configured trusted proxy:
+/// behind one, each forwarded client has its own registration bucket; without one, a client
+/// that writes the header itself cannot get a fresh bucket per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+    let pipeline = Pipeline::create(services().await, "abuse_forwarded")
+        .await
+        .unwrap();
+    let limits = [
+        ("INGEST_REGISTER_IP_BURST", "1"),
+        ("INGEST_REGISTER_IP_REFILL", "1h"),
+    ];
+    let http = reqwest::Client::new();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let behind_proxy = start_ingest(
+        &pipeline,
+        &[
+            limits[0],
+            limits[1],
+            ("INGEST_TRUSTED_PROXIES", "127.0.0.0/8"),
+        ],
+    )
+    .await;
+    let base = &behind_proxy.base;
+    let first = register_forwarded(&http, base, &registration(0, &run), Some("198.51.100.1")).await;
+    assert_eq!(first.0, 201);
+    let again = register_forwarded(&http, base, &registration(1, &run), Some("198.51.100.1")).await;
+    assert_eq!(again.0, 429, "the same forwarded client has used its burst");
+    // A client-written first hop does not help: the proxy's hop (the last) is the client.
+    let spoofed = "203.0.113.50, 198.51.100.1";
+    let spoof = register_forwarded(&http, base, &registration(2, &run), Some(spoofed)).await;
+    assert_eq!(spoof.0, 429, "the nearest untrusted hop is the client");
+    let other = register_forwarded(&http, base, &registration(3, &run), Some("198.51.100.2")).await;
+    assert_eq!(other.0, 201, "another forwarded client has its own bucket");
+    drop(behind_proxy);
+
+    let direct = start_ingest(&pipeline, &limits).await;
+    let base = &direct.base;
+    let first = register_forwarded(&http, base, &registration(4, &run), Some("198.51.100.3")).await;
+    assert_eq!(first.0, 201);
+    let rotated =
+        register_forwarded(&http, base, &registration(5, &run), Some("198.51.100.4")).await;
+    assert_eq!(
+        rotated.0, 429,
+        "from an untrusted peer the header is ignored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

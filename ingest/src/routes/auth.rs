@@ -1,16 +1,14 @@
 //! `POST v1/register`, `v1/login`, `v1/refresh`, `v1/logout`: accounts, Argon2id passwords,
 //! rate-limited logins, access tokens and rotating refresh tokens (reuse revokes the session).
 
-use std::net::SocketAddr;
-
 use axum::Json;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::{AuthUser, password, refresh};
+use crate::client_address::ClientAddress;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
 use crate::now_millis;
@@ -204,23 +202,6 @@ pub async fn create_account(
         created_at: now,
         updated_at: now,
     })
-}
-
-/// The client's address: the TCP peer (behind a proxy, the proxy's address; see the README).
-#[derive(Debug, Clone)]
-pub struct ClientAddress(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddress(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()),
-        ))
-    }
 }
 
 /// Signs in with user name or email and password.

@@ -22,12 +22,12 @@ use utoipa::{IntoParams, ToSchema};
 use super::views::{OrderView, PageOf, PageQuery};
 use super::{page_request, page_tokens};
 use crate::auth::{AuthUser, UncheckedUser};
+use crate::client_address::ClientAddress;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::problems::{
     InvalidPageToken, KafkaUnavailable, NoSuchEvent, NoSuchOrder, NotSignedIn,
 };
-use crate::routes::auth::ClientAddress;
 use crate::routes::tickets::find_event;
 use crate::state::{MAX_ORDER_WAIT, SharedState};
 use crate::stores::{CreateOrder, OrderDecision, OrderRecord, TimeCursor};

@@ -44,6 +44,7 @@ fn settings(secret: &str) -> IngestSettings {
         order_ip_burst: 100_000,
         order_ip_refill: Duration::from_millis(1),
         register_ip_burst: 100_000,
+        trusted_proxies: Vec::new(),
         register_ip_refill: Duration::from_millis(1),
         password_hash_concurrency: 2,
         password_hash_queue: 1000,

@@ -618,6 +618,7 @@ fn settings(prefix: &str, users: usize) -> anyhow::Result<IngestSettings> {
         order_ip_burst: u32::MAX,
         order_ip_refill: Duration::from_millis(1),
         register_ip_burst: u32::try_from(users + 100).unwrap_or(u32::MAX),
+        trusted_proxies: Vec::new(),
         register_ip_refill: Duration::from_millis(1),
         password_hash_concurrency: 2,
         password_hash_queue: u16::try_from(users + 100).unwrap_or(u16::MAX),
