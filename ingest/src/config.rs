@@ -141,6 +141,21 @@ pub struct IngestSettings {
           default_value_t = 64, value_parser = clap::value_parser!(u16).range(0..=10_000))]
     pub password_hash_queue: u16,
 
+    /// Live streams (SSE) one account may hold open at once (per replica; then 429).
+    #[arg(long = "streams-per-user", env = "INGEST_STREAMS_PER_USER", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams_per_user: u32,
+
+    /// Public availability streams one client address may hold open at once (per replica).
+    #[arg(long = "streams-per-address", env = "INGEST_STREAMS_PER_ADDRESS", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams_per_address: u32,
+
+    /// Live streams open at once on this replica, all kinds together (then 429).
+    #[arg(long = "streams-total", env = "INGEST_STREAMS_TOTAL", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams_total: u32,
+
     /// Proxies (networks in CIDR form, comma-separated) whose `X-Forwarded-For` names the
     /// client for the per-address limits; from any other peer the header is ignored. Empty:
     /// the TCP peer is the client.

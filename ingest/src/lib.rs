@@ -25,6 +25,7 @@ pub mod query_params;
 pub mod routes;
 pub mod state;
 pub mod stores;
+pub mod stream_slots;
 pub mod validate;
 
 #[cfg(test)]
@@ -161,6 +162,11 @@ fn build_state(
         order_ip_limiter: RateLimiter::new(settings.order_ip_burst, settings.order_ip_refill),
         register_limiter: RateLimiter::new(settings.register_ip_burst, settings.register_ip_refill),
         trusted_proxies: settings.trusted_proxies.clone(),
+        stream_slots: stream_slots::StreamSlots::new(
+            settings.streams_per_user as usize,
+            settings.streams_per_address as usize,
+            settings.streams_total as usize,
+        ),
         password_work: PasswordWork::new(
             usize::from(settings.password_hash_concurrency),
             usize::from(settings.password_hash_queue),

@@ -91,5 +91,6 @@ pub mod problems {
         NoSuchEvent = (404, "No such event");
         NoSuchEndpoint = (404, "No such endpoint (or not yours)");
         NoSuchUser = (404, "No such user (or not yours)");
+        TooManyStreams = (429, "Too many open streams for this account or address, or on this server (Retry-After)");
     }
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub register_limiter: RateLimiter,
     /// Peers whose `X-Forwarded-For` is believed (see [`crate::client_address`]).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Open live streams, bounded per account, per address and in total.
+    pub stream_slots: Arc<crate::stream_slots::StreamSlots>,
     /// The bound on Argon2 work (registration, login, admin bootstrap).
     pub password_work: PasswordWork,
     pub sessions: SessionCache,

@@ -279,6 +279,34 @@ async fn access_token(http: &reqwest::Client, base: &str, login: &str, password:
     reply["access_token"].as_str().unwrap().to_owned()
 }
 
+/// Registers `count` fans of `run` and signs them in: their access tokens.
+async fn signed_in_fans(
+    http: &reqwest::Client,
+    base: &str,
+    run: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut fans = Vec::new();
+    for n in 0..count {
+        let (status, ..) = register(http, base, &registration(n, run)).await;
+        assert_eq!(status, 201);
+        let login = format!("fan{n}_{run}");
+        fans.push(access_token(http, base, &login, &format!("correct horse {n} battery")).await);
+    }
+    fans
+}
+
+/// A paid event on sale now, created by `admin`: its id.
+async fn create_event(http: &reqwest::Client, base: &str, admin: &str) -> String {
+    let event = json!({"name": "Flash sale", "description": "Limited", "venue": "Hall",
+        "starts_at": "2031-06-01T20:00:00Z", "price_minor": 1000, "currency": "EUR",
+        "capacity": 100, "sale_starts_at": "2020-01-01T00:00:00Z",
+        "sale_ends_at": "2031-06-01T18:00:00Z"});
+    let (status, _, created) = post(http, format!("{base}/v1/tickets"), Some(admin), &event).await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_str().unwrap().to_owned()
+}
+
 /// Issue 13, finding 4: a script could hold a whole sale. Orders are limited per account (and
 /// per address) in each replica: past the burst, 429 with `Retry-After` and a problem body;
 /// another fan is not affected.
@@ -301,23 +329,11 @@ async fn orders_per_account_are_limited() {
     let http = reqwest::Client::new();
     let base = ingest.base.as_str();
     let admin = access_token(&http, base, "admin@abuse.example", admin_password).await;
-    let event = json!({"name": "Flash sale", "description": "Limited", "venue": "Hall",
-        "starts_at": "2031-06-01T20:00:00Z", "price_minor": 1000, "currency": "EUR",
-        "capacity": 100, "sale_starts_at": "2020-01-01T00:00:00Z",
-        "sale_ends_at": "2031-06-01T18:00:00Z"});
-    let (status, _, created) =
-        post(&http, format!("{base}/v1/tickets"), Some(&admin), &event).await;
-    assert_eq!(status, 201, "{created}");
-    let order = json!({"event_id": created["id"], "number_slot": 1});
+    let event = create_event(&http, base, &admin).await;
+    let order = json!({"event_id": event, "number_slot": 1});
 
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let mut fans = Vec::new();
-    for n in 0..2 {
-        let (status, ..) = register(&http, base, &registration(n, &run)).await;
-        assert_eq!(status, 201);
-        let login = format!("fan{n}_{run}");
-        fans.push(access_token(&http, base, &login, &format!("correct horse {n} battery")).await);
-    }
+    let fans = signed_in_fans(&http, base, &run, 2).await;
     let orders = format!("{base}/v1/orders");
     for _ in 0..2 {
         let (status, _, reply) = post(&http, orders.clone(), Some(&fans[0]), &order).await;
@@ -330,4 +346,122 @@ async fn orders_per_account_are_limited() {
     // Another fan orders as before.
     let (status, _, reply) = post(&http, orders, Some(&fans[1]), &order).await;
     assert_eq!(status, 202, "{reply}");
+}
+
+/// Opens a live stream (bearer token when given): the response, whatever its status.
+async fn open_stream(http: &reqwest::Client, url: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = http.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+/// Reads a stream until its final `end` event (or `within` passes): the end's `reason`.
+async fn end_reason(mut stream: reqwest::Response, within: Duration) -> Option<String> {
+    let mut text = String::new();
+    let read = async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(at) = text.find("event: end\n") {
+                let data = text[at..].lines().find_map(|l| l.strip_prefix("data: "))?;
+                let data: Value = serde_json::from_str(data).ok()?;
+                return data["reason"].as_str().map(str::to_owned);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(within, read).await.ok().flatten()
+}
+
+/// Issue 13, finding 6: live streams outlived logout and token expiry, with no cap per user or
+/// in total. A signed-in stream ends with a final `end` event (`session-revoked` after a
+/// logout, `token-expired` when its token expires); streams per account, per address and in
+/// total are capped (429 with `Retry-After`), and a closed stream's slot comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_streams_end_with_the_session_and_are_capped() {
+    let pipeline = Pipeline::create(services().await, "abuse_streams")
+        .await
+        .unwrap();
+    let admin_password = "Zq8$kP2wLm5#xR-admin";
+    let ingest = start_ingest(
+        &pipeline,
+        &[
+            ("INGEST_ACCESS_TOKEN_TTL", "12s"),
+            ("INGEST_STREAMS_PER_USER", "2"),
+            ("INGEST_STREAMS_PER_ADDRESS", "2"),
+            ("INGEST_STREAMS_TOTAL", "5"),
+            ("INGEST_ADMIN_EMAIL", "admin@streams.example"),
+            ("INGEST_ADMIN_PASSWORD", admin_password),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = ingest.base.as_str();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let fans = signed_in_fans(&http, base, &run, 2).await;
+    let notifications = format!("{base}/v1/notifications/stream");
+
+    // Logout ends the stream; an untouched token's stream ends when the token expires.
+    let revoked = open_stream(&http, &notifications, Some(&fans[0])).await;
+    assert_eq!(revoked.status(), 200);
+    let expiring = open_stream(&http, &notifications, Some(&fans[1])).await;
+    assert_eq!(expiring.status(), 200);
+    let (status, ..) = post(
+        &http,
+        format!("{base}/v1/logout"),
+        Some(&fans[0]),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (revoked_end, expired_end) = tokio::join!(
+        end_reason(revoked, Duration::from_secs(11)),
+        end_reason(expiring, Duration::from_secs(30)),
+    );
+    assert_eq!(revoked_end.as_deref(), Some("session-revoked"));
+    assert_eq!(expired_end.as_deref(), Some("token-expired"));
+
+    // Caps: two per account, two per address, five in total.
+    let fan = access_token(
+        &http,
+        base,
+        &format!("fan1_{run}"),
+        "correct horse 1 battery",
+    )
+    .await;
+    let first = open_stream(&http, &notifications, Some(&fan)).await;
+    let _second = open_stream(&http, &notifications, Some(&fan)).await;
+    let third = open_stream(&http, &notifications, Some(&fan)).await;
+    assert_eq!(third.status(), 429);
+    assert!(third.headers().get("retry-after").is_some());
+    drop(first);
+    let reopened = wait::until(
+        "a closed stream's slot is free",
+        Duration::from_secs(10),
+        || {
+            let request = open_stream(&http, &notifications, Some(&fan));
+            async move { Some(request.await).filter(|r| r.status() == 200) }
+        },
+    )
+    .await
+    .unwrap();
+    let admin = access_token(&http, base, "admin@streams.example", admin_password).await;
+    let event = create_event(&http, base, &admin).await;
+    let availability = format!("{base}/v1/tickets/{event}/availability/stream");
+    let public: Vec<_> = [
+        open_stream(&http, &availability, None).await,
+        open_stream(&http, &availability, None).await,
+    ]
+    .into();
+    assert!(public.iter().all(|r| r.status() == 200));
+    let refused = open_stream(&http, &availability, None).await;
+    assert_eq!(refused.status(), 429, "per address");
+    let admins = open_stream(&http, &notifications, Some(&admin)).await;
+    assert_eq!(admins.status(), 200, "the fifth stream");
+    let over_total = open_stream(&http, &notifications, Some(&admin)).await;
+    assert_eq!(over_total.status(), 429, "in total");
+    let problem: Value = over_total.json().await.unwrap();
+    assert_eq!(problem["status"], 429);
+    drop((reopened, public, admins));
 }

@@ -18,6 +18,8 @@ pub struct AuthUser {
     pub role: Role,
     /// The login session (refresh-token family).
     pub session_id: String,
+    /// When the access token expires (seconds since the epoch): streams end then.
+    pub expires_at: u64,
 }
 
 impl AuthUser {
@@ -84,6 +86,7 @@ impl FromRequestParts<SharedState> for UncheckedUser {
             user_id: claims.sub,
             role: claims.role,
             session_id: claims.sid,
+            expires_at: claims.exp,
         }))
     }
 }

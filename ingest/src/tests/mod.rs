@@ -44,8 +44,11 @@ fn settings(secret: &str) -> IngestSettings {
         order_ip_burst: 100_000,
         order_ip_refill: Duration::from_millis(1),
         register_ip_burst: 100_000,
-        trusted_proxies: Vec::new(),
         register_ip_refill: Duration::from_millis(1),
+        trusted_proxies: Vec::new(),
+        streams_per_user: 1_000,
+        streams_per_address: 10_000,
+        streams_total: 100_000,
         password_hash_concurrency: 2,
         password_hash_queue: 1000,
         // Webhook receivers in the tests listen on loopback.
