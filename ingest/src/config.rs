@@ -53,7 +53,8 @@ pub struct IngestSettings {
           value_parser = humantime::parse_duration)]
     pub access_token_ttl: Duration,
 
-    /// Lifetime of a refresh token (e.g. `30days`).
+    /// Lifetime of a login session (e.g. `30days`): its refresh tokens rotate but never
+    /// outlive it; then the user signs in again.
     #[arg(long = "refresh-token-ttl", env = "INGEST_REFRESH_TOKEN_TTL", default_value = "30days",
           value_parser = humantime::parse_duration)]
     pub refresh_token_ttl: Duration,

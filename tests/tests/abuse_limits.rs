@@ -465,3 +465,45 @@ async fn live_streams_end_with_the_session_and_are_capped() {
     assert_eq!(problem["status"], 429);
     drop((reopened, public, admins));
 }
+
+/// Issue 13, finding 9: refresh sessions never reached an absolute end (every rotation gave the
+/// new token a full lifetime, so a stolen token kept alive by rotation lived forever). The
+/// session ends `INGEST_REFRESH_TOKEN_TTL` after login however often it is rotated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotation_never_extends_a_session() {
+    let pipeline = Pipeline::create(services().await, "abuse_session_end")
+        .await
+        .unwrap();
+    let ingest = start_ingest(&pipeline, &[("INGEST_REFRESH_TOKEN_TTL", "6s")]).await;
+    let http = reqwest::Client::new();
+    let base = ingest.base.as_str();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let (status, ..) = register(&http, base, &registration(0, &run)).await;
+    assert_eq!(status, 201);
+    let body = json!({"login": format!("fan0_{run}"), "password": "correct horse 0 battery"});
+    let (status, _, mut pair) = post(&http, format!("{base}/v1/login"), None, &body).await;
+    assert_eq!(status, 200, "{pair}");
+    let started = std::time::Instant::now();
+    let mut rotations = 0;
+    let refused = loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let body = json!({"refresh_token": pair["refresh_token"]});
+        let (status, _, next) = post(&http, format!("{base}/v1/refresh"), None, &body).await;
+        if status != 200 {
+            break (status, started.elapsed());
+        }
+        assert!(
+            next["refresh_expires_in"].as_u64().unwrap() < 6,
+            "the session's end does not move: {next}"
+        );
+        rotations += 1;
+        pair = next;
+        assert!(
+            rotations < 10,
+            "a session of 6 s still rotating after {rotations} rotations"
+        );
+    };
+    assert_eq!(refused.0, 401);
+    assert!(rotations >= 2, "rotation works until the end: {rotations}");
+    assert!(refused.1 >= Duration::from_secs(6), "{:?}", refused.1);
+}

@@ -254,23 +254,32 @@ pub async fn login(
     };
     let family = uuid::Uuid::new_v4().to_string();
     Ok(Json(
-        issue_pair(&state, &credentials.user_id, credentials.role, &family).await?,
+        issue_pair(
+            &state,
+            &credentials.user_id,
+            credentials.role,
+            &family,
+            now_millis() + i64::try_from(state.refresh_ttl.as_millis()).unwrap_or(i64::MAX / 2),
+        )
+        .await?,
     ))
 }
 
+/// An access token and a refresh token for session `family`, which ends at `session_ends_at`
+/// (set at login; rotation keeps it, so a session has an absolute end).
 async fn issue_pair(
     state: &SharedState,
     user_id: &str,
     role: Role,
     family: &str,
+    session_ends_at: crate::stores::Millis,
 ) -> ApiResult<TokenPair> {
     let refresh_token = refresh::generate();
-    let refresh_ttl = state.refresh_ttl;
     let record = RefreshRecord {
         token_hash: refresh::hash(&refresh_token),
         user_id: user_id.to_owned(),
         family_id: family.to_owned(),
-        expires_at: now_millis() + i64::try_from(refresh_ttl.as_millis()).unwrap_or(i64::MAX / 2),
+        expires_at: session_ends_at,
         used: false,
     };
     state.stores.accounts.insert_refresh(&record).await?;
@@ -283,7 +292,7 @@ async fn issue_pair(
         token_type: "Bearer".to_owned(),
         expires_in: state.tokens.ttl().as_secs(),
         refresh_token,
-        refresh_expires_in: refresh_ttl.as_secs(),
+        refresh_expires_in: u64::try_from((session_ends_at - now_millis()) / 1000).unwrap_or(0),
         user_id: user_id.to_owned(),
         role,
     })
@@ -325,7 +334,14 @@ pub async fn refresh_tokens(
         return Err(refused());
     };
     Ok(Json(
-        issue_pair(&state, &user.id, user.role, &record.family_id).await?,
+        issue_pair(
+            &state,
+            &user.id,
+            user.role,
+            &record.family_id,
+            record.expires_at,
+        )
+        .await?,
     ))
 }
 
