@@ -38,14 +38,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use boxoffice_avro::Codec;
 use boxoffice_topics::kafka::KafkaArgs;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
-use utoipa_scalar::Servable;
 
 use crate::auth::jwt::TokenKeys;
 use crate::auth::limiter::RateLimiter;
@@ -198,8 +197,13 @@ const SECURITY_HEADERS: [(&str, &str); 4] = [
 ];
 
 /// The API's answers are JSON and event streams, never pages: nothing may load or run.
-/// (`/docs`, a page that loads its script, is left without it.)
 const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// The API reference at `/docs` (Swagger UI, served from the binary): its own scripts, styles
+/// and `/openapi.json` only; no third party, no inline script. Swagger UI sets inline styles
+/// and data: images.
+const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+                        frame-ancestors 'none'";
 
 /// The router with its middleware: request ids (`x-request-id`, generated when absent, echoed
 /// back), a tracing span per request, the body limit, panics as problem+json, security headers
@@ -209,8 +213,15 @@ pub fn router(state: SharedState) -> Router {
     use tower_http::set_header::SetResponseHeaderLayer;
     let spec = openapi::ApiDoc::openapi();
     let known_query = Arc::new(query_params::KnownQueryParameters::from_spec(&spec));
-    let spec_json = serde_json::to_string(&spec).unwrap_or_else(|_| "{}".to_owned());
-    let docs: Router<SharedState> = utoipa_scalar::Scalar::with_url("/docs", spec).into();
+    // Swagger UI's files are compiled into the binary (utoipa-swagger-ui's `vendored` feature:
+    // from crates.io, no download at build or run time); it also serves `/openapi.json`.
+    let docs: Router<SharedState> = Router::from(
+        utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", spec),
+    )
+    .layer(SetResponseHeaderLayer::if_not_present(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DOCS_CSP),
+    ));
     let metrics = Arc::clone(&state.metrics);
     let mut app = routes::api()
         .route_layer(axum::middleware::from_fn_with_state(
@@ -221,19 +232,6 @@ pub fn router(state: SharedState) -> Router {
             metrics,
             metrics::track,
         ))
-        .route(
-            "/openapi.json",
-            axum::routing::get(move || {
-                let body = spec_json.clone();
-                async move {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        body,
-                    )
-                        .into_response()
-                }
-            }),
-        )
         .layer(SetResponseHeaderLayer::if_not_present(
             axum::http::header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(API_CSP),
