@@ -10,7 +10,7 @@ mod ingest_common;
 
 use std::time::Duration;
 
-use boxoffice_avro::PaymentRequest;
+use boxoffice_avro::{BookingCommand, PaymentRequest};
 use boxoffice_tests::wait;
 use ingest_common::{Ingest, read_events};
 use serde_json::json;
@@ -418,5 +418,90 @@ async fn order_pages_go_both_ways() {
         .await;
     assert_eq!(next.status, 200);
     assert_ne!(next.body["items"][0]["id"], users.body["items"][0]["id"]);
+    ingest.stop().await;
+}
+
+/// Issue 13, finding 4: a script could hold a whole sale (no per-account cap by default, 100
+/// slots per order, 10-minute holds). An event created without limits gets a flash sale's:
+/// written into the event itself (its answer and its `EventUpserted` record), and the booking
+/// processor enforces them: more than 6 slots in one order, or in all for one account, is
+/// rejected with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_events_get_a_flash_sales_limits() {
+    let ingest = Ingest::start("flash_sale_limits", true).await;
+    let admin = ingest.admin().await;
+    let created = ingest
+        .post(
+            "/v1/tickets",
+            Some(&admin),
+            json!({"name": "Hot sale", "description": "Limits left out", "venue": "Arena",
+                   "starts_at": "2031-06-01T20:00:00Z", "price_minor": 9000, "currency": "EUR",
+                   "capacity": 1000, "sale_starts_at": "2020-01-01T00:00:00Z",
+                   "sale_ends_at": "2031-06-01T18:00:00Z"}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["max_per_order"], 6, "{}", created.body);
+    assert_eq!(created.body["max_per_user"], 6);
+    assert_eq!(created.body["hold_seconds"], 300);
+    let event_id = created.body["id"].as_str().unwrap().to_owned();
+    let upserted = |c: &BookingCommand| match c {
+        BookingCommand::EventUpserted(e) if e.event_id == event_id => Some(e.clone()),
+        _ => None,
+    };
+    let commands = ingest
+        .pipeline
+        .reader(&ingest.pipeline.topics.commands)
+        .unwrap()
+        .read_group_until(Duration::from_secs(30), |seen: &[BookingCommand]| {
+            seen.iter().any(|c| upserted(c).is_some())
+        })
+        .await
+        .unwrap();
+    let record = commands.iter().find_map(upserted).unwrap();
+    assert_eq!(
+        (
+            record.max_per_order,
+            record.max_per_user,
+            record.hold_seconds
+        ),
+        (6, 6, 300),
+        "the limits travel in the event itself"
+    );
+
+    let (_, token, _) = ingest.user("limited_fan").await;
+    let decide = |slots: i64| {
+        let (ingest, token, event_id) = (&ingest, token.clone(), event_id.clone());
+        async move {
+            let order = ingest
+                .send(
+                    "POST",
+                    "/v1/orders?wait=10",
+                    Some(&token),
+                    Some(json!({"event_id": event_id, "number_slot": slots})),
+                    &[],
+                )
+                .await;
+            assert!(matches!(order.status, 200 | 202), "{}", order.body);
+            let path = format!("/v1/orders/{}", order.body["id"].as_str().unwrap());
+            wait::until("a decision", Duration::from_secs(60), || {
+                let (path, token) = (path.clone(), token.clone());
+                async move {
+                    let reply = ingest.get(&path, Some(&token)).await;
+                    (reply.body["status"] != "PENDING").then_some(reply.body)
+                }
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let too_big = decide(7).await;
+    assert_eq!(too_big["status"], "REJECTED", "{too_big}");
+    let first = decide(4).await;
+    assert_eq!(first["status"], "RESERVED", "{first}");
+    let over_account = decide(4).await;
+    assert_eq!(over_account["status"], "REJECTED", "{over_account}");
+    let within = decide(2).await;
+    assert_eq!(within["status"], "RESERVED", "{within}");
     ingest.stop().await;
 }

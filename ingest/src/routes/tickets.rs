@@ -293,16 +293,26 @@ pub struct EventInput {
     /// ... until here (exclusive).
     #[schema(format = DateTime)]
     pub sale_ends_at: String,
-    /// How long a reservation holds its slots unpaid (30 to 86400; default 600).
+    /// How long a reservation holds its slots unpaid (30 to 86400; default 300).
     #[schema(minimum = 30, maximum = 86_400)]
     pub hold_seconds: Option<i64>,
-    /// 0: no limit (default).
+    /// Slots one order may take; 0: no limit. Default 6 (a flash sale's limit).
     #[schema(minimum = 0, maximum = 1000)]
     pub max_per_order: Option<i64>,
-    /// 0: no limit (default).
+    /// Slots one account may hold in all; 0: no limit. Default 6.
     #[schema(minimum = 0, maximum = 100_000)]
     pub max_per_user: Option<i64>,
 }
+
+/// What an event gets when the organiser leaves a limit out: what a flash sale wants, so that
+/// one script cannot hold the sale (issue 13). They are written into the event itself (its
+/// row and `EventUpserted`); the booking core never defaults them, so old logs re-fold the
+/// same. `0`, given explicitly, still means no limit.
+pub const DEFAULT_MAX_PER_ORDER: i64 = 6;
+/// See [`DEFAULT_MAX_PER_ORDER`].
+pub const DEFAULT_MAX_PER_USER: i64 = 6;
+/// How long an unpaid reservation holds its slots by default (5 minutes).
+pub const DEFAULT_HOLD_SECONDS: i64 = 300;
 
 async fn validated_event(
     state: &SharedState,
@@ -329,15 +339,23 @@ async fn validated_event(
     let sale_ends_at = c.check("sale_ends_at", validate::time(&body.sale_ends_at));
     let hold = c.check(
         "hold_seconds",
-        validate::range(body.hold_seconds.unwrap_or(600), 30, 86_400),
+        validate::range(
+            body.hold_seconds.unwrap_or(DEFAULT_HOLD_SECONDS),
+            30,
+            86_400,
+        ),
     );
     let per_order = c.check(
         "max_per_order",
-        validate::range(body.max_per_order.unwrap_or(0), 0, 1000),
+        validate::range(body.max_per_order.unwrap_or(DEFAULT_MAX_PER_ORDER), 0, 1000),
     );
     let per_user = c.check(
         "max_per_user",
-        validate::range(body.max_per_user.unwrap_or(0), 0, 100_000),
+        validate::range(
+            body.max_per_user.unwrap_or(DEFAULT_MAX_PER_USER),
+            0,
+            100_000,
+        ),
     );
     if let (Some(start), Some(end)) = (sale_starts_at, sale_ends_at)
         && end <= start
