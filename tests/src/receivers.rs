@@ -265,6 +265,10 @@ struct ReceiverState {
     endpoint_status: Mutex<HashMap<String, u16>>,
     /// Endpoint name → the secret its signatures are checked with ([`SECRET`] otherwise).
     endpoint_secrets: Mutex<HashMap<String, String>>,
+    /// Endpoints that never answer (the request hangs until the client gives up).
+    hanging: Mutex<std::collections::HashSet<String>>,
+    /// Requests to hanging endpoints, counted as they arrive.
+    hung_requests: AtomicU64,
 }
 
 /// A real HTTP server on 127.0.0.1 that verifies every signature (HMAC-SHA256 with [`SECRET`],
@@ -314,6 +318,11 @@ async fn receive(
     if header("x-boxoffice-signature") != format!("v1={expected}") || !fresh {
         state.bad_signatures.fetch_add(1, Ordering::Relaxed);
         return StatusCode::UNAUTHORIZED;
+    }
+    if state.hanging.lock().unwrap().contains(&endpoint) {
+        state.hung_requests.fetch_add(1, Ordering::Relaxed);
+        // Longer than any client waits: the sender's timeout ends it.
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
     if let Some(status) = state.endpoint_status.lock().unwrap().get(&endpoint) {
         return StatusCode::from_u16(*status).unwrap();
@@ -373,6 +382,20 @@ impl WebhookReceiver {
             .lock()
             .unwrap()
             .insert(endpoint.to_owned(), secret.to_owned());
+    }
+
+    /// `endpoint` never answers.
+    pub fn endpoint_hangs(&self, endpoint: &str) {
+        self.state
+            .hanging
+            .lock()
+            .unwrap()
+            .insert(endpoint.to_owned());
+    }
+
+    /// Requests that reached hanging endpoints.
+    pub fn hung_requests(&self) -> u64 {
+        self.state.hung_requests.load(Ordering::Relaxed)
     }
 
     /// `endpoint` behaves normally again.

@@ -260,3 +260,176 @@ async fn private_destinations_are_refused_unless_allow_listed() {
     assert_eq!(received[0].endpoint, "allowed");
     assert_eq!(received[0].delivery_id, second.record_id);
 }
+
+/// The committed offset of `group` on `topic`, summed over partitions, and the sum of the
+/// partitions' end offsets.
+fn committed_and_end(pipeline: &Pipeline, group: &str, topic: &str) -> (i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = pipeline
+        .services
+        .kafka()
+        .client_config()
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        list.add_partition(topic, *p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    let mut sums = (0, 0);
+    for p in partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        let at = committed
+            .find_partition(topic, p)
+            .and_then(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0)
+            .unwrap_or(0);
+        sums = (sums.0 + at, sums.1 + high);
+    }
+    sums
+}
+
+/// Issue 13, finding 5: one user's slow endpoints stalled every user's deliveries (endpoints
+/// delivered one after another in a user's lane, 8 attempts × 10 s each, then the lane's queue
+/// filled and the consumer stopped). With one lane, so both users share it: Mallory's endpoint
+/// never answers, Alice's answers. Alice gets all her deliveries while Mallory's first request
+/// still hangs; Mallory's endpoint is suspended after two timeouts and the rest of her
+/// deliveries are parked (dead-lettered with the reason) instead of tried; the channel's
+/// committed offset reaches the end of the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_endpoint_never_delays_another_users_deliveries() {
+    let services = services().await;
+    let pipeline = Pipeline::create(services, "webhook_isolation")
+        .await
+        .unwrap();
+    let receiver = WebhookReceiver::start().await;
+    let store = notify_store(&pipeline).await;
+    let (mallory, alice) = (new_id(), new_id());
+    for (user, endpoint) in [(&mallory, "hung"), (&alice, "fast")] {
+        store
+            .add_endpoint(user, endpoint, &receiver.url(endpoint), SECRET)
+            .await
+            .unwrap();
+    }
+    receiver.endpoint_hangs("hung");
+    let t = now_ms();
+    let per_user = 12;
+    let mut all = Vec::new();
+    for (user, at) in [(&mallory, t), (&alice, t + 1_000)] {
+        for i in 0..per_user {
+            let order = new_id();
+            let kind = NotificationKind::OrderRejected;
+            all.push(notification(user, &order, kind, &[], at + i));
+        }
+    }
+    let (mallorys, alices) = all.split_at(per_user as usize);
+    produce(&pipeline, mallorys).await;
+
+    let mut settings = settings(&pipeline, &[Channel::Webhook], 1);
+    settings.lanes = 1;
+    settings.webhook_timeout = Duration::from_secs(4);
+    // Room for either user's burst: Mallory's are parked by the suspension, not the bound.
+    settings.webhook_endpoint_queue = 16;
+    settings.webhook_suspend_after = 2;
+    let group = settings.group_id(Channel::Webhook);
+    let notifier = RunningNotifier::start(&pipeline, settings).await;
+    // Alice's come after Mallory's first delivery hangs (and after all of Mallory's records
+    // reached the one lane).
+    wait::until("Mallory's endpoint called", Duration::from_secs(30), || {
+        let n = receiver.hung_requests();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+    produce(&pipeline, alices).await;
+
+    wait::until("Alice's deliveries", Duration::from_secs(30), || {
+        let n = receiver
+            .received()
+            .iter()
+            .filter(|r| r.endpoint == "fast")
+            .count();
+        async move { (n == per_user as usize).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: fast {} hung {} records {} parked {} sent {} dead {}",
+            receiver
+                .received()
+                .iter()
+                .filter(|r| r.endpoint == "fast")
+                .count(),
+            receiver.hung_requests(),
+            notifier.metrics.records.get(),
+            notifier.metrics.webhooks_parked.get(),
+            notifier.metrics.webhooks_sent.get(),
+            notifier.metrics.dead_lettered.get(),
+        )
+    });
+    assert_eq!(
+        notifier.metrics.endpoints_suspended.get(),
+        0,
+        "Alice was served while Mallory's endpoint was still being tried"
+    );
+    assert!(
+        receiver.hung_requests() >= 1,
+        "Mallory's endpoint was called and hangs"
+    );
+
+    let topic = pipeline.topics.notifications.clone();
+    wait::until(
+        "the committed offset at the end",
+        Duration::from_secs(60),
+        || {
+            let (committed, end) = committed_and_end(&pipeline, &group, &topic);
+            async move { (committed == end).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(notifier.metrics.endpoints_suspended.get(), 1);
+    assert!(
+        receiver.hung_requests() <= 2,
+        "a suspended endpoint is not called: {}",
+        receiver.hung_requests()
+    );
+    // Every one of Mallory's deliveries is final and on the dead-letter topic with its reason.
+    let mut dead_letters = pipeline.reader(&pipeline.topics.dead_letters).unwrap();
+    let dead: Vec<DeadLetter> = dead_letters
+        .read_until(Duration::from_secs(30), |records: &[DeadLetter]| {
+            records.len() >= per_user as usize
+        })
+        .await
+        .unwrap();
+    assert!(
+        dead.iter().all(|d| d.consumer.ends_with("/hung")),
+        "{dead:#?}"
+    );
+    assert!(
+        dead.iter().any(|d| d.reason.contains("suspended")),
+        "{dead:#?}"
+    );
+    for n in all.iter().filter(|n| n.user_id == mallory) {
+        let row = store
+            .delivery(&n.record_id, "webhook", "hung")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.state, DeliveryState::Dead, "{row:?}");
+    }
+    notifier.stop().await.unwrap();
+}

@@ -1068,7 +1068,12 @@ async fn every_response_has_a_request_id_and_the_spec_is_served() {
         );
     }
     let docs = crate::router(h.state.clone())
-        .oneshot(Request::builder().uri("/docs/").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::builder()
+                .uri("/docs/")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(docs.status(), StatusCode::OK);

@@ -34,10 +34,14 @@
 //! a per-target failure (webhook 5xx/408/429/network error, SMTP 4xx) is retried up to
 //! `--max-attempts` times (counted across restarts), then the record goes to the dead-letter
 //! topic with the reason; a refusal (SMTP 5xx, webhook 4xx) is dead-lettered at once; a
-//! webhook 410 disables the endpoint. A failing target holds up only the users of its worker,
-//! for at most its retry budget.
+//! webhook 410 disables the endpoint. A failing email target holds up only the users of its
+//! worker, for at most its retry budget. Webhooks go further (`runner::endpoints`): each
+//! endpoint has its own worker and bounded queue, a lane only hands deliveries over, and an
+//! endpoint that keeps failing is suspended ([`endpoint_health`]) with its deliveries parked
+//! (dead-lettered at once), so one user's endpoints never delay another's deliveries.
 
 pub mod email;
+pub mod endpoint_health;
 pub mod runner;
 pub use boxoffice_store::notifications as store;
 pub mod templates;
@@ -157,6 +161,30 @@ pub struct NotifierSettings {
           value_parser = humantime::parse_duration)]
     pub webhook_timeout: Duration,
 
+    /// Deliveries waiting per webhook endpoint (each endpoint has its own worker); beyond, a
+    /// new one is parked at once (dead-lettered with the reason), so a slow endpoint holds no
+    /// lane and no other endpoint's deliveries.
+    #[arg(long = "webhook-endpoint-queue", env = "NOTIFIER_WEBHOOK_ENDPOINT_QUEUE",
+          default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub webhook_endpoint_queue: u32,
+
+    /// Failures in a row (5xx, 408, 429, timeouts) that suspend a webhook endpoint: while
+    /// suspended its deliveries are parked instead of tried.
+    #[arg(long = "webhook-suspend-after", env = "NOTIFIER_WEBHOOK_SUSPEND_AFTER",
+          default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub webhook_suspend_after: u32,
+
+    /// The first suspension of a failing endpoint; doubles with each one after a failed trial,
+    /// up to `--webhook-suspend-max` (e.g. `30s`).
+    #[arg(long = "webhook-suspend-for", env = "NOTIFIER_WEBHOOK_SUSPEND_FOR", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub webhook_suspend_for: Duration,
+
+    /// The longest suspension (e.g. `15m`).
+    #[arg(long = "webhook-suspend-max", env = "NOTIFIER_WEBHOOK_SUSPEND_MAX", default_value = "15m",
+          value_parser = humantime::parse_duration)]
+    pub webhook_suspend_max: Duration,
+
     /// Which addresses webhooks may reach besides public ones (`WEBHOOK_ALLOW_NETWORKS`).
     #[command(flatten)]
     pub egress: EgressArgs,
@@ -208,6 +236,15 @@ impl NotifierSettings {
         }
     }
 
+    /// When a failing webhook endpoint is suspended.
+    pub fn webhook_health_limits(&self) -> endpoint_health::HealthLimits {
+        endpoint_health::HealthLimits {
+            suspend_after: self.webhook_suspend_after,
+            first_cooldown: self.webhook_suspend_for,
+            max_cooldown: self.webhook_suspend_max.max(self.webhook_suspend_for),
+        }
+    }
+
     /// The delay before retry `attempt` (1-based): `base * 2^(attempt-1)` capped at `max`,
     /// then "equal jitter" (half fixed, half random) so retries of many targets spread out.
     pub fn backoff(&self, attempt: u32) -> Duration {
@@ -229,6 +266,11 @@ pub struct NotifierMetrics {
     pub retries: Counter,
     pub dead_lettered: Counter,
     pub endpoints_disabled: Counter,
+    /// Webhook endpoints suspended after failing repeatedly.
+    pub endpoints_suspended: Counter,
+    /// Webhook deliveries parked (dead-lettered at once): the endpoint's queue was full or it
+    /// was suspended.
+    pub webhooks_parked: Counter,
     pub skipped_no_address: Counter,
     /// In-app partitions replayed because the store's watermark was behind Kafka or went
     /// backwards (the store lost rows it had acknowledged).
@@ -288,6 +330,16 @@ impl Default for NotifierMetrics {
                 r,
                 "notifier_endpoints_disabled_total",
                 "Webhook endpoints disabled after 410 Gone",
+            ),
+            endpoints_suspended: counter(
+                r,
+                "notifier_webhook_endpoints_suspended_total",
+                "Webhook endpoints suspended after failing repeatedly",
+            ),
+            webhooks_parked: counter(
+                r,
+                "notifier_webhooks_parked_total",
+                "Webhook deliveries parked (dead-lettered at once): endpoint queue full or endpoint suspended",
             ),
             skipped_no_address: counter(
                 r,

@@ -66,20 +66,21 @@ impl ChannelRunner {
     }
 
     pub(super) async fn handle(
-        &self,
+        self: &Arc<Self>,
         message: &OwnedMessage,
+        reports: &Reports,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), Interrupted> {
+    ) -> Result<Handled, Interrupted> {
         let Some(payload) = message.payload() else {
-            return self
-                .dead_letter(
-                    message,
-                    "",
-                    DeadLetterErrorKind::InvalidRecord,
-                    "record has no value",
-                    stop,
-                )
-                .await;
+            self.dead_letter(
+                message,
+                "",
+                DeadLetterErrorKind::InvalidRecord,
+                "record has no value",
+                stop,
+            )
+            .await?;
+            return Ok(Handled::Done);
         };
         let mut retries = self.deps.settings.retry_policy().start(Instant::now());
         let notification = loop {
@@ -98,9 +99,9 @@ impl ChannelRunner {
                 }
                 Err(e) => {
                     let reason = e.to_string();
-                    return self
-                        .dead_letter(message, "", e.dead_letter_kind(), &reason, stop)
-                        .await;
+                    self.dead_letter(message, "", e.dead_letter_kind(), &reason, stop)
+                        .await?;
+                    return Ok(Handled::Done);
                 }
             }
         };
@@ -135,7 +136,8 @@ impl ChannelRunner {
                     .await?;
                 match address {
                     Some(address) => {
-                        self.deliver(message, &notification, Target::Email(address), stop)
+                        let target = Target::Email(address);
+                        self.deliver(message, &notification, target, None, stop)
                             .await?;
                     }
                     None => {
@@ -166,13 +168,23 @@ impl ChannelRunner {
                         store.webhook_endpoints(&notification.user_id)
                     })
                     .await?;
-                for endpoint in endpoints.into_iter().filter(|e| !e.disabled) {
-                    self.deliver(message, &notification, Target::Webhook(endpoint), stop)
-                        .await?;
+                let endpoints: Vec<WebhookEndpoint> =
+                    endpoints.into_iter().filter(|e| !e.disabled).collect();
+                if !endpoints.is_empty() {
+                    let record = endpoints::RecordProgress::new(
+                        message,
+                        reports.epoch,
+                        endpoints.len(),
+                        reports.done.clone(),
+                        reports.gave_up.clone(),
+                    );
+                    self.dispatch_webhooks(message, notification, endpoints, record, stop)
+                        .await;
+                    return Ok(Handled::Dispatched);
                 }
             }
         }
-        Ok(())
+        Ok(Handled::Done)
     }
 
     pub(super) async fn send(
@@ -189,12 +201,14 @@ impl ChannelRunner {
         }
     }
 
-    /// Delivers to one target until its row is final.
+    /// Delivers to one target until its row is final. A webhook endpoint's `health` parks the
+    /// delivery while the endpoint is suspended, and learns from each attempt.
     pub(super) async fn deliver(
         &self,
         message: &OwnedMessage,
         n: &NotificationRequested,
         target: Target,
+        health: Option<(&std::sync::Mutex<EndpointHealth>, &HealthLimits)>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Interrupted> {
         let store = &self.deps.store;
@@ -239,6 +253,19 @@ impl ChannelRunner {
                 );
                 return self.give_up(message, n, &key, attempts, reason, stop).await;
             }
+            match self.admission(health) {
+                Admission::Send => {}
+                // Disabled (410) after this was queued: as if it had not been listed.
+                Admission::Skip => return Ok(()),
+                Admission::Park { until } => {
+                    let seconds = until.saturating_duration_since(Instant::now()).as_secs();
+                    let reason = format!(
+                        "webhook delivery to {key} parked: the endpoint is suspended after \
+                         failing repeatedly (for {seconds} s more)"
+                    );
+                    return self.park_delivery(message, n, &key, reason, stop).await;
+                }
+            }
             let pending = Delivery {
                 state: DeliveryState::Pending,
                 attempts: attempts + 1,
@@ -246,7 +273,13 @@ impl ChannelRunner {
             };
             self.record(stop, "recording the attempt", id, &key, &pending)
                 .await?;
+            self.note_attempt(health, true);
             let result = self.send(n, &target).await;
+            match &result {
+                Ok(()) => self.note_health(health, &key, true),
+                Err(SendError::Retryable(_)) => self.note_health(health, &key, false),
+                Err(_) => self.note_attempt(health, false),
+            }
             let (state, detail) = match result {
                 Ok(()) => {
                     self.count_sent(message);
@@ -296,6 +329,7 @@ impl ChannelRunner {
                 Err(SendError::Gone(detail)) => {
                     if let Target::Webhook(endpoint) = &target {
                         self.disable(endpoint, &detail, stop).await?;
+                        self.note_gone(health);
                     }
                     (DeliveryState::Disabled, detail)
                 }

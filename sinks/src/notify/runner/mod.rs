@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::email::EmailSender;
+use super::endpoint_health::{Admission, EndpointHealth, HealthLimits};
 use super::store::{Delivery, DeliveryState, WebhookEndpoint};
 use super::webhook::WebhookSender;
 use super::{Channel, NotifierDeps, NotifierError, SendError};
@@ -128,6 +129,8 @@ pub struct ChannelRunner {
     dead_letters: FutureProducer,
     email: Option<EmailSender>,
     webhook: Option<WebhookSender>,
+    /// The webhook channel's per-endpoint workers.
+    endpoints: Option<endpoints::EndpointWorkers>,
     /// Per partition, which reading of it is current: bumped when it is given up, revoked or
     /// read again from an older offset. Lanes skip records of an older reading, and the main
     /// loop ignores their reports, so a record handed out before never moves the commit point
@@ -141,6 +144,21 @@ type Handed = (OwnedMessage, u64);
 type DoneReport = (i32, i64, u64);
 /// A lane's report of a record that gave up: (partition, reason, reading).
 type GaveUpReport = (i32, String, u64);
+
+/// What became of a record a lane handled.
+pub(super) enum Handled {
+    /// Final on this channel: report it done.
+    Done,
+    /// Handed to endpoint workers, which report it (webhooks).
+    Dispatched,
+}
+
+/// Where a record's outcome is reported, and which reading of its partition it belongs to.
+pub(super) struct Reports {
+    epoch: u64,
+    done: mpsc::UnboundedSender<DoneReport>,
+    gave_up: mpsc::UnboundedSender<GaveUpReport>,
+}
 
 impl std::fmt::Debug for ChannelRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,7 +217,14 @@ impl ChannelRunner {
             ),
             _ => None,
         };
+        let endpoints = (channel == Channel::Webhook).then(|| {
+            endpoints::EndpointWorkers::new(
+                settings.webhook_endpoint_queue as usize,
+                settings.webhook_health_limits(),
+            )
+        });
         Ok(ChannelRunner {
+            endpoints,
             topic: settings.notifications_topic(),
             deps,
             channel,
@@ -314,6 +339,9 @@ impl ChannelRunner {
         }
         drop(lanes);
         while workers.join_next().await.is_some() {}
+        if let Some(endpoints) = &this.endpoints {
+            endpoints.join().await;
+        }
         while let Ok((partition, offset, epoch)) = done_rx.try_recv() {
             if epoch != this.epoch(partition) {
                 continue;
@@ -370,10 +398,16 @@ impl ChannelRunner {
                     if epoch != runner.epoch(partition) {
                         continue;
                     }
-                    match runner.handle(&message, &mut stop).await {
-                        Ok(()) => {
+                    let reports = Reports {
+                        epoch,
+                        done: done.clone(),
+                        gave_up: gave_up.clone(),
+                    };
+                    match runner.handle(&message, &reports, &mut stop).await {
+                        Ok(Handled::Done) => {
                             let _ = done.send((partition, message.offset(), epoch));
                         }
+                        Ok(Handled::Dispatched) => {}
                         Err(Interrupted::GaveUp(reason)) => {
                             let _ = gave_up.send((partition, reason, epoch));
                         }
@@ -428,6 +462,7 @@ impl ChannelRunner {
 }
 
 mod deliver;
+mod endpoints;
 mod positions;
 
 #[cfg(test)]
