@@ -18,9 +18,10 @@ use super::*;
 const MAX_ENDPOINT_WORKERS: usize = 10_000;
 /// A worker with nothing to do for this long ends (its endpoint's health goes with it).
 const WORKER_IDLE: Duration = Duration::from_secs(60);
-/// An attempt in flight for longer than this means the endpoint is not keeping up: a delivery
-/// that finds its queue full is parked instead of waiting for room.
-const STALL: Duration = Duration::from_secs(1);
+/// An attempt in flight for longer than half the webhook timeout, and at least this, means the
+/// endpoint is not keeping up: a delivery that finds its queue full is then parked instead of
+/// waiting for room.
+const MIN_STALL: Duration = Duration::from_secs(1);
 
 /// One delivery to one endpoint, with the record it belongs to.
 pub(super) struct Job {
@@ -306,11 +307,12 @@ impl ChannelRunner {
         stop: &mut watch::Receiver<bool>,
     ) -> Option<(Job, String)> {
         let settings = &self.deps.settings;
+        let stall = (settings.webhook_timeout / 2).max(MIN_STALL);
         let deadline = Instant::now()
             + settings
                 .webhook_timeout
                 .saturating_mul(settings.webhook_suspend_after)
-                .max(STALL);
+                .max(stall);
         let full = format!("{} deliveries are waiting for it", queue.max_capacity());
         loop {
             // Bounded by `deadline`.
@@ -318,7 +320,7 @@ impl ChannelRunner {
             let keeping_up = health
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .keeping_up(now, STALL);
+                .keeping_up(now, stall);
             if !keeping_up {
                 return Some((job, format!("{full} and it is not keeping up")));
             }
@@ -330,7 +332,7 @@ impl ChannelRunner {
                     job.record.finish(Err(Interrupted::Stopped));
                     return None;
                 }
-                room = tokio::time::timeout(STALL, queue.reserve()) => match room {
+                room = tokio::time::timeout(MIN_STALL, queue.reserve()) => match room {
                     Ok(Ok(permit)) => {
                         permit.send(job);
                         return None;
