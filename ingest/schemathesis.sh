@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A bounded schemathesis run against a running ingest: every operation of /openapi.json gets
-# generated requests (valid and invalid), and the run fails on any 5xx.
+# generated requests (valid and invalid), then sequences that follow the API's OpenAPI links
+# (an event's id into an order, the order's into its payment, ...; the stateful phase), and the
+# run fails on any 5xx.
 #
 #   ingest/schemathesis.sh [BASE_URL]        (default: $INGEST_URL or http://127.0.0.1:8000)
 #
@@ -35,32 +37,84 @@ if ! curl -fsS --max-time 5 "$BASE_URL/healthz" >/dev/null; then
     exit 2
 fi
 
-# An access token for the run.
-token="$("$VENV/bin/python" - "$BASE_URL" <<'PY'
-import json, os, sys, urllib.request, uuid
-base = sys.argv[1]
-def post(path, body):
-    request = urllib.request.Request(base + path, data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
+# schemathesis keeps a cache in the working directory: keep it out of the clone.
+WORK_DIR="$CACHE_DIR/schemathesis-work"
+mkdir -p "$WORK_DIR"
+
+# An access token for the run, and real resources for the operations that take an id (an event,
+# a category, orders, a payment, a webhook endpoint): they go into schemathesis.toml as the ids
+# of those operations, so every operation is exercised with data that exists, not only 404s.
+# Admin-only resources need INGEST_ADMIN_EMAIL / INGEST_ADMIN_PASSWORD.
+token="$("$VENV/bin/python" - "$BASE_URL" "$WORK_DIR/schemathesis.toml" <<'PY'
+import json, os, sys, urllib.error, urllib.request, uuid
+base, config_path = sys.argv[1], sys.argv[2]
+token = None
+def call(method, path, body=None):
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = "Bearer " + token
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as e:
+        sys.exit(f"schemathesis.sh: preparing test data: {method} {path} answered {e.code}: {e.read()[:300]!r}")
 email, password = os.environ.get("INGEST_ADMIN_EMAIL"), os.environ.get("INGEST_ADMIN_PASSWORD")
 if not (email and password):
     name = "st_" + uuid.uuid4().hex[:12]
     email, password = name + "@example.com", "schemathesis-" + uuid.uuid4().hex
-    post("/v1/register", {"email": email, "user_name": name, "first_name": "Schema", "last_name": "Thesis",
-                          "password": password, "mobile_phone": "+4930123456"})
-print(post("/v1/login", {"login": email, "password": password})["access_token"])
+    call("POST", "/v1/register", {"email": email, "user_name": name, "first_name": "Schema",
+                                  "last_name": "Thesis", "password": password, "mobile_phone": "+4930123456"})
+signed_in = call("POST", "/v1/login", {"login": email, "password": password})
+token = signed_in["access_token"]
+ids = {"user": signed_in["user_id"]}
+if signed_in.get("role") == "admin":
+    ids["category"] = call("POST", "/v1/categories", {"name": "Schemathesis " + uuid.uuid4().hex[:8], "is_free": False})["id"]
+    ids["event"] = call("POST", "/v1/tickets", {
+        "name": "Schemathesis sale", "description": "Data for generated requests", "venue": "Hall",
+        "starts_at": "2031-06-01T20:00:00Z", "price_minor": 1000, "currency": "EUR", "capacity": 100000,
+        "sale_starts_at": "2020-01-01T00:00:00Z", "sale_ends_at": "2031-06-01T18:00:00Z",
+        "max_per_order": 0, "max_per_user": 0})["id"]
+    book = lambda: call("POST", "/v1/orders?wait=10", {"event_id": ids["event"], "number_slot": 1})
+    ids["order"], ids["cancel_order"], paid = book()["id"], book()["id"], book()
+    ids["pay_order"], ids["price"] = paid["id"], paid.get("amount_minor") or 1000
+    ids["payment"] = call("POST", "/v1/payments", {"order_id": ids["pay_order"], "price": ids["price"],
+                                                   "payment_method": "tok_success"})["id"]
+ids["webhook"] = call("POST", "/v1/webhooks", {"url": "https://hooks.example.com/boxoffice"})["id"]
+operations = [
+    ("GET /v1/users/{id}", {"path.id": ids["user"]}),
+    ("PUT /v1/users/{id}", {"path.id": ids["user"]}),
+    ("GET /v1/webhooks/{id}", {"path.id": ids["webhook"]}),
+    ("POST /v1/webhooks/{id}/enable", {"path.id": ids["webhook"]}),
+    ("POST /v1/webhooks/{id}/rotate-secret", {"path.id": ids["webhook"]}),
+    ("DELETE /v1/webhooks/{id}", {"path.id": ids["webhook"]}),
+]
+if "event" in ids:
+    operations += [
+        ("GET /v1/tickets/{id}", {"path.id": ids["event"]}),
+        ("PUT /v1/tickets/{id}", {"path.id": ids["event"]}),
+        ("PUT /v1/categories/{id}", {"path.id": ids["category"]}),
+        ("POST /v1/orders", {"body.event_id": ids["event"]}),
+        ("GET /v1/orders/{id}", {"path.id": ids["order"]}),
+        ("POST /v1/orders/{id}/cancel", {"path.id": ids["cancel_order"]}),
+        ("POST /v1/payments", {"body.order_id": ids["pay_order"], "body.price": ids["price"]}),
+        ("GET /v1/payments/{id}", {"path.id": ids["payment"]}),
+    ]
+with open(config_path, "w") as config:
+    config.write("# Written by ingest/schemathesis.sh for one run: real ids for the operations that take one.\n")
+    for name, parameters in operations:
+        pairs = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in parameters.items())
+        config.write(f"\n[[operations]]\ninclude-name = {json.dumps(name)}\nparameters = {{ {pairs} }}\n")
+print(token)
 PY
 )"
 
-# schemathesis keeps a cache in the working directory: keep it out of the clone.
-mkdir -p "$CACHE_DIR/schemathesis-work"
-cd "$CACHE_DIR/schemathesis-work"
+cd "$WORK_DIR"
 exec "$VENV/bin/st" run "$BASE_URL/openapi.json" \
     --checks not_a_server_error \
     --max-examples "$MAX_EXAMPLES" \
-    --phases examples,coverage,fuzzing \
+    --phases examples,coverage,fuzzing,stateful \
     --exclude-path-regex '/stream$' \
     --exclude-path /v1/logout \
     --header "Authorization: Bearer $token" \

@@ -216,7 +216,8 @@ pub fn router(state: SharedState) -> Router {
     // Swagger UI's files are compiled into the binary (utoipa-swagger-ui's `vendored` feature:
     // from crates.io, no download at build or run time); it also serves `/openapi.json`.
     let docs: Router<SharedState> = Router::from(
-        utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", spec),
+        utoipa_swagger_ui::SwaggerUi::new("/docs")
+            .external_url_unchecked("/openapi.json", openapi::document()),
     )
     .layer(SetResponseHeaderLayer::if_not_present(
         axum::http::header::CONTENT_SECURITY_POLICY,

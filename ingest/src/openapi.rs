@@ -32,7 +32,7 @@ use crate::routes::{
         Problem, FieldError, views::UserView, views::EventView, views::OrderView, views::PaymentView,
         crate::catalogue::SortField, tickets::SortOrder,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Links),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "users", description = "User profiles"),
@@ -46,6 +46,247 @@ use crate::routes::{
     )
 )]
 pub struct ApiDoc;
+
+/// The API description as served at `/openapi.json`: [`ApiDoc`] with its links' field names as
+/// OpenAPI spells them (utoipa 5 writes `Link` fields in snake case: `operation_id`,
+/// `request_body`, which OpenAPI tools do not read).
+pub fn document() -> serde_json::Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(paths) = document["paths"].as_object_mut() {
+        let responses = paths
+            .values_mut()
+            .filter_map(serde_json::Value::as_object_mut)
+            .flat_map(|item| item.values_mut())
+            .filter_map(|operation| operation.get_mut("responses"))
+            .filter_map(serde_json::Value::as_object_mut)
+            .flat_map(|responses| responses.values_mut());
+        for response in responses {
+            // `get_mut`: indexing a JSON object mutably would add `"links": null`.
+            let Some(links) = response
+                .get_mut("links")
+                .and_then(serde_json::Value::as_object_mut)
+            else {
+                continue;
+            };
+            for link in links
+                .values_mut()
+                .filter_map(serde_json::Value::as_object_mut)
+            {
+                for (written, openapi) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                    ("request_body", "requestBody"),
+                ] {
+                    if let Some(value) = link.remove(written) {
+                        link.insert(openapi.to_owned(), value);
+                    }
+                }
+            }
+        }
+    }
+    document
+}
+
+/// OpenAPI links: which answer gives the id another operation takes (clients and generated
+/// tests, such as schemathesis's stateful phase, follow them to real resources).
+#[derive(Debug)]
+struct Links;
+
+/// `(path, method, status, link name, target operation id, parameters, request body)`; the
+/// values are OpenAPI runtime expressions (`$response.body#/id`).
+type LinkRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Option<fn() -> serde_json::Value>,
+);
+
+const ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+
+const LINKS: &[LinkRow] = &[
+    (
+        "/v1/register",
+        "post",
+        "201",
+        "GetUser",
+        "get_user",
+        ID,
+        None,
+    ),
+    (
+        "/v1/register",
+        "post",
+        "201",
+        "UpdateUser",
+        "update_user",
+        ID,
+        None,
+    ),
+    (
+        "/v1/tickets",
+        "post",
+        "201",
+        "GetEvent",
+        "get_event",
+        ID,
+        None,
+    ),
+    (
+        "/v1/tickets",
+        "post",
+        "201",
+        "UpdateEvent",
+        "update_event",
+        ID,
+        None,
+    ),
+    (
+        "/v1/tickets",
+        "post",
+        "201",
+        "BookEvent",
+        "create_order",
+        &[],
+        Some(|| serde_json::json!({"event_id": "$response.body#/id", "number_slot": 1})),
+    ),
+    (
+        "/v1/categories",
+        "post",
+        "201",
+        "UpdateCategory",
+        "update_category",
+        ID,
+        None,
+    ),
+    (
+        "/v1/orders",
+        "post",
+        "202",
+        "GetOrder",
+        "get_order",
+        ID,
+        None,
+    ),
+    (
+        "/v1/orders",
+        "post",
+        "202",
+        "CancelOrder",
+        "cancel_order",
+        ID,
+        None,
+    ),
+    (
+        "/v1/orders",
+        "post",
+        "200",
+        "GetOrder",
+        "get_order",
+        ID,
+        None,
+    ),
+    (
+        "/v1/orders",
+        "post",
+        "200",
+        "CancelOrder",
+        "cancel_order",
+        ID,
+        None,
+    ),
+    (
+        "/v1/orders/{id}",
+        "get",
+        "200",
+        "PayOrder",
+        "create_payment",
+        &[],
+        Some(|| {
+            serde_json::json!({"order_id": "$response.body#/id",
+                                "price": "$response.body#/amount_minor",
+                                "payment_method": "tok_success"})
+        }),
+    ),
+    (
+        "/v1/payments",
+        "post",
+        "202",
+        "GetPayment",
+        "get_payment",
+        ID,
+        None,
+    ),
+    (
+        "/v1/webhooks",
+        "post",
+        "201",
+        "GetWebhook",
+        "get_webhook",
+        ID,
+        None,
+    ),
+    (
+        "/v1/webhooks",
+        "post",
+        "201",
+        "EnableWebhook",
+        "enable_webhook",
+        ID,
+        None,
+    ),
+    (
+        "/v1/webhooks",
+        "post",
+        "201",
+        "RotateWebhookSecret",
+        "rotate_webhook_secret",
+        ID,
+        None,
+    ),
+    (
+        "/v1/webhooks",
+        "post",
+        "201",
+        "DeleteWebhook",
+        "delete_webhook",
+        ID,
+        None,
+    ),
+];
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::link::Link;
+        for (path, method, status, name, target, parameters, body) in LINKS {
+            let Some(item) = openapi.paths.paths.get_mut(*path) else {
+                continue;
+            };
+            let operation = match *method {
+                "get" => item.get.as_mut(),
+                "post" => item.post.as_mut(),
+                "put" => item.put.as_mut(),
+                _ => None,
+            };
+            let Some(RefOr::T(response)) =
+                operation.and_then(|o| o.responses.responses.get_mut(*status))
+            else {
+                continue;
+            };
+            let mut link = Link::builder().operation_id(*target);
+            for (parameter, value) in *parameters {
+                link = link.parameter(*parameter, *value);
+            }
+            link = link.request_body(body.map(|make| make()));
+            response
+                .links
+                .insert((*name).to_owned(), RefOr::T(link.build()));
+        }
+    }
+}
 
 #[derive(Debug)]
 struct BearerAuth;
@@ -92,5 +333,35 @@ pub mod problems {
         NoSuchEndpoint = (404, "No such endpoint (or not yours)");
         NoSuchUser = (404, "No such user (or not yours)");
         TooManyStreams = (429, "Too many open streams for this account or address, or on this server (Retry-After)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_link_starts_at_a_described_answer_and_names_a_real_operation() {
+        let spec = document();
+        let operation_ids: Vec<&str> = spec["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|operation| operation["operationId"].as_str())
+            .collect();
+        for (path, method, status, name, target, ..) in LINKS {
+            let response = &spec["paths"][path][method]["responses"][status];
+            let link = &response["links"][name];
+            assert_eq!(
+                link["operationId"], *target,
+                "{method} {path} {status} carries {name}"
+            );
+            assert!(
+                link.get("operation_id").is_none(),
+                "OpenAPI's field names: {link}"
+            );
+            assert!(operation_ids.contains(target), "{target} is an operation");
+        }
     }
 }
