@@ -46,7 +46,7 @@ mkdir -p "$WORK_DIR"
 # of those operations, so every operation is exercised with data that exists, not only 404s.
 # Admin-only resources need INGEST_ADMIN_EMAIL / INGEST_ADMIN_PASSWORD.
 token="$("$VENV/bin/python" - "$BASE_URL" "$WORK_DIR/schemathesis.toml" <<'PY'
-import json, os, sys, urllib.error, urllib.request, uuid
+import json, os, sys, time, urllib.error, urllib.request, uuid
 base, config_path = sys.argv[1], sys.argv[2]
 token = None
 def call(method, path, body=None):
@@ -82,6 +82,14 @@ if signed_in.get("role") == "admin":
     ids["payment"] = call("POST", "/v1/payments", {"order_id": ids["pay_order"], "price": ids["price"],
                                                    "payment_method": "tok_success"})["id"]
 ids["webhook"] = call("POST", "/v1/webhooks", {"url": "https://hooks.example.com/boxoffice"})["id"]
+if "event" in ids:
+    # The in-app notice of a booked order (when a notifier runs beside ingest).
+    for _ in range(40):
+        items = call("GET", "/v1/notifications")["items"]
+        if items:
+            ids["notification"] = items[0]["id"]
+            break
+        time.sleep(0.5)
 operations = [
     ("GET /v1/users/{id}", {"path.id": ids["user"]}),
     ("PUT /v1/users/{id}", {"path.id": ids["user"]}),
@@ -101,6 +109,8 @@ if "event" in ids:
         ("POST /v1/payments", {"body.order_id": ids["pay_order"], "body.price": ids["price"]}),
         ("GET /v1/payments/{id}", {"path.id": ids["payment"]}),
     ]
+if "notification" in ids:
+    operations.append(("POST /v1/notifications/{id}/read", {"path.id": ids["notification"]}))
 with open(config_path, "w") as config:
     config.write("# Written by ingest/schemathesis.sh for one run: real ids for the operations that take one.\n")
     for name, parameters in operations:

@@ -23,7 +23,7 @@ use crate::routes::{
         orders::create_order, orders::list_orders, orders::get_order, orders::cancel_order,
         payments::create_payment, payments::list_payments, payments::get_payment,
         provider_webhook::receive_provider_event,
-        notifications::list_notifications,
+        notifications::list_notifications, notifications::mark_read, notifications::mark_all_read,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
         webhooks::delete_webhook, webhooks::enable_webhook, webhooks::rotate_webhook_secret,
         live::availability_stream, live::order_stream, live::notification_stream,
@@ -209,6 +209,7 @@ pub mod problems {
         NoSuchEvent = (404, "No such event");
         NoSuchEndpoint = (404, "No such endpoint (or not yours)");
         NoSuchUser = (404, "No such user (or not yours)");
+        NoSuchNotification = (404, "No such notification (or not yours)");
         TooManyStreams = (429, "Too many open streams for this account or address, or on this server (Retry-After)");
     }
 }

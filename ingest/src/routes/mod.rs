@@ -75,6 +75,11 @@ pub fn api() -> Router<SharedState> {
         .route("/v1/payments/{id}", get(payments::get_payment))
         .route("/v1/notifications", get(notifications::list_notifications))
         .route("/v1/notifications/stream", get(live::notification_stream))
+        .route("/v1/notifications/read", post(notifications::mark_all_read))
+        .route(
+            "/v1/notifications/{id}/read",
+            post(notifications::mark_read),
+        )
         .route(
             "/v1/webhooks",
             get(webhooks::list_webhooks).post(webhooks::create_webhook),

@@ -406,6 +406,12 @@ pub trait NotificationStore: Send + Sync + 'static {
         user_id: &str,
         page: &PageRequest,
     ) -> StoreResult<Page<NotificationRecord>>;
+
+    /// Marks one of `user_id`'s notifications read; `false` when it has none with that id.
+    async fn mark_read(&self, user_id: &str, notification_id: &str) -> StoreResult<bool>;
+
+    /// Marks `user_id`'s unread notifications read (the newest 10,000 looked at): how many.
+    async fn mark_all_read(&self, user_id: &str) -> StoreResult<usize>;
 }
 
 /// A user's webhook endpoint (`webhook_endpoints`; the notifier delivers to it).

@@ -396,6 +396,24 @@ impl PaymentStore for Memory {
 
 #[async_trait]
 impl NotificationStore for Memory {
+    async fn mark_read(&self, user: &str, id: &str) -> StoreResult<bool> {
+        let mut d = self.data.lock().unwrap();
+        let found = d
+            .notifications
+            .iter_mut()
+            .find(|n| n.user_id == user && n.id == id);
+        Ok(found.map(|n| n.read = true).is_some())
+    }
+
+    async fn mark_all_read(&self, user: &str) -> StoreResult<usize> {
+        let mut d = self.data.lock().unwrap();
+        let unread = d
+            .notifications
+            .iter_mut()
+            .filter(|n| n.user_id == user && !n.read);
+        Ok(unread.map(|n| n.read = true).count())
+    }
+
     async fn list_notifications(
         &self,
         user: &str,

@@ -1,6 +1,7 @@
 //! The notifications family's reader interface for other services: a user's in-app list, newest
-//! first, one page at a time (ingest's `GET v1/notifications`). Read-only: the notifier writes
-//! the list.
+//! first, one page at a time (ingest's `GET v1/notifications`), and the one write they make:
+//! marking notifications read (`read` is the one column the notifier never writes). The
+//! notifier writes the list.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,7 +47,14 @@ pub struct NotificationReader {
     newest: PreparedStatement,
     older: PreparedStatement,
     newer: PreparedStatement,
+    find: PreparedStatement,
+    mark: PreparedStatement,
 }
+
+/// Notifications looked at by one [`NotificationReader::mark_all_read`], newest first.
+pub const MARK_ALL_AT_MOST: i32 = 10_000;
+/// Rows read per page while marking all read.
+const MARK_PAGE: i32 = 500;
 
 type Row = (
     String,
@@ -107,6 +115,18 @@ impl NotificationReader {
                  ORDER BY created_at ASC, notification_id ASC LIMIT ?"
             ))
             .await?,
+            // Within one partition (a user's list): the id is a clustering column after the
+            // time, so finding a row by id filters that partition.
+            find: prepare(format!(
+                "SELECT created_at FROM {table} WHERE user_id = ? AND notification_id = ? \
+                 ALLOW FILTERING"
+            ))
+            .await?,
+            mark: prepare(format!(
+                "UPDATE {table} SET read = true \
+                 WHERE user_id = ? AND created_at = ? AND notification_id = ?"
+            ))
+            .await?,
             session,
         })
     }
@@ -147,6 +167,64 @@ impl NotificationReader {
                     .map_err(|e| failed(OPERATION)(e.to_string()))
             })
             .collect()
+    }
+}
+
+impl NotificationReader {
+    /// Marks `user_id`'s notification `notification_id` read; `false` when there is none.
+    pub async fn mark_read(
+        &self,
+        user_id: &str,
+        notification_id: &str,
+    ) -> Result<bool, NotifyStoreError> {
+        const OPERATION: &str = "mark a notification read";
+        let rows = self
+            .session
+            .execute_unpaged(&self.find, (user_id, notification_id))
+            .await
+            .map_err(|e| failed(OPERATION)(e.to_string()))?
+            .into_rows_result()
+            .map_err(|e| failed(OPERATION)(e.to_string()))?;
+        let found = rows
+            .maybe_first_row::<(Option<CqlTimestamp>,)>()
+            .map_err(|e| failed(OPERATION)(e.to_string()))?;
+        let Some((Some(at),)) = found else {
+            return Ok(false);
+        };
+        self.session
+            .execute_unpaged(&self.mark, (user_id, at, notification_id))
+            .await
+            .map_err(|e| failed(OPERATION)(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Marks `user_id`'s unread notifications read, the newest [`MARK_ALL_AT_MOST`] looked at:
+    /// how many were marked.
+    pub async fn mark_all_read(&self, user_id: &str) -> Result<usize, NotifyStoreError> {
+        const OPERATION: &str = "mark notifications read";
+        let (mut marked, mut seen) = (0, 0);
+        let mut cursor: Option<(i64, String)> = None;
+        // Bounded: at most MARK_ALL_AT_MOST / MARK_PAGE pages.
+        while seen < MARK_ALL_AT_MOST {
+            let start = match &cursor {
+                None => PageStart::Newest,
+                Some((at, id)) => PageStart::OlderThan { at: *at, id },
+            };
+            let page = self.page(user_id, start, MARK_PAGE).await?;
+            seen += i32::try_from(page.len()).unwrap_or(MARK_PAGE);
+            for n in page.iter().filter(|n| !n.read) {
+                self.session
+                    .execute_unpaged(&self.mark, (user_id, CqlTimestamp(n.created_at), &n.id))
+                    .await
+                    .map_err(|e| failed(OPERATION)(e.to_string()))?;
+                marked += 1;
+            }
+            if page.len() < usize::try_from(MARK_PAGE).unwrap_or(usize::MAX) {
+                break;
+            }
+            cursor = page.last().map(|n| (n.created_at, n.id.clone()));
+        }
+        Ok(marked)
     }
 }
 

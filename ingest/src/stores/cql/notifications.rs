@@ -57,4 +57,18 @@ impl NotificationStore for CqlStores {
             more: page.more,
         })
     }
+
+    async fn mark_read(&self, user_id: &str, notification_id: &str) -> StoreResult<bool> {
+        self.notification_reader
+            .mark_read(user_id, notification_id)
+            .await
+            .map_err(|e| StoreError::unavailable("mark a notification read", e))
+    }
+
+    async fn mark_all_read(&self, user_id: &str) -> StoreResult<usize> {
+        self.notification_reader
+            .mark_all_read(user_id)
+            .await
+            .map_err(|e| StoreError::unavailable("mark notifications read", e))
+    }
 }
