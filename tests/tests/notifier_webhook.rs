@@ -343,7 +343,7 @@ async fn a_hung_endpoint_never_delays_another_users_deliveries() {
     settings.webhook_timeout = Duration::from_secs(4);
     // Room for either user's burst: Mallory's are parked by the suspension, not the bound.
     settings.webhook_endpoint_queue = 16;
-    settings.webhook_suspend_after = 2;
+    settings.webhook_suspend_after = Some(2);
     let group = settings.group_id(Channel::Webhook);
     let notifier = RunningNotifier::start(&pipeline, settings).await;
     // Alice's come after Mallory's first delivery hangs (and after all of Mallory's records

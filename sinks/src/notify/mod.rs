@@ -169,10 +169,13 @@ pub struct NotifierSettings {
     pub webhook_endpoint_queue: u32,
 
     /// Failures in a row (5xx, 408, 429, timeouts) that suspend a webhook endpoint: while
-    /// suspended its deliveries are parked instead of tried.
+    /// suspended its deliveries are parked instead of tried. Default: `--max-attempts`, so a
+    /// passing outage costs no more deliveries than before (one delivery runs out of attempts
+    /// first), while an endpoint that stays down holds the channel for one delivery's attempts,
+    /// not for each of its deliveries.
     #[arg(long = "webhook-suspend-after", env = "NOTIFIER_WEBHOOK_SUSPEND_AFTER",
-          default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub webhook_suspend_after: u32,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub webhook_suspend_after: Option<u32>,
 
     /// The first suspension of a failing endpoint; doubles with each one after a failed trial,
     /// up to `--webhook-suspend-max` (e.g. `30s`).
@@ -239,7 +242,7 @@ impl NotifierSettings {
     /// When a failing webhook endpoint is suspended.
     pub fn webhook_health_limits(&self) -> endpoint_health::HealthLimits {
         endpoint_health::HealthLimits {
-            suspend_after: self.webhook_suspend_after,
+            suspend_after: self.webhook_suspend_after.unwrap_or(self.max_attempts),
             first_cooldown: self.webhook_suspend_for,
             max_cooldown: self.webhook_suspend_max.max(self.webhook_suspend_for),
         }

@@ -285,7 +285,7 @@ async fn main() -> anyhow::Result<()> {
             email_from: "boxoffice <notifications@boxoffice.test>".to_owned(),
             webhook_timeout: Duration::from_secs(10),
             webhook_endpoint_queue: 32,
-            webhook_suspend_after: 3,
+            webhook_suspend_after: None,
             webhook_suspend_for: Duration::from_secs(30),
             webhook_suspend_max: Duration::from_secs(900),
             // The receivers listen on loopback.

@@ -311,7 +311,7 @@ impl ChannelRunner {
         let deadline = Instant::now()
             + settings
                 .webhook_timeout
-                .saturating_mul(settings.webhook_suspend_after)
+                .saturating_mul(settings.webhook_health_limits().suspend_after)
                 .max(stall);
         let full = format!("{} deliveries are waiting for it", queue.max_capacity());
         loop {
