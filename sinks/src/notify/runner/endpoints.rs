@@ -193,11 +193,12 @@ impl EndpointWorkers {
         })
     }
 
-    /// Removes the worker of `endpoint_id` if it is still `generation` and has nothing queued.
-    fn retire(&self, endpoint_id: &str, generation: u64, queued: bool) -> bool {
+    /// Removes the worker of `endpoint_id` if it is still `generation` and nothing is in its
+    /// `queue`: looked at under the lock that every send takes, so no job lands after.
+    fn retire(&self, endpoint_id: &str, generation: u64, queue: &mpsc::Receiver<Job>) -> bool {
         let mut guard = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         let current = guard.0.get(endpoint_id).map(|w| w.generation);
-        if queued || current != Some(generation) {
+        if !queue.is_empty() || current != Some(generation) {
             return false;
         }
         guard.0.remove(endpoint_id);
@@ -228,7 +229,7 @@ async fn run_worker(
                 let Some(endpoints) = runner.endpoints.as_ref() else {
                     return;
                 };
-                if endpoints.retire(&endpoint_id, generation, !queue.is_empty()) {
+                if endpoints.retire(&endpoint_id, generation, &queue) {
                     return;
                 }
                 continue;
