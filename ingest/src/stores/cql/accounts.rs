@@ -260,7 +260,11 @@ impl AccountStore for CqlStores {
 
     async fn insert_refresh(&self, r: &RefreshRecord) -> StoreResult<()> {
         let now = crate::now_millis();
-        let ttl = i32::try_from(((r.expires_at - now) / 1000).max(1)).unwrap_or(i32::MAX);
+        // The TTL only cleans up: `expires_at` decides. Rounded up and one second over, since
+        // the store counts it from a whole second (a floored TTL dropped a token up to two
+        // seconds before its session's end).
+        let seconds = ((r.expires_at - now).max(0) + 999) / 1000 + 1;
+        let ttl = i32::try_from(seconds).unwrap_or(i32::MAX);
         self.run(
             &self.s.insert_refresh,
             (
