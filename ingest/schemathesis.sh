@@ -93,6 +93,7 @@ if "event" in ids:
 operations = [
     ("GET /v1/users/{id}", {"path.id": ids["user"]}),
     ("PUT /v1/users/{id}", {"path.id": ids["user"]}),
+    ("POST /v1/users/{id}/verify-email", {"path.id": ids["user"]}),
     ("GET /v1/webhooks/{id}", {"path.id": ids["webhook"]}),
     ("POST /v1/webhooks/{id}/enable", {"path.id": ids["webhook"]}),
     ("POST /v1/webhooks/{id}/rotate-secret", {"path.id": ids["webhook"]}),

@@ -247,6 +247,25 @@ wire_enum! {
         OrderCancelled,
         OrderRefunded,
         LatePaymentReallocated,
+        // Account notices, produced by ingest and sent by email only (never in-app or to
+        // webhooks): the recipient address is the `to` parameter.
+        EmailVerification,
+        PasswordReset,
+        AccountExists,
+        UserNameTaken,
+    }
+}
+
+impl NotificationKind {
+    /// An account notice (email only, to the `to` parameter), not an order's news.
+    pub fn is_account_notice(self) -> bool {
+        matches!(
+            self,
+            NotificationKind::EmailVerification
+                | NotificationKind::PasswordReset
+                | NotificationKind::AccountExists
+                | NotificationKind::UserNameTaken
+        )
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use boxoffice_avro::records::RecordGroup;
-use boxoffice_avro::{BookingCommand, Codec, PaymentRequest};
+use boxoffice_avro::records::{NotificationRequested, Record, RecordGroup};
+use boxoffice_avro::{BookingCommand, Codec, CodecError, PaymentRequest};
 use boxoffice_topics::kafka::KafkaArgs;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -30,6 +30,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn send_command(&self, command: &BookingCommand) -> Result<(), BusError>;
     /// Produces to `payments.requests`, keyed by order id; resolves after the broker's ack.
     async fn send_payment(&self, request: &PaymentRequest) -> Result<(), BusError>;
+    /// Produces an account notice to `notifications`, keyed by its user id; resolves after the
+    /// broker's ack (the notifier's email channel sends it).
+    async fn send_notice(&self, notice: &NotificationRequested) -> Result<(), BusError>;
     /// Fetches cluster metadata (readiness).
     async fn ping(&self) -> Result<(), BusError>;
 }
@@ -74,14 +77,23 @@ impl KafkaBus {
     }
 
     async fn send<G: RecordGroup>(&self, topic: &str, record: &G) -> Result<(), BusError> {
-        let payload = self.codec.encode_group(topic, record).await.map_err(|e| {
+        let payload = self.codec.encode_group(topic, record).await;
+        self.produce(topic, record.key(), payload).await
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Result<Vec<u8>, CodecError>,
+    ) -> Result<(), BusError> {
+        let payload = payload.map_err(|e| {
             if e.is_retryable() {
                 BusError::Registry(e.to_string())
             } else {
                 BusError::Unavailable(e.to_string())
             }
         })?;
-        let key = record.key().to_owned();
         let delivery = self.producer.send(
             FutureRecord::to(topic)
                 .key(key.as_bytes())
@@ -108,6 +120,12 @@ impl Bus for KafkaBus {
 
     async fn send_payment(&self, request: &PaymentRequest) -> Result<(), BusError> {
         self.send(&self.topics.payments, request).await
+    }
+
+    async fn send_notice(&self, notice: &NotificationRequested) -> Result<(), BusError> {
+        let topic = &self.topics.notifications;
+        let payload = self.codec.encode(topic, notice).await;
+        self.produce(topic, notice.key(), payload).await
     }
 
     async fn ping(&self) -> Result<(), BusError> {

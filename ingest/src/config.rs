@@ -164,6 +164,14 @@ pub struct IngestSettings {
           value_parser = boxoffice_runtime::egress::parse_network)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Where the links in account emails (email verification, password reset) lead: the
+    /// frontend, which posts the token from the link to `v1/verify-email` or
+    /// `v1/password-reset/confirm`. Links are `{base}/verify-email#token=...` and
+    /// `{base}/reset-password#token=...`.
+    #[arg(long = "account-link-base", env = "INGEST_ACCOUNT_LINK_BASE",
+          default_value = "http://localhost:8888", value_parser = parse_link_base)]
+    pub account_link_base: url::Url,
+
     /// Which non-public addresses users' webhook endpoints may point at
     /// (`WEBHOOK_ALLOW_NETWORKS`, shared with the notifier).
     #[command(flatten)]
@@ -355,9 +363,42 @@ pub fn parse_tolerance(raw: &str) -> Result<Duration, String> {
     Ok(tolerance)
 }
 
+/// An `http` or `https` URL without credentials, query or fragment (links are built on it).
+pub fn parse_link_base(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{text:?}: only http and https links work in email"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{text:?}: no credentials in a link"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || url.host().is_none() {
+        return Err(format!(
+            "{text:?}: a base with a host and no query or fragment"
+        ));
+    }
+    Ok(url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_links_need_a_plain_http_base() {
+        assert!(parse_link_base("https://tickets.example/app").is_ok());
+        assert!(parse_link_base("http://localhost:8888").is_ok());
+        for bad in [
+            "tickets.example",
+            "javascript:alert(1)",
+            "ftp://tickets.example",
+            "https://user:pw@tickets.example",
+            "https://tickets.example/?next=x",
+            "https://tickets.example/#top",
+        ] {
+            assert!(parse_link_base(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn short_secrets_are_refused_naming_the_setting() {

@@ -151,6 +151,12 @@ fn build_state(
             &settings.jwt_audience,
             settings.access_token_ttl,
         ),
+        action_keys: crate::auth::action_token::ActionKeys::new(
+            &settings.jwt_secret,
+            &settings.jwt_issuer,
+            &settings.jwt_audience,
+        ),
+        account_link_base: settings.account_link_base.clone(),
         pager: Pager::new(&settings.jwt_secret),
         account_limiter: RateLimiter::new(
             settings.login_account_burst,
@@ -269,18 +275,24 @@ pub enum AdminError {
     #[error("creating the admin failed: {0}")]
     Failed(String),
     #[error(
-        "INGEST_ADMIN_EMAIL {0} belongs to an account that is not an admin. Anyone can register \
-         any email address (it is not verified), so startup never promotes one: choose another \
-         admin email, or, once you know the account is yours, promote it with \
-         `boxoffice-ingest create-admin --email {0}`"
+        "INGEST_ADMIN_EMAIL {0} belongs to an account that is not an admin. Startup never \
+         promotes one: choose another admin email, or, once the account's owner has verified \
+         the address, promote it with `boxoffice-ingest create-admin --email {0}`"
     )]
     ExistingNotAdmin(String),
+    #[error(
+        "{0} belongs to an account whose email address is not verified: anyone can register \
+         any address, so it is not promoted. Its owner opens the verification link first (or \
+         asks for a password reset, which verifies it too)"
+    )]
+    Unverified(String),
 }
 
 /// What [`ensure_admin`] does when the email is registered already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExistingAccount {
-    /// Give it the admin role: an operator's deliberate `create-admin`.
+    /// Give it the admin role if its email address is verified: an operator's deliberate
+    /// `create-admin`.
     Promote,
     /// Accept it only if it is an admin already (the startup bootstrap, run by every replica):
     /// whoever registered the email first must not become admin.
@@ -301,6 +313,15 @@ async fn existing_admin(
     };
     match existing {
         ExistingAccount::Promote => {
+            let user = accounts.get_user(&user_id).await.map_err(failed)?;
+            // An admin from before email verification stays one; anyone else must have
+            // verified the address.
+            if user.as_ref().is_some_and(|u| u.role == Role::Admin) {
+                return Ok(Some(user_id));
+            }
+            if !user.is_some_and(|u| u.email_verified) {
+                return Err(AdminError::Unverified(email.to_owned()));
+            }
             accounts
                 .set_role(&user_id, Role::Admin)
                 .await
@@ -320,9 +341,9 @@ async fn existing_admin(
     Ok(Some(user_id))
 }
 
-/// Makes `email` an admin: creates the account (user name from `user_name`, or from the email)
-/// or, when the email is registered already, handles it as `existing` says (the password is
-/// left as it is). Idempotent.
+/// Makes `email` an admin: creates the account (user name from `user_name`, or from the email;
+/// its address counts as verified: the operator named it) or, when the email is registered
+/// already, handles it as `existing` says (the password is left as it is). Idempotent.
 pub async fn ensure_admin(
     state: &SharedState,
     email: &str,
@@ -361,20 +382,24 @@ pub async fn ensure_admin(
                 &uuid::Uuid::new_v4().simple().to_string()[..6]
             )
         };
+        let profile = routes::auth::Profile {
+            email: email.clone(),
+            user_name: name,
+            first_name: "Admin".to_owned(),
+            last_name: "Admin".to_owned(),
+            mobile_phone: "+0000000000".to_owned(),
+        };
         let created = routes::auth::create_account(
             state,
-            email.clone(),
-            name,
-            "Admin".to_owned(),
-            "Admin".to_owned(),
-            "+0000000000".to_owned(),
+            profile,
             password.clone(),
             Role::Admin,
+            Some(now_millis()),
         )
         .await;
         match created {
-            Ok(user) => return Ok(user.id),
-            Err(ApiError::Conflict(_)) => {
+            Ok(Ok(user)) => return Ok(user.id),
+            Ok(Err(_)) => {
                 // Email claimed concurrently: by another replica's bootstrap (an admin), or by
                 // someone registering it (then `existing` decides).
                 if let Some(user_id) = existing_admin(state, &email, existing).await? {

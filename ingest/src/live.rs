@@ -333,6 +333,8 @@ pub async fn follow(
             }
         } else if topic == topics.notifications {
             match codec.decode_as::<NotificationRequested>(payload).await {
+                // Account notices carry tokens and go by email only, never to a stream.
+                Ok(notification) if notification.kind.is_account_notice() => {}
                 Ok(notification) => live.publish_notification(notification),
                 Err(e) => skip(topic, message.offset(), &e),
             }

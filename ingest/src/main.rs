@@ -98,6 +98,12 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
     let admin_password = read_admin_password(dev, env)?;
     if dev {
         tracing::warn!("development mode (--dev / BOXOFFICE_DEV): development secrets allowed");
+    } else if cli.settings.account_link_base.host_str() == Some("localhost") {
+        // Links in verification and reset emails would lead nowhere for real fans.
+        tracing::warn!(
+            base = %cli.settings.account_link_base,
+            "INGEST_ACCOUNT_LINK_BASE points at localhost: set it to the frontend's public URL"
+        );
     }
     let (session, schema) = cli.service.connect().await?;
     // Adds ingest's columns to an older keyspace, then prepares the statements.

@@ -6,8 +6,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{FieldError, Problem};
 use crate::routes::{
-    auth, health, live, notifications, orders, payments, provider_webhook, tickets, users, views,
-    webhooks,
+    accounts, auth, health, live, notifications, orders, payments, provider_webhook, tickets,
+    users, views, webhooks,
 };
 
 /// The API description.
@@ -17,7 +17,8 @@ use crate::routes::{
     paths(
         health::healthz, health::readyz,
         auth::register, auth::login, auth::refresh_tokens, auth::logout,
-        users::list_users, users::get_user, users::update_user,
+        accounts::verify_email, accounts::request_password_reset, accounts::confirm_password_reset,
+        users::list_users, users::get_user, users::update_user, users::vouch_for_email,
         tickets::search, tickets::get_event, tickets::create_event, tickets::update_event,
         tickets::list_categories, tickets::create_category, tickets::update_category,
         orders::create_order, orders::list_orders, orders::get_order, orders::cancel_order,
@@ -105,13 +106,14 @@ type LinkRow = (
 );
 
 const ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+const USER_ID: &[(&str, &str)] = &[("id", "$response.body#/user_id")];
 /// An order is answered 202 (accepted) or, with `?wait`, 200 (decided).
 const ORDER_ANSWERS: &[&str] = &["200", "202"];
 
 #[rustfmt::skip] // a table: one link a line
 const LINKS: &[LinkRow] = &[
-    ("/v1/register", "post", &["201"], "GetUser", "get_user", ID, None),
-    ("/v1/register", "post", &["201"], "UpdateUser", "update_user", ID, None),
+    ("/v1/login", "post", &["200"], "GetUser", "get_user", USER_ID, None),
+    ("/v1/login", "post", &["200"], "UpdateUser", "update_user", USER_ID, None),
     ("/v1/tickets", "post", &["201"], "GetEvent", "get_event", ID, None),
     ("/v1/tickets", "post", &["201"], "UpdateEvent", "update_event", ID, None),
     ("/v1/tickets", "post", &["201"], "BookEvent", "create_order", &[],

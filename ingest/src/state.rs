@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::auth::action_token::ActionKeys;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::limiter::RateLimiter;
 use crate::auth::password::PasswordWork;
@@ -29,6 +30,10 @@ pub struct AppState {
     pub stores: Stores,
     pub bus: Arc<dyn Bus>,
     pub tokens: TokenKeys,
+    /// Signs the links of account emails (verification, password reset).
+    pub action_keys: ActionKeys,
+    /// Where those links lead (the frontend).
+    pub account_link_base: url::Url,
     pub pager: Pager,
     pub account_limiter: RateLimiter,
     pub ip_limiter: RateLimiter,

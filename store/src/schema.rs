@@ -356,7 +356,8 @@ fn table_definitions() -> [(&'static str, &'static str); 24] {
         (
             "auth_profiles",
             "user_id text PRIMARY KEY, email text, user_name text, password_hash text, \
-             role text, created_at timestamp",
+             role text, created_at timestamp, email_verified_at timestamp, \
+             password_changed_at timestamp",
         ),
         // Uniqueness of e-mail addresses and user names: claimed with `INSERT ... IF NOT EXISTS`.
         ("auth_by_email", "email text PRIMARY KEY, user_id text"),
@@ -655,6 +656,18 @@ pub const MIGRATIONS: &[AddColumn] = &[
         table: "event_inventory",
         column: "decision_digest",
         cql_type: "text static",
+    },
+    // ingest: when the account's email address was verified (null: not yet; it cannot book).
+    AddColumn {
+        table: "auth_profiles",
+        column: "email_verified_at",
+        cql_type: "timestamp",
+    },
+    // ingest: when the password was last reset; refresh tokens issued before it are refused.
+    AddColumn {
+        table: "auth_profiles",
+        column: "password_changed_at",
+        cql_type: "timestamp",
     },
 ];
 

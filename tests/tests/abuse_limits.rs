@@ -5,7 +5,7 @@
 //! - registrations per client address are limited: past the burst, **429** with `Retry-After`
 //!   and a problem body, and no account is created;
 //! - password hashing runs under a bound (one at a time here, two waiting): a flood of
-//!   concurrent registrations gets **201** or **429** (with `Retry-After`), never a 5xx, and
+//!   concurrent registrations gets **202** or **429** (with `Retry-After`), never a 5xx, and
 //!   every 201 is a real account that can sign in;
 //! - (finding 9) answers carry the security headers and `Cache-Control: no-store`;
 //! - (finding 4) orders per account are limited (429 with `Retry-After`), another fan is not;
@@ -125,7 +125,7 @@ async fn registrations_per_address_are_limited() {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     for n in 0..3 {
         let (status, ..) = register(&http, &ingest.base, &registration(n, &run)).await;
-        assert_eq!(status, 201, "registration {n}");
+        assert_eq!(status, 202, "registration {n}");
     }
     let (status, retry_after, content_type) =
         register(&http, &ingest.base, &registration(3, &run)).await;
@@ -176,7 +176,7 @@ async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
     .await;
     let base = &behind_proxy.base;
     let first = register_forwarded(&http, base, &registration(0, &run), Some("198.51.100.1")).await;
-    assert_eq!(first.0, 201);
+    assert_eq!(first.0, 202);
     let again = register_forwarded(&http, base, &registration(1, &run), Some("198.51.100.1")).await;
     assert_eq!(again.0, 429, "the same forwarded client has used its burst");
     // A client-written first hop does not help: the proxy's hop (the last) is the client.
@@ -184,13 +184,13 @@ async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
     let spoof = register_forwarded(&http, base, &registration(2, &run), Some(spoofed)).await;
     assert_eq!(spoof.0, 429, "the nearest untrusted hop is the client");
     let other = register_forwarded(&http, base, &registration(3, &run), Some("198.51.100.2")).await;
-    assert_eq!(other.0, 201, "another forwarded client has its own bucket");
+    assert_eq!(other.0, 202, "another forwarded client has its own bucket");
     drop(behind_proxy);
 
     let direct = start_ingest(&pipeline, &limits).await;
     let base = &direct.base;
     let first = register_forwarded(&http, base, &registration(4, &run), Some("198.51.100.3")).await;
-    assert_eq!(first.0, 201);
+    assert_eq!(first.0, 202);
     let rotated =
         register_forwarded(&http, base, &registration(5, &run), Some("198.51.100.4")).await;
     assert_eq!(
@@ -223,7 +223,7 @@ async fn a_registration_flood_waits_in_a_bounded_queue_or_gets_429() {
     .await;
     let created: Vec<usize> = answers
         .iter()
-        .filter(|(_, (status, ..))| *status == 201)
+        .filter(|(_, (status, ..))| *status == 202)
         .map(|(n, _)| *n)
         .collect();
     let busy = answers
@@ -232,10 +232,10 @@ async fn a_registration_flood_waits_in_a_bounded_queue_or_gets_429() {
             *status == 429 && retry_after.is_some() && content_type == "application/problem+json"
         })
         .count();
-    assert_eq!(created.len() + busy, flood, "only 201 or 429: {answers:?}");
+    assert_eq!(created.len() + busy, flood, "only 202 or 429: {answers:?}");
     assert!(busy > 0, "40 at once with room for 3: some are turned away");
     assert!(!created.is_empty(), "the bound lets work through");
-    // Every 201 is a real account.
+    // Every 202 is a real account.
     for n in created.iter().take(3) {
         let login = http
             .post(format!("{}/v1/login", ingest.base))
@@ -279,19 +279,22 @@ async fn access_token(http: &reqwest::Client, base: &str, login: &str, password:
     reply["access_token"].as_str().unwrap().to_owned()
 }
 
-/// Registers `count` fans of `run` and signs them in: their access tokens.
+/// Registers `count` fans of `run`, has `admin` verify their addresses and signs them in:
+/// their access tokens.
 async fn signed_in_fans(
     http: &reqwest::Client,
     base: &str,
+    admin: &str,
     run: &str,
     count: usize,
 ) -> Vec<String> {
     let mut fans = Vec::new();
     for n in 0..count {
-        let (status, ..) = register(http, base, &registration(n, run)).await;
-        assert_eq!(status, 201);
-        let login = format!("fan{n}_{run}");
-        fans.push(access_token(http, base, &login, &format!("correct horse {n} battery")).await);
+        let account =
+            boxoffice_tests::accounts::register_verified(http, base, admin, &registration(n, run))
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        fans.push(account.access_token);
     }
     fans
 }
@@ -333,7 +336,7 @@ async fn orders_per_account_are_limited() {
     let order = json!({"event_id": event, "number_slot": 1});
 
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let fans = signed_in_fans(&http, base, &run, 2).await;
+    let fans = signed_in_fans(&http, base, &admin, &run, 2).await;
     let orders = format!("{base}/v1/orders");
     for _ in 0..2 {
         let (status, _, reply) = post(&http, orders.clone(), Some(&fans[0]), &order).await;
@@ -399,7 +402,8 @@ async fn live_streams_end_with_the_session_and_are_capped() {
     let http = reqwest::Client::new();
     let base = ingest.base.as_str();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let fans = signed_in_fans(&http, base, &run, 2).await;
+    let admin = access_token(&http, base, "admin@streams.example", admin_password).await;
+    let fans = signed_in_fans(&http, base, &admin, &run, 2).await;
     let notifications = format!("{base}/v1/notifications/stream");
 
     // Logout ends the stream; an untouched token's stream ends when the token expires.
@@ -479,7 +483,7 @@ async fn refresh_rotation_never_extends_a_session() {
     let base = ingest.base.as_str();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let (status, ..) = register(&http, base, &registration(0, &run)).await;
-    assert_eq!(status, 201);
+    assert_eq!(status, 202);
     let body = json!({"login": format!("fan0_{run}"), "password": "correct horse 0 battery"});
     let (status, _, mut pair) = post(&http, format!("{base}/v1/login"), None, &body).await;
     assert_eq!(status, 200, "{pair}");

@@ -62,7 +62,7 @@ async fn tokens_sessions_and_roles() {
         "boxoffice-api",
         Duration::from_secs(900),
     )
-    .issue(&id, boxoffice_ingest::stores::Role::Admin, "x")
+    .issue(&id, boxoffice_ingest::stores::Role::Admin, "x", true)
     .unwrap();
     for (what, token) in [
         ("expired", expired),
@@ -272,7 +272,7 @@ async fn hostile_input_never_gets_a_5xx() {
                    "password": "pässwörd ünïcödé", "mobile_phone": "+81 3-1234-5678"}),
         )
         .await;
-    assert_eq!(unicode.status, 201, "{}", unicode.body);
+    assert_eq!(unicode.status, 202, "{}", unicode.body);
     ingest.stop().await;
 }
 
@@ -301,7 +301,19 @@ async fn kafka_down_answers_503_never_202() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (_, token, _) = ingest.user("unlucky").await;
+    // The account is made, but its verification email cannot be queued: 503, never a 202 that
+    // promised an email (registering again resends the link).
+    ingest
+        .post(
+            "/v1/register",
+            None,
+            json!({"email": "unlucky@example.com", "user_name": "unlucky", "first_name": "Un",
+                   "last_name": "Lucky", "password": ingest_common::PASSWORD,
+                   "mobile_phone": "+49 30 1234567"}),
+        )
+        .await
+        .assert_problem(503);
+    let (_, token, _) = ingest.verified_login("unlucky").await;
     let started = std::time::Instant::now();
     let order = ingest
         .post(
@@ -381,11 +393,11 @@ async fn an_older_orders_table_gets_ingests_columns() {
         .unwrap();
 }
 
-/// Issue 13, finding 8 (in part): the startup bootstrap made an admin of whoever had registered
-/// `INGEST_ADMIN_EMAIL` first (emails are not verified). Now it refuses an existing non-admin
+/// Issue 13, finding 8: the startup bootstrap made an admin of whoever had registered
+/// `INGEST_ADMIN_EMAIL` first (emails were not verified). Now it refuses an existing non-admin
 /// account, naming the way out, and the account stays a fan; only the operator's explicit
-/// `create-admin` (`ExistingAccount::Promote`) promotes it. The bootstrap stays idempotent for
-/// an account that is an admin already.
+/// `create-admin` (`ExistingAccount::Promote`) promotes it, and only once its address is
+/// verified. The bootstrap stays idempotent for an account that is an admin already.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_startup_bootstrap_never_promotes_an_account_someone_registered() {
     use boxoffice_ingest::{AdminError, ExistingAccount, ensure_admin};
@@ -437,4 +449,34 @@ async fn the_startup_bootstrap_never_promotes_an_account_someone_registered() {
     .await
     .unwrap();
     assert_eq!(again, squatter_id);
+
+    // Issue 13, finding 8: not even `create-admin` promotes an account whose address was never
+    // verified (anyone can register any address).
+    let unverified = ingest
+        .post(
+            "/v1/register",
+            None,
+            json!({"email": "ops_lead@example.com", "user_name": "ops_lead", "first_name": "Ops",
+                   "last_name": "Lead", "password": ingest_common::PASSWORD,
+                   "mobile_phone": "+49 30 1234567"}),
+        )
+        .await;
+    assert_eq!(unverified.status, 202, "{}", unverified.body);
+    let refused = ensure_admin(
+        &ingest.library,
+        "ops_lead@example.com",
+        "a long admin password",
+        None,
+        ExistingAccount::Promote,
+    )
+    .await;
+    let Err(AdminError::Unverified(named)) = refused else {
+        panic!("create-admin promoted an unverified address: {refused:?}");
+    };
+    assert_eq!(named, "ops_lead@example.com");
+    let (_, lead, _) = ingest.verified_login("ops_lead").await;
+    ingest
+        .get("/v1/users", Some(&lead))
+        .await
+        .assert_problem(403);
 }

@@ -20,6 +20,8 @@ pub struct AuthUser {
     pub session_id: String,
     /// When the access token expires (seconds since the epoch): streams end then.
     pub expires_at: u64,
+    /// The account's email address was verified when the token was issued: it may book.
+    pub email_verified: bool,
 }
 
 impl AuthUser {
@@ -87,6 +89,7 @@ impl FromRequestParts<SharedState> for UncheckedUser {
             role: claims.role,
             session_id: claims.sid,
             expires_at: claims.exp,
+            email_verified: claims.ev,
         }))
     }
 }

@@ -1,6 +1,7 @@
 //! Access tokens: JWT signed with HS256 only (the algorithm is pinned: `none`, RS256 or any
 //! other algorithm in the header is refused), carrying `kid`, `iss`, `aud`, `sub`, `role`,
-//! `sid` (the login session, so logout revokes its tokens), `iat`, `exp` and `jti`.
+//! `sid` (the login session, so logout revokes its tokens), `ev` (the account's email address is
+//! verified: it may book), `iat`, `exp` and `jti`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,9 @@ pub struct Claims {
     pub role: Role,
     /// The refresh-token family (login session) the token belongs to.
     pub sid: String,
+    /// The account's email address was verified when the token was issued (absent: no).
+    #[serde(default)]
+    pub ev: bool,
     pub iat: u64,
     pub exp: u64,
     pub jti: String,
@@ -98,7 +102,13 @@ impl TokenKeys {
     }
 
     /// A fresh access token for `user_id` in session `sid`.
-    pub fn issue(&self, user_id: &str, role: Role, sid: &str) -> Result<String, TokenError> {
+    pub fn issue(
+        &self,
+        user_id: &str,
+        role: Role,
+        sid: &str,
+        email_verified: bool,
+    ) -> Result<String, TokenError> {
         let now = now_secs();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -106,6 +116,7 @@ impl TokenKeys {
             sub: user_id.to_owned(),
             role,
             sid: sid.to_owned(),
+            ev: email_verified,
             iat: now,
             exp: now + self.ttl.as_secs(),
             jti: uuid::Uuid::new_v4().to_string(),
@@ -162,7 +173,7 @@ mod tests {
     #[test]
     fn issued_tokens_verify() {
         let k = keys(&"a".repeat(32));
-        let token = k.issue("user-1", Role::Admin, "sid-1").unwrap();
+        let token = k.issue("user-1", Role::Admin, "sid-1", true).unwrap();
         let claims = k.verify(&token).unwrap();
         assert_eq!(claims.sub, "user-1");
         assert_eq!(claims.role, Role::Admin);
@@ -172,7 +183,9 @@ mod tests {
     #[test]
     fn expired_wrong_key_wrong_audience_and_tampered_tokens_are_refused() {
         let k = keys(&"a".repeat(32));
-        let mut claims = k.verify(&k.issue("u", Role::User, "s").unwrap()).unwrap();
+        let mut claims = k
+            .verify(&k.issue("u", Role::User, "s", true).unwrap())
+            .unwrap();
         claims.exp = now_secs() - 60;
         assert_eq!(
             k.verify(&k.sign(&claims).unwrap()),
@@ -181,7 +194,7 @@ mod tests {
 
         let other = keys(&"b".repeat(32));
         assert_eq!(
-            k.verify(&other.issue("u", Role::User, "s").unwrap()),
+            k.verify(&other.issue("u", Role::User, "s", true).unwrap()),
             Err(TokenError::UnknownKey)
         );
 
@@ -192,11 +205,11 @@ mod tests {
             Duration::from_secs(900),
         );
         assert!(matches!(
-            k.verify(&wrong_aud.issue("u", Role::User, "s").unwrap()),
+            k.verify(&wrong_aud.issue("u", Role::User, "s", true).unwrap()),
             Err(TokenError::Invalid(_))
         ));
 
-        let token = k.issue("u", Role::User, "s").unwrap();
+        let token = k.issue("u", Role::User, "s", true).unwrap();
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         let mut claims = k.verify(&token).unwrap();
         claims.role = Role::Admin;
@@ -210,7 +223,9 @@ mod tests {
     #[test]
     fn alg_none_is_refused() {
         let k = keys(&"a".repeat(32));
-        let claims = k.verify(&k.issue("u", Role::Admin, "s").unwrap()).unwrap();
+        let claims = k
+            .verify(&k.issue("u", Role::Admin, "s", true).unwrap())
+            .unwrap();
         let header = URL_SAFE_NO_PAD.encode(format!(
             r#"{{"alg":"none","typ":"JWT","kid":"{}"}}"#,
             k.kid()

@@ -1,9 +1,13 @@
 //! `POST v1/register`, `v1/login`, `v1/refresh`, `v1/logout`: accounts, Argon2id passwords,
 //! rate-limited logins, access tokens and rotating refresh tokens (reuse revokes the session).
+//! Email verification and password reset are in `accounts`.
+
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use boxoffice_avro::records::NotificationKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -13,7 +17,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
 use crate::now_millis;
 use crate::openapi::problems::{InvalidFields, NotSignedIn};
-use crate::routes::views::UserView;
+use crate::routes::accounts::{self, CheckYourEmail};
 use crate::state::SharedState;
 use crate::stores::{CreateAccountError, NewAccount, RefreshRecord, Role};
 use crate::validate::{self, Checks};
@@ -70,19 +74,22 @@ pub struct TokenPair {
     pub role: Role,
 }
 
-/// Creates an account (role `user`).
+/// Starts an account (role `user`). The answer is the same 202 whatever happens next, so it
+/// never tells whether an email address or user name has an account: the address gets a
+/// verification link (a new account, which may book once it is verified), or a notice that it
+/// has an account already, or that the user name is taken.
 #[utoipa::path(post, path = "/v1/register", tag = "auth", request_body = RegisterRequest,
     responses(
-        (status = 201, description = "Account created", body = UserView),
-        (status = 409, description = "Email or user name taken", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "Check your email (the same answer for every valid request)", body = CheckYourEmail),
         InvalidFields,
         (status = 429, description = "Too many registrations from this address, or too many password hashes in progress (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The email could not be queued: retry", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<SharedState>,
     ClientAddress(address): ClientAddress,
     ApiJson(body): ApiJson<RegisterRequest>,
-) -> ApiResult<(StatusCode, Json<UserView>)> {
+) -> ApiResult<(StatusCode, Json<CheckYourEmail>)> {
     state
         .register_limiter
         .check(&address)
@@ -124,40 +131,93 @@ pub async fn register(
             "validation passed without values".to_owned(),
         ));
     };
-    let user = create_account(
-        &state,
-        email,
-        user_name,
+    let profile = Profile {
+        email: email.clone(),
+        user_name: user_name.clone(),
         first_name,
         last_name,
         mobile_phone,
-        password,
-        Role::User,
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+    };
+    // The hash runs whatever the outcome, so the answer takes as long either way.
+    match create_account(&state, profile, password, Role::User, None).await? {
+        Ok(user) => accounts::send_verification(&state, &user.id, &user.email).await?,
+        Err(Taken::Email) => {
+            let accounts_store = &state.stores.accounts;
+            let owner = match accounts_store.user_id_by_email(&email).await? {
+                Some(id) => accounts_store.get_user(&id).await?,
+                None => None,
+            };
+            // An address not verified yet gets its link again (the first email may have been
+            // lost: registration answers 503 when it cannot queue it); a verified one, a notice.
+            if let Some(owner) = owner.as_ref().filter(|u| !u.email_verified) {
+                accounts::send_verification(&state, &owner.id, &owner.email).await?;
+            } else if let Some(owner) = owner {
+                let owner = owner.id;
+                accounts::send_notice(
+                    &state,
+                    NotificationKind::AccountExists,
+                    &owner,
+                    &email,
+                    BTreeMap::new(),
+                )
+                .await?;
+            }
+        }
+        Err(Taken::UserName) => {
+            // No account has this address: the notice is keyed by a stand-in id.
+            let stand_in = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, email.as_bytes());
+            accounts::send_notice(
+                &state,
+                NotificationKind::UserNameTaken,
+                &stand_in.to_string(),
+                &email,
+                BTreeMap::from([("user_name".to_owned(), user_name)]),
+            )
+            .await?;
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CheckYourEmail::new(
+            "check your email: it has a link to confirm the address, or tells you why no account was created",
+        )),
+    ))
 }
 
 /// The answer while the password hashing capacity is taken.
-fn busy(_: password::Busy) -> ApiError {
+pub(crate) fn busy(_: password::Busy) -> ApiError {
     ApiError::TooManyRequests {
         detail: "too many sign-ups and sign-ins in progress; retry shortly".to_owned(),
         retry_after: std::time::Duration::from_secs(1),
     }
 }
 
-/// Creates an account; shared by registration and the first-admin bootstrap.
-#[allow(clippy::too_many_arguments)]
+/// What a new account is called and how to reach its owner (validated).
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub email: String,
+    pub user_name: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub mobile_phone: String,
+}
+
+/// Which of an account's unique names another account holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    Email,
+    UserName,
+}
+
+/// Creates an account; shared by registration and the first-admin bootstrap (which vouches
+/// for its address: `email_verified_at`).
 pub async fn create_account(
     state: &SharedState,
-    email: String,
-    user_name: String,
-    first_name: String,
-    last_name: String,
-    mobile_phone: String,
+    profile: Profile,
     password: String,
     role: Role,
-) -> ApiResult<crate::stores::UserRecord> {
+    email_verified_at: Option<crate::stores::Millis>,
+) -> ApiResult<Result<crate::stores::UserRecord, Taken>> {
     let password_hash = state
         .password_work
         .hash(password)
@@ -167,30 +227,23 @@ pub async fn create_account(
     let now = now_millis();
     let account = NewAccount {
         user_id: uuid::Uuid::new_v4().to_string(),
-        email,
-        user_name,
-        first_name,
-        last_name,
-        mobile_phone,
+        email: profile.email,
+        user_name: profile.user_name,
+        first_name: profile.first_name,
+        last_name: profile.last_name,
+        mobile_phone: profile.mobile_phone,
         password_hash,
         role,
         created_at: now,
+        email_verified_at,
     };
     match state.stores.accounts.create_account(&account).await {
         Ok(()) => {}
-        Err(CreateAccountError::EmailTaken) => {
-            return Err(ApiError::Conflict(
-                "this email address is already registered".to_owned(),
-            ));
-        }
-        Err(CreateAccountError::UserNameTaken) => {
-            return Err(ApiError::Conflict(
-                "this user name is already taken".to_owned(),
-            ));
-        }
+        Err(CreateAccountError::EmailTaken) => return Ok(Err(Taken::Email)),
+        Err(CreateAccountError::UserNameTaken) => return Ok(Err(Taken::UserName)),
         Err(CreateAccountError::Store(e)) => return Err(e.into()),
     }
-    Ok(crate::stores::UserRecord {
+    Ok(Ok(crate::stores::UserRecord {
         id: account.user_id,
         email: account.email,
         user_name: account.user_name,
@@ -199,9 +252,11 @@ pub async fn create_account(
         birth_day: None,
         mobile_phone: account.mobile_phone,
         role,
+        email_verified: email_verified_at.is_some(),
+        password_changed_at: None,
         created_at: now,
         updated_at: now,
-    })
+    }))
 }
 
 /// Signs in with user name or email and password.
@@ -258,6 +313,7 @@ pub async fn login(
             &state,
             &credentials.user_id,
             credentials.role,
+            credentials.email_verified,
             &family,
             now_millis() + i64::try_from(state.refresh_ttl.as_millis()).unwrap_or(i64::MAX / 2),
         )
@@ -271,6 +327,7 @@ async fn issue_pair(
     state: &SharedState,
     user_id: &str,
     role: Role,
+    email_verified: bool,
     family: &str,
     session_ends_at: crate::stores::Millis,
 ) -> ApiResult<TokenPair> {
@@ -281,11 +338,12 @@ async fn issue_pair(
         family_id: family.to_owned(),
         expires_at: session_ends_at,
         used: false,
+        issued_at: now_millis(),
     };
     state.stores.accounts.insert_refresh(&record).await?;
     let access_token = state
         .tokens
-        .issue(user_id, role, family)
+        .issue(user_id, role, family, email_verified)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(TokenPair {
         access_token,
@@ -333,11 +391,19 @@ pub async fn refresh_tokens(
     let Some(user) = accounts.get_user(&record.user_id).await? else {
         return Err(refused());
     };
+    // A password reset ends the sessions that were open before it.
+    if user
+        .password_changed_at
+        .is_some_and(|changed| record.issued_at < changed)
+    {
+        return Err(refused());
+    }
     Ok(Json(
         issue_pair(
             &state,
             &user.id,
             user.role,
+            user.email_verified,
             &record.family_id,
             record.expires_at,
         )

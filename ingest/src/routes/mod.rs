@@ -1,6 +1,7 @@
 //! The HTTP surface: every route, the shared pagination helpers, and the problem+json answers
 //! for unknown paths and methods.
 
+pub mod accounts;
 pub mod auth;
 pub mod health;
 pub mod live;
@@ -29,6 +30,12 @@ pub fn api() -> Router<SharedState> {
         .route("/readyz", get(health::readyz))
         .route("/v1/register", post(auth::register))
         .route("/v1/login", post(auth::login))
+        .route("/v1/verify-email", post(accounts::verify_email))
+        .route("/v1/password-reset", post(accounts::request_password_reset))
+        .route(
+            "/v1/password-reset/confirm",
+            post(accounts::confirm_password_reset),
+        )
         .route("/v1/refresh", post(auth::refresh_tokens))
         .route("/v1/logout", post(auth::logout))
         .route("/v1/users", get(users::list_users))
@@ -36,6 +43,7 @@ pub fn api() -> Router<SharedState> {
             "/v1/users/{id}",
             get(users::get_user).put(users::update_user),
         )
+        .route("/v1/users/{id}/verify-email", post(users::vouch_for_email))
         .route(
             "/v1/tickets",
             get(tickets::search).post(tickets::create_event),

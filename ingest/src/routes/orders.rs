@@ -130,6 +130,7 @@ fn with_location(status: StatusCode, view: OrderView) -> Response {
         (status = 202, description = "Accepted (durably in Kafka), decision pending", body = OrderView),
         (status = 200, description = "Decided within `wait`", body = OrderView),
         NotSignedIn,
+        (status = 403, description = "The account's email address is not verified yet (open the link from the registration email, then refresh the tokens)", body = Problem, content_type = "application/problem+json"),
         NoSuchEvent,
         (status = 422, description = "Invalid fields, or key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many orders from this account or address (Retry-After)", body = Problem, content_type = "application/problem+json"),
@@ -143,6 +144,15 @@ pub async fn create_order(
     ApiQuery(query): ApiQuery<OrderWaitQuery>,
     ApiJson(body): ApiJson<OrderRequest>,
 ) -> ApiResult<Response> {
+    // Read from the token: the accept path gains no store read. A token issued before the
+    // verification says no until the client refreshes it.
+    if !caller.0.email_verified {
+        return Err(ApiError::Forbidden(
+            "verify your email address before booking: open the link from the registration \
+             email (POST v1/verify-email), then sign in again or refresh your tokens"
+                .to_owned(),
+        ));
+    }
     let mut checks = validate::Checks::new();
     let event_id = checks.check("event_id", validate::id(&body.event_id));
     let slots = checks.check(

@@ -69,6 +69,8 @@ pub struct UserView {
     pub birth_day: Option<String>,
     pub mobile_phone: String,
     pub role: Role,
+    /// The owner opened the verification link (or an admin vouched): the account may book.
+    pub email_verified: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -84,6 +86,7 @@ impl From<&UserRecord> for UserView {
             birth_day: u.birth_day.map(|d| d.format("%Y-%m-%d").to_string()),
             mobile_phone: u.mobile_phone.clone(),
             role: u.role,
+            email_verified: u.email_verified,
             created_at: rfc3339(u.created_at),
             updated_at: rfc3339(u.updated_at),
         }

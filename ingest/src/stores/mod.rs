@@ -98,6 +98,8 @@ pub struct NewAccount {
     pub password_hash: String,
     pub role: Role,
     pub created_at: Millis,
+    /// Set for accounts whose address needs no link (the operator's admin bootstrap).
+    pub email_verified_at: Option<Millis>,
 }
 
 /// Why an account could not be created.
@@ -117,6 +119,8 @@ pub struct Credentials {
     pub user_id: String,
     pub password_hash: String,
     pub role: Role,
+    /// The owner opened the verification link (or an admin vouched): the account may book.
+    pub email_verified: bool,
 }
 
 /// A user's profile.
@@ -131,6 +135,9 @@ pub struct UserRecord {
     pub birth_day: Option<chrono::NaiveDate>,
     pub mobile_phone: String,
     pub role: Role,
+    pub email_verified: bool,
+    /// When the password was last reset: older refresh tokens no longer work.
+    pub password_changed_at: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -200,6 +207,8 @@ pub struct RefreshRecord {
     pub family_id: String,
     pub expires_at: Millis,
     pub used: bool,
+    /// When this token was issued (rotation issues a new one).
+    pub issued_at: Millis,
 }
 
 /// Accounts, profiles and sessions.
@@ -211,6 +220,16 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn find_credentials(&self, login: &str) -> StoreResult<Option<Credentials>>;
     async fn user_id_by_email(&self, email: &str) -> StoreResult<Option<String>>;
     async fn set_role(&self, user_id: &str, role: Role) -> StoreResult<()>;
+    /// The credentials of account `user_id` (a password reset checks its token against them).
+    async fn credentials_of(&self, user_id: &str) -> StoreResult<Option<Credentials>>;
+    async fn set_email_verified(&self, user_id: &str, at: Millis) -> StoreResult<()>;
+    /// Replaces the password hash; refresh tokens issued before `at` stop working.
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        at: Millis,
+    ) -> StoreResult<()>;
     async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRecord>>;
     /// Applies `update`; a new user name is claimed first (LWT) and the old one released.
     async fn update_user(

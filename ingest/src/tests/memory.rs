@@ -129,6 +129,15 @@ fn newest_first<T: Clone>(mut items: Vec<(TimeCursor, T)>, page: &PageRequest) -
     }
 }
 
+fn credentials(d: &Data, id: &str) -> Option<Credentials> {
+    d.hashes.get(id).map(|(hash, role)| Credentials {
+        user_id: id.to_owned(),
+        password_hash: hash.clone(),
+        role: d.users.get(id).map_or(*role, |u| u.role),
+        email_verified: d.users.get(id).is_some_and(|u| u.email_verified),
+    })
+}
+
 #[async_trait]
 impl AccountStore for Memory {
     async fn create_account(&self, a: &NewAccount) -> Result<(), CreateAccountError> {
@@ -154,6 +163,8 @@ impl AccountStore for Memory {
                 birth_day: None,
                 mobile_phone: a.mobile_phone.clone(),
                 role: a.role,
+                email_verified: a.email_verified_at.is_some(),
+                password_changed_at: None,
                 created_at: a.created_at,
                 updated_at: a.created_at,
             },
@@ -168,13 +179,34 @@ impl AccountStore for Memory {
         } else {
             d.names.get(login)
         };
-        Ok(id.and_then(|id| {
-            d.hashes.get(id).map(|(hash, role)| Credentials {
-                user_id: id.clone(),
-                password_hash: hash.clone(),
-                role: d.users.get(id).map_or(*role, |u| u.role),
-            })
-        }))
+        Ok(id.and_then(|id| credentials(&d, id)))
+    }
+
+    async fn credentials_of(&self, user_id: &str) -> StoreResult<Option<Credentials>> {
+        Ok(credentials(&self.data.lock().unwrap(), user_id))
+    }
+
+    async fn set_email_verified(&self, user_id: &str, _at: Millis) -> StoreResult<()> {
+        if let Some(u) = self.data.lock().unwrap().users.get_mut(user_id) {
+            u.email_verified = true;
+        }
+        Ok(())
+    }
+
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        at: Millis,
+    ) -> StoreResult<()> {
+        let mut d = self.data.lock().unwrap();
+        if let Some(entry) = d.hashes.get_mut(user_id) {
+            entry.0 = password_hash.to_owned();
+        }
+        if let Some(u) = d.users.get_mut(user_id) {
+            u.password_changed_at = Some(at);
+        }
+        Ok(())
     }
 
     async fn user_id_by_email(&self, email: &str) -> StoreResult<Option<String>> {
@@ -533,6 +565,7 @@ impl StoreProbe for Memory {
 pub struct RecordingBus {
     pub commands: Arc<Mutex<Vec<BookingCommand>>>,
     pub payments: Arc<Mutex<Vec<PaymentRequest>>>,
+    pub notices: Arc<Mutex<Vec<boxoffice_avro::records::NotificationRequested>>>,
     pub down: Arc<AtomicBool>,
 }
 
@@ -550,6 +583,16 @@ impl Bus for RecordingBus {
             return Err(BusError::Unavailable("down".into()));
         }
         self.payments.lock().unwrap().push(request.clone());
+        Ok(())
+    }
+    async fn send_notice(
+        &self,
+        notice: &boxoffice_avro::records::NotificationRequested,
+    ) -> Result<(), BusError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BusError::Unavailable("down".into()));
+        }
+        self.notices.lock().unwrap().push(notice.clone());
         Ok(())
     }
     async fn ping(&self) -> Result<(), BusError> {

@@ -3,6 +3,7 @@
 //! the real stores are tested against the real stack in tests/tests/ingest_*.rs.
 #![allow(clippy::unwrap_used, reason = "tests: a failed unwrap fails the test")]
 
+mod accounts;
 mod memory;
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ fn settings(secret: &str) -> IngestSettings {
         streams_total: 100_000,
         password_hash_concurrency: 2,
         password_hash_queue: 1000,
+        account_link_base: "https://tickets.example".parse().unwrap(),
         // Webhook receivers in the tests listen on loopback.
         egress: boxoffice_runtime::egress::EgressArgs::loopback(),
     }
@@ -168,13 +170,49 @@ impl Harness {
                 })),
             )
             .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
         reply.body
     }
 
-    /// Registers and logs in; returns (user id, access token, refresh token).
+    /// The newest account notice of `kind` sent to `to`.
+    fn notice(
+        &self,
+        kind: boxoffice_avro::records::NotificationKind,
+        to: &str,
+    ) -> Option<boxoffice_avro::records::NotificationRequested> {
+        self.bus
+            .notices
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|n| n.kind == kind && n.params.get("to").map(String::as_str) == Some(to))
+            .cloned()
+    }
+
+    /// Opens the verification link the registration of `name` sent.
+    async fn verify(&self, name: &str) -> Reply {
+        let notice = self
+            .notice(
+                boxoffice_avro::records::NotificationKind::EmailVerification,
+                &format!("{name}@example.com"),
+            )
+            .expect("registration sends a verification link");
+        self.call(
+            "POST",
+            "/v1/verify-email",
+            None,
+            Some(json!({"token": notice.params["token"]})),
+        )
+        .await
+    }
+
+    /// Registers, verifies the address through its emailed link and logs in; returns (user
+    /// id, access token, refresh token).
     async fn user(&self, name: &str) -> (String, String, String) {
-        let user = self.register(name).await;
+        self.register(name).await;
+        let verified = self.verify(name).await;
+        assert_eq!(verified.status, StatusCode::OK, "{}", verified.body);
         let login = self
             .call(
                 "POST",
@@ -185,7 +223,7 @@ impl Harness {
             .await;
         assert_eq!(login.status, StatusCode::OK, "{}", login.body);
         (
-            user["id"].as_str().unwrap().to_owned(),
+            login.body["user_id"].as_str().unwrap().to_owned(),
             login.body["access_token"].as_str().unwrap().to_owned(),
             login.body["refresh_token"].as_str().unwrap().to_owned(),
         )
@@ -317,7 +355,7 @@ async fn bad_input_is_always_a_4xx_problem() {
             })),
         )
         .await;
-    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
 
     h.call("GET", "/v1/nowhere", None, None)
         .await
@@ -329,8 +367,22 @@ async fn bad_input_is_always_a_4xx_problem() {
 
 #[tokio::test]
 async fn registration_is_unique_and_login_works_by_name_or_email() {
+    use boxoffice_avro::records::NotificationKind;
     let h = Harness::new();
-    h.register("ann").await;
+    let first = h.register("ann").await;
+    let links = |h: &Harness| {
+        h.bus
+            .notices
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.kind == NotificationKind::EmailVerification)
+            .count()
+    };
+    // Registering an address that is not verified yet sends the link again.
+    assert_eq!(h.register("ann").await, first);
+    assert_eq!(links(&h), 2);
+    assert_eq!(h.verify("ann").await.status, StatusCode::OK);
     let again = h
         .call(
             "POST",
@@ -340,7 +392,13 @@ async fn registration_is_unique_and_login_works_by_name_or_email() {
                         "password": "a good password", "mobile_phone": "+4930123456"})),
         )
         .await;
-    again.assert_problem(409);
+    // Issue 13, findings 8 and 9: the answer does not say the address has an account; its
+    // owner is told by email.
+    assert_eq!((again.status, &again.body), (StatusCode::ACCEPTED, &first));
+    assert!(
+        h.notice(NotificationKind::AccountExists, "ann@example.com")
+            .is_some()
+    );
     let same_name = h
         .call(
             "POST",
@@ -350,7 +408,19 @@ async fn registration_is_unique_and_login_works_by_name_or_email() {
                         "password": "a good password", "mobile_phone": "+4930123456"})),
         )
         .await;
-    same_name.assert_problem(409);
+    assert_eq!(
+        (same_name.status, &same_name.body),
+        (StatusCode::ACCEPTED, &first)
+    );
+    let taken = h
+        .notice(NotificationKind::UserNameTaken, "new@example.com")
+        .expect("the registrant hears that the name is taken");
+    assert_eq!(taken.params["user_name"], "ann");
+    assert!(
+        h.notice(NotificationKind::EmailVerification, "new@example.com")
+            .is_none(),
+        "no account was made"
+    );
     for login in [
         json!({"login": "ann@example.com", "password": "a good password"}),
         json!({"email": "Ann@Example.com", "password": "a good password"}),
@@ -532,7 +602,7 @@ async fn bad_tokens_are_refused_with_401() {
         "boxoffice-api",
         Duration::from_secs(900),
     )
-    .issue(&id, Role::User, "s")
+    .issue(&id, Role::User, "s", true)
     .unwrap();
     let wrong_audience = crate::auth::jwt::TokenKeys::new(
         &JwtSecret::new(SECRET.as_bytes().to_vec()).unwrap(),
@@ -540,7 +610,7 @@ async fn bad_tokens_are_refused_with_401() {
         "someone-else",
         Duration::from_secs(900),
     )
-    .issue(&id, Role::User, "s")
+    .issue(&id, Role::User, "s", true)
     .unwrap();
     for (what, bad) in [
         ("expired", expired.as_str()),

@@ -147,6 +147,10 @@ pub fn email(n: &NotificationRequested) -> EmailText {
                 )],
             )
         }
+        NotificationKind::EmailVerification
+        | NotificationKind::PasswordReset
+        | NotificationKind::AccountExists
+        | NotificationKind::UserNameTaken => return account_email(n),
     };
     let mut body = lines.join("\n");
     body.push_str(&format!(
@@ -154,6 +158,55 @@ pub fn email(n: &NotificationRequested) -> EmailText {
         n.notification_id()
     ));
     EmailText { subject, body }
+}
+
+/// An account notice: the link (and the bare token, for API clients) to verify an address or
+/// reset a password, or the news that a registration with this address did not go through.
+fn account_email(n: &NotificationRequested) -> EmailText {
+    let p = |key: &str| n.params.get(key).map(String::as_str).unwrap_or_default();
+    let until = format_millis(p("valid_until")).unwrap_or_else(|| "soon".to_owned());
+    let action = |what: &str| {
+        vec![
+            format!("Open this link {what} (valid until {until}):"),
+            format!("  {}", p("link")),
+            String::new(),
+            format!("Or send this token to the API: {}", p("token")),
+        ]
+    };
+    let (subject, mut lines) = match n.kind {
+        NotificationKind::EmailVerification => (
+            "Confirm your email address",
+            action("to confirm your email address and start booking"),
+        ),
+        NotificationKind::PasswordReset => (
+            "Reset your password",
+            action("to choose a new password; it works once"),
+        ),
+        NotificationKind::AccountExists => (
+            "Someone tried to register with your email address",
+            vec![
+                "Someone tried to create an account with this email address, which already has \
+                 one. Nothing was changed."
+                    .to_owned(),
+                "If it was you, sign in instead, or ask for a password reset.".to_owned(),
+            ],
+        ),
+        _ => (
+            "Your registration did not go through",
+            vec![format!(
+                "The user name \"{}\" is taken; no account was created. Register again with \
+                 another user name.",
+                p("user_name")
+            )],
+        ),
+    };
+    lines.push(String::new());
+    lines.push("If you did not ask for this, ignore this email.".to_owned());
+    lines.push(format!("Notification: {}", n.notification_id()));
+    EmailText {
+        subject: subject.to_owned(),
+        body: lines.join("\n") + "\n",
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +263,30 @@ mod tests {
     }
 
     #[test]
+    fn account_notices_carry_the_link_and_the_token() {
+        let text = email(&notification(
+            NotificationKind::EmailVerification,
+            &[
+                ("link", "https://tickets.example/verify-email#token=abc"),
+                ("token", "abc"),
+                ("valid_until", "1764147600000"),
+            ],
+        ));
+        assert!(
+            text.body
+                .contains("  https://tickets.example/verify-email#token=abc"),
+            "{text:?}"
+        );
+        assert!(text.body.contains("to the API: abc"), "{text:?}");
+        assert!(text.body.contains("2025-11-26 09:00 UTC"), "{text:?}");
+        let text = email(&notification(
+            NotificationKind::UserNameTaken,
+            &[("user_name", "ann_1")],
+        ));
+        assert!(text.body.contains("\"ann_1\" is taken"), "{text:?}");
+    }
+
+    #[test]
     fn every_kind_renders_without_params() {
         for kind in [
             NotificationKind::OrderReserved,
@@ -219,6 +296,10 @@ mod tests {
             NotificationKind::OrderCancelled,
             NotificationKind::OrderRefunded,
             NotificationKind::LatePaymentReallocated,
+            NotificationKind::EmailVerification,
+            NotificationKind::PasswordReset,
+            NotificationKind::AccountExists,
+            NotificationKind::UserNameTaken,
         ] {
             let text = email(&notification(kind, &[]));
             assert!(!text.subject.is_empty());

@@ -562,8 +562,14 @@ async fn create_event(http: &reqwest::Client, base: &str, admin: &str) -> anyhow
         .context("event answer without id")
 }
 
-/// Registers and logs in `count` users (4 at a time: Argon2 costs CPU); their access tokens.
-async fn users(http: &reqwest::Client, base: &str, count: usize) -> anyhow::Result<Vec<String>> {
+/// Registers and logs in `count` users (4 at a time: Argon2 costs CPU; `admin` verifies their
+/// addresses); their access tokens.
+async fn users(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let next = AtomicUsize::new(0);
     let tokens = Mutex::new(Vec::with_capacity(count));
@@ -574,17 +580,16 @@ async fn users(http: &reqwest::Client, base: &str, count: usize) -> anyhow::Resu
                 return anyhow::Ok(());
             }
             let name = format!("ld{tag}_{i}");
-            let (status, body) = post(
+            let account = boxoffice_tests::accounts::register_verified(
                 http,
-                &format!("{base}/v1/register"),
-                None,
+                base,
+                admin,
                 &json!({"email": format!("{name}@example.com"), "user_name": name,
                         "first_name": "Load", "last_name": "User", "password": PASSWORD,
                         "mobile_phone": "+49 30 1234567"}),
             )
             .await?;
-            anyhow::ensure!(status == 201, "registering {name}: {status} {body}");
-            let token = login(http, base, &name, PASSWORD).await?;
+            let token = account.access_token;
             tokens
                 .lock()
                 .map_err(|_| anyhow::anyhow!("token list poisoned"))?
@@ -627,6 +632,7 @@ fn settings(prefix: &str, users: usize) -> anyhow::Result<IngestSettings> {
         streams_total: 100_000,
         password_hash_concurrency: 2,
         password_hash_queue: u16::try_from(users + 100).unwrap_or(u16::MAX),
+        account_link_base: "http://localhost:8888".parse()?,
         egress: Default::default(),
     })
 }
@@ -815,7 +821,7 @@ fn main() -> anyhow::Result<()> {
         let setup = Instant::now();
         let admin = login(&http, &base, &admin_login, &admin_password).await?;
         let event = create_event(&http, &base, &admin).await?;
-        let tokens = users(&http, &base, cli.users).await?;
+        let tokens = users(&http, &base, &admin, cli.users).await?;
         println!(
             "setup: event {event}, {} users registered and logged in, {:.1} s",
             tokens.len(),

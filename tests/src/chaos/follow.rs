@@ -109,6 +109,11 @@ impl Follower {
                 let Ok(n) = codec.decode_as::<NotificationRequested>(payload).await else {
                     continue;
                 };
+                // Account emails (verification links at registration) are no order's news: the
+                // checks are about what every channel owes a fan's orders.
+                if n.kind.is_account_notice() {
+                    continue;
+                }
                 let notice = Notice {
                     id: n.record_id.clone(),
                     user_id: n.user_id.clone(),

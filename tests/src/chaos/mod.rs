@@ -186,7 +186,10 @@ impl Suite {
     pub async fn start(name: &str, fans: usize, recovery_source: &str) -> anyhow::Result<Suite> {
         let system = System::start(name, recovery_source).await?;
         let api = Api::new(&system.ingest_url)?;
-        let fans = api.fans(fans, &system.webhooks).await?;
+        let admin = api
+            .login(&system.admin_email, system.admin_password())
+            .await?;
+        let fans = api.fans(&admin, fans, &system.webhooks).await?;
         let follower = Follower::start(&system.services, system.codec.clone())?;
         Ok(Suite {
             system,

@@ -145,14 +145,20 @@ impl Api {
             .context("no event id")
     }
 
-    /// Registers and logs in `count` fans; every fourth also registers a webhook endpoint.
-    pub async fn fans(&self, count: usize, receiver: &WebhookReceiver) -> anyhow::Result<Vec<Fan>> {
+    /// Registers and logs in `count` fans (`admin` verifies their addresses); every fourth also
+    /// registers a webhook endpoint.
+    pub async fn fans(
+        &self,
+        admin: &str,
+        count: usize,
+        receiver: &WebhookReceiver,
+    ) -> anyhow::Result<Vec<Fan>> {
         let prefix = names::unique("fan");
         let made = futures::stream::iter(0..count)
             .map(|i| {
                 let prefix = prefix.clone();
                 async move {
-                    self.fan(&format!("{prefix}_{i}"), i % 4 == 0, receiver)
+                    self.fan(admin, &format!("{prefix}_{i}"), i % 4 == 0, receiver)
                         .await
                 }
             })
@@ -164,33 +170,25 @@ impl Api {
 
     async fn fan(
         &self,
+        admin: &str,
         login: &str,
         webhook: bool,
         receiver: &WebhookReceiver,
     ) -> anyhow::Result<Fan> {
         let email = format!("{login}@example.com");
-        let registered = self
-            .post(
-                "/v1/register",
-                None,
-                json!({"email": email, "user_name": login, "first_name": "Chaos", "last_name": "Fan",
-                       "password": PASSWORD, "mobile_phone": "+49 30 1234567"}),
-            )
-            .await?;
-        anyhow::ensure!(
-            registered.status == StatusCode::CREATED,
-            "register {login}: {registered:?}"
-        );
-        let user_id = registered.body["id"]
-            .as_str()
-            .context("no user id")?
-            .to_owned();
-        let token = self.login(login, PASSWORD).await?;
+        let account = crate::accounts::register_verified(
+            &self.http,
+            &self.base,
+            admin,
+            &json!({"email": email, "user_name": login, "first_name": "Chaos", "last_name": "Fan",
+                    "password": PASSWORD, "mobile_phone": "+49 30 1234567"}),
+        )
+        .await?;
         let mut fan = Fan {
-            user_id,
+            user_id: account.user_id,
             login: login.to_owned(),
             email,
-            token,
+            token: account.access_token,
             webhook: None,
         };
         if webhook {

@@ -39,7 +39,7 @@ type UserRow = (
     Option<CqlTimestamp>,
 );
 
-fn user_from_row(row: UserRow, role: Role) -> UserRecord {
+fn user_from_row(row: UserRow, role: Role, email_verified: bool) -> UserRecord {
     let (
         id,
         email,
@@ -60,16 +60,24 @@ fn user_from_row(row: UserRow, role: Role) -> UserRecord {
         birth_day: birth_day.and_then(from_cql_date),
         mobile_phone: mobile_phone.unwrap_or_default(),
         role,
+        email_verified,
+        password_changed_at: None,
         created_at: created_at.map_or(0, |t| t.0),
         updated_at: updated_at.map_or(0, |t| t.0),
     }
 }
 
+/// `auth_profiles`: password hash, role, when the email was verified, when the password was
+/// last reset.
+type ProfileRow = (
+    Option<String>,
+    Option<String>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+);
+
 impl CqlStores {
-    async fn role_of(
-        &self,
-        user_id: &str,
-    ) -> StoreResult<Option<(Option<String>, Option<String>)>> {
+    async fn profile(&self, user_id: &str) -> StoreResult<Option<ProfileRow>> {
         self.one(&self.s.read_profile, (user_id,), "read profile")
             .await
     }
@@ -115,6 +123,7 @@ impl AccountStore for CqlStores {
                 &a.password_hash,
                 a.role.as_str(),
                 at,
+                a.email_verified_at.map(CqlTimestamp),
             ),
             "insert profile",
         );
@@ -155,14 +164,44 @@ impl AccountStore for CqlStores {
         let Some((Some(user_id),)) = owner else {
             return Ok(None);
         };
-        let Some((Some(password_hash), role)) = self.role_of(&user_id).await? else {
+        self.credentials_of(&user_id).await
+    }
+
+    async fn credentials_of(&self, user_id: &str) -> StoreResult<Option<Credentials>> {
+        let Some((Some(password_hash), role, verified_at, _)) = self.profile(user_id).await? else {
             return Ok(None);
         };
         Ok(Some(Credentials {
-            user_id,
+            user_id: user_id.to_owned(),
             password_hash,
             role: Role::parse(role.as_deref().unwrap_or("user")),
+            email_verified: verified_at.is_some(),
         }))
+    }
+
+    async fn set_email_verified(&self, user_id: &str, at: Millis) -> StoreResult<()> {
+        self.run(
+            &self.s.set_email_verified,
+            (CqlTimestamp(at), user_id),
+            "set email verified",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        at: Millis,
+    ) -> StoreResult<()> {
+        self.run(
+            &self.s.set_password_hash,
+            (password_hash, CqlTimestamp(at), user_id),
+            "set password hash",
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn user_id_by_email(&self, email: &str) -> StoreResult<Option<String>> {
@@ -181,12 +220,20 @@ impl AccountStore for CqlStores {
     async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRecord>> {
         let (user, profile) = tokio::join!(
             self.one::<UserRow>(&self.s.read_user, (user_id,), "read user"),
-            self.role_of(user_id)
+            self.profile(user_id)
         );
-        let role = profile?
-            .and_then(|(_, role)| role)
-            .map_or(Role::User, |r| Role::parse(&r));
-        Ok(user?.map(|row| user_from_row(row, role)))
+        let profile = profile?;
+        let role = profile
+            .as_ref()
+            .and_then(|(_, role, _, _)| role.as_deref())
+            .map_or(Role::User, Role::parse);
+        let verified = profile.as_ref().is_some_and(|(_, _, at, _)| at.is_some());
+        let changed = profile.and_then(|(_, _, _, at)| at).map(|t| t.0);
+        Ok(user?.map(|row| {
+            let mut user = user_from_row(row, role, verified);
+            user.password_changed_at = changed;
+            user
+        }))
     }
 
     async fn update_user(
@@ -272,7 +319,7 @@ impl AccountStore for CqlStores {
                 &r.user_id,
                 &r.family_id,
                 CqlTimestamp(r.expires_at),
-                CqlTimestamp(now),
+                CqlTimestamp(r.issued_at),
                 ttl,
             ),
             "insert refresh token",
@@ -287,19 +334,23 @@ impl AccountStore for CqlStores {
             Option<String>,
             Option<CqlTimestamp>,
             Option<bool>,
+            Option<CqlTimestamp>,
         );
         let row: Option<Row> = self
             .one(&self.s.read_refresh, (token_hash,), "read refresh token")
             .await?;
-        Ok(row.and_then(|(user_id, family_id, expires_at, used)| {
-            Some(RefreshRecord {
-                token_hash: token_hash.to_owned(),
-                user_id: user_id?,
-                family_id: family_id?,
-                expires_at: expires_at.map_or(0, |t| t.0),
-                used: used.unwrap_or(true),
-            })
-        }))
+        Ok(
+            row.and_then(|(user_id, family_id, expires_at, used, issued_at)| {
+                Some(RefreshRecord {
+                    token_hash: token_hash.to_owned(),
+                    user_id: user_id?,
+                    family_id: family_id?,
+                    expires_at: expires_at.map_or(0, |t| t.0),
+                    used: used.unwrap_or(true),
+                    issued_at: issued_at.map_or(0, |t| t.0),
+                })
+            }),
+        )
     }
 
     async fn consume_refresh(&self, token_hash: &str) -> StoreResult<bool> {

@@ -79,6 +79,8 @@ struct Statements {
     update_user: PreparedStatement,
     update_profile_name: PreparedStatement,
     set_role: PreparedStatement,
+    set_email_verified: PreparedStatement,
+    set_password_hash: PreparedStatement,
     users_page: PageStatements,
     insert_refresh: PreparedStatement,
     read_refresh: PreparedStatement,
@@ -194,7 +196,8 @@ impl CqlStores {
                 .await?,
             insert_profile: p
                 .prepare(format!(
-                    "INSERT INTO {} (user_id, email, user_name, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO {} (user_id, email, user_name, password_hash, role, created_at, email_verified_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
                     t("auth_profiles")
                 ))
                 .await?,
@@ -218,7 +221,19 @@ impl CqlStores {
                 .prepare(format!("SELECT user_id FROM {} WHERE user_name = ?", t("auth_by_user_name")))
                 .await?,
             read_profile: p
-                .prepare(format!("SELECT password_hash, role FROM {} WHERE user_id = ?", t("auth_profiles")))
+                .prepare(format!(
+                    "SELECT password_hash, role, email_verified_at, password_changed_at FROM {} WHERE user_id = ?",
+                    t("auth_profiles")
+                ))
+                .await?,
+            set_email_verified: p
+                .prepare(format!("UPDATE {} SET email_verified_at = ? WHERE user_id = ?", t("auth_profiles")))
+                .await?,
+            set_password_hash: p
+                .prepare(format!(
+                    "UPDATE {} SET password_hash = ?, password_changed_at = ? WHERE user_id = ?",
+                    t("auth_profiles")
+                ))
                 .await?,
             read_user: p
                 .prepare(format!(
@@ -250,7 +265,7 @@ impl CqlStores {
                 .await?,
             read_refresh: p
                 .prepare(format!(
-                    "SELECT user_id, family_id, expires_at, used FROM {} WHERE token_hash = ?",
+                    "SELECT user_id, family_id, expires_at, used, created_at FROM {} WHERE token_hash = ?",
                     t("refresh_tokens")
                 ))
                 .await?,

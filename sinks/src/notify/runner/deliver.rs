@@ -120,6 +120,31 @@ impl ChannelRunner {
             notification.params.insert("event_name".to_owned(), name);
         }
         let metrics = &self.deps.metrics;
+        if notification.kind.is_account_notice() {
+            // Account notices (verification and reset links) go by email only, to the address
+            // ingest put in `to`: never stored in-app or posted to a webhook.
+            if self.channel == Channel::Email {
+                match account_notice_address(&notification) {
+                    Some(address) => {
+                        let target = Target::Email(address);
+                        self.deliver(message, &notification, target, None, stop)
+                            .await?;
+                    }
+                    None => {
+                        let reason = "an account notice without a valid `to` address";
+                        self.dead_letter(
+                            message,
+                            "",
+                            DeadLetterErrorKind::InvalidRecord,
+                            reason,
+                            stop,
+                        )
+                        .await?;
+                    }
+                }
+            }
+            return Ok(Handled::Done);
+        }
         match self.channel {
             Channel::Inapp => {
                 self.store_retry(stop, "storing the in-app notification", || {
@@ -466,6 +491,54 @@ impl ChannelRunner {
                     self.pause(stop, delay).await?;
                 }
             }
+        }
+    }
+}
+
+/// The recipient of an account notice: its `to` parameter, when it looks like an address
+/// (ingest validated it; a record is still outside input here).
+fn account_notice_address(n: &NotificationRequested) -> Option<String> {
+    let to = n.params.get("to")?.trim();
+    let (local, domain) = to.split_once('@')?;
+    let plausible = !local.is_empty()
+        && domain.contains('.')
+        && to.len() <= 254
+        && !to
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',');
+    plausible.then(|| to.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_notice_goes_only_to_a_plausible_address() {
+        let notice = |to: Option<&str>| NotificationRequested {
+            record_id: "n".into(),
+            user_id: "u".into(),
+            order_id: None,
+            event_id: None,
+            kind: boxoffice_avro::records::NotificationKind::EmailVerification,
+            params: to
+                .map(|t| [("to".to_owned(), t.to_owned())].into_iter().collect())
+                .unwrap_or_default(),
+            occurred_at: 0,
+        };
+        assert_eq!(
+            account_notice_address(&notice(Some("ann@example.com"))).as_deref(),
+            Some("ann@example.com")
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("ann"),
+            Some("a@b"),
+            Some("a@b.c, x@y.z"),
+            Some("a b@c.d"),
+        ] {
+            assert_eq!(account_notice_address(&notice(bad)), None, "{bad:?}");
         }
     }
 }
