@@ -31,7 +31,7 @@ async fn post(
     Ok((status, response.json().await.unwrap_or(Value::Null)))
 }
 
-/// Signs in (waiting out at most 10 login rate limits of up to 30 s each); the token answer.
+/// Signs in (at most 10 tries, a second apart while rate-limited); the token answer.
 pub async fn sign_in(
     http: &reqwest::Client,
     base: &str,
