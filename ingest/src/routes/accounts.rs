@@ -206,22 +206,20 @@ pub async fn request_password_reset(
                 .to_owned(),
             retry_after,
         })?;
-    let accounts = &state.stores.accounts;
-    if let Some(user_id) = accounts.user_id_by_email(&email).await?
-        && let Some(credentials) = accounts.credentials_of(&user_id).await?
-    {
+    if let Some(credentials) = state.stores.accounts.find_credentials(&email).await? {
+        let user_id = &credentials.user_id;
         let params = link_params(
             &state,
             Purpose::ResetPassword,
             "reset-password",
-            &user_id,
+            user_id,
             &email,
             Some(password_fingerprint(&credentials.password_hash)),
         )?;
         send_notice(
             &state,
             NotificationKind::PasswordReset,
-            &user_id,
+            user_id,
             &email,
             params,
         )

@@ -142,21 +142,16 @@ pub async fn register(
     match create_account(&state, profile, password, Role::User, None).await? {
         Ok(user) => accounts::send_verification(&state, &user.id, &user.email).await?,
         Err(Taken::Email) => {
-            let accounts_store = &state.stores.accounts;
-            let owner = match accounts_store.user_id_by_email(&email).await? {
-                Some(id) => accounts_store.get_user(&id).await?,
-                None => None,
-            };
+            let owner = state.stores.accounts.find_credentials(&email).await?;
             // An address not verified yet gets its link again (the first email may have been
             // lost: registration answers 503 when it cannot queue it); a verified one, a notice.
-            if let Some(owner) = owner.as_ref().filter(|u| !u.email_verified) {
-                accounts::send_verification(&state, &owner.id, &owner.email).await?;
+            if let Some(owner) = owner.as_ref().filter(|c| !c.email_verified) {
+                accounts::send_verification(&state, &owner.user_id, &email).await?;
             } else if let Some(owner) = owner {
-                let owner = owner.id;
                 accounts::send_notice(
                     &state,
                     NotificationKind::AccountExists,
-                    &owner,
+                    &owner.user_id,
                     &email,
                     BTreeMap::new(),
                 )

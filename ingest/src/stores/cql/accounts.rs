@@ -39,7 +39,12 @@ type UserRow = (
     Option<CqlTimestamp>,
 );
 
-fn user_from_row(row: UserRow, role: Role, email_verified: bool) -> UserRecord {
+/// A user's record from its `users` row and its `auth_profiles` row (role, verification, last
+/// password reset; defaults when the profile is missing).
+fn user_from_row(row: UserRow, profile: Option<ProfileRow>) -> UserRecord {
+    let (role, verified_at, changed_at) = profile
+        .map(|(_, role, verified_at, changed_at)| (role, verified_at, changed_at))
+        .unwrap_or_default();
     let (
         id,
         email,
@@ -59,9 +64,9 @@ fn user_from_row(row: UserRow, role: Role, email_verified: bool) -> UserRecord {
         last_name: last_name.unwrap_or_default(),
         birth_day: birth_day.and_then(from_cql_date),
         mobile_phone: mobile_phone.unwrap_or_default(),
-        role,
-        email_verified,
-        password_changed_at: None,
+        role: role.as_deref().map_or(Role::User, Role::parse),
+        email_verified: verified_at.is_some(),
+        password_changed_at: changed_at.map(|t| t.0),
         created_at: created_at.map_or(0, |t| t.0),
         updated_at: updated_at.map_or(0, |t| t.0),
     }
@@ -223,17 +228,7 @@ impl AccountStore for CqlStores {
             self.profile(user_id)
         );
         let profile = profile?;
-        let role = profile
-            .as_ref()
-            .and_then(|(_, role, _, _)| role.as_deref())
-            .map_or(Role::User, Role::parse);
-        let verified = profile.as_ref().is_some_and(|(_, _, at, _)| at.is_some());
-        let changed = profile.and_then(|(_, _, _, at)| at).map(|t| t.0);
-        Ok(user?.map(|row| {
-            let mut user = user_from_row(row, role, verified);
-            user.password_changed_at = changed;
-            user
-        }))
+        Ok(user?.map(|row| user_from_row(row, profile)))
     }
 
     async fn update_user(
