@@ -289,7 +289,7 @@ impl AccountStore for CqlStores {
 
     async fn list_users(&self, request: &PageRequest) -> StoreResult<Page<UserRecord>> {
         let page: Page<(String, CqlTimestamp)> = self
-            .page(&self.s.users_page, USERS_BUCKET, request, "list users")
+            .page(&self.pages.users, USERS_BUCKET, request, "list users")
             .await?;
         let users =
             futures::future::try_join_all(page.items.iter().map(|(id, _)| self.get_user(id)))

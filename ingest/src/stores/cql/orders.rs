@@ -113,7 +113,7 @@ impl OrderStore for CqlStores {
     ) -> StoreResult<Page<OrderRecord>> {
         type Listing = (String, Option<String>, Option<i32>, Option<CqlTimestamp>);
         let page: Page<Listing> = self
-            .page(&self.s.orders_page, user_id, request, "list orders")
+            .page(&self.pages.orders, user_id, request, "list orders")
             .await?;
         Ok(Page {
             items: page

@@ -134,7 +134,7 @@ impl PaymentStore for CqlStores {
             Option<CqlTimestamp>,
         );
         let page: Page<Listing> = self
-            .page(&self.s.payments_page, user_id, request, "list payments")
+            .page(&self.pages.payments, user_id, request, "list payments")
             .await?;
         let statuses =
             futures::future::try_join_all(page.items.iter().map(|(id, ..)| self.read_payment(id)))
