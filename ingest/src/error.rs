@@ -139,83 +139,29 @@ impl ApiError {
         }
     }
 
-    /// `(status, type slug, title)`.
+    /// `(status, type slug, title)`: one row a variant.
+    #[rustfmt::skip]
     fn describe(&self) -> (StatusCode, &'static str, &'static str) {
+        use {ApiError as E, StatusCode as S};
         match self {
-            ApiError::Validation { .. } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation",
-                "The request is not valid",
-            ),
-            ApiError::MalformedBody(_) => (
-                StatusCode::BAD_REQUEST,
-                "malformed-body",
-                "The request body is not valid JSON",
-            ),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            ApiError::InvalidPageToken(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid-page-token",
-                "The pagination token is not valid",
-            ),
-            ApiError::BadParameter { .. } => (
-                StatusCode::BAD_REQUEST,
-                "bad-parameter",
-                "A query parameter is not accepted here",
-            ),
-            ApiError::InvalidSignature(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid-signature",
-                "The signature is not valid",
-            ),
-            ApiError::Unauthorized(_) => (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Authentication required",
-            ),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Not allowed"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            ApiError::MethodNotAllowed(_) => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-            ),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            ApiError::IdempotencyMismatch(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "The Idempotency-Key was used with a different request",
-            ),
-            ApiError::Unprocessable(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable",
-                "The request cannot be carried out",
-            ),
-            ApiError::PayloadTooLarge(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "The request body is too large",
-            ),
-            ApiError::UnsupportedMediaType(_) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "The request body must be JSON",
-            ),
-            ApiError::TooManyRequests { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-requests",
-                "Too many attempts",
-            ),
-            ApiError::Unavailable { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Service temporarily unavailable",
-            ),
-            ApiError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-            ),
+            E::Validation { .. } => (S::UNPROCESSABLE_ENTITY, "validation", "The request is not valid"),
+            E::MalformedBody(_) => (S::BAD_REQUEST, "malformed-body", "The request body is not valid JSON"),
+            E::BadRequest(_) => (S::BAD_REQUEST, "bad-request", "Bad request"),
+            E::InvalidPageToken(_) => (S::BAD_REQUEST, "invalid-page-token", "The pagination token is not valid"),
+            E::BadParameter { .. } => (S::BAD_REQUEST, "bad-parameter", "A query parameter is not accepted here"),
+            E::InvalidSignature(_) => (S::BAD_REQUEST, "invalid-signature", "The signature is not valid"),
+            E::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            E::Forbidden(_) => (S::FORBIDDEN, "forbidden", "Not allowed"),
+            E::NotFound(_) => (S::NOT_FOUND, "not-found", "Not found"),
+            E::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+            E::Conflict(_) => (S::CONFLICT, "conflict", "Conflict"),
+            E::IdempotencyMismatch(_) => (S::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "The Idempotency-Key was used with a different request"),
+            E::Unprocessable(_) => (S::UNPROCESSABLE_ENTITY, "unprocessable", "The request cannot be carried out"),
+            E::PayloadTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "payload-too-large", "The request body is too large"),
+            E::UnsupportedMediaType(_) => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "The request body must be JSON"),
+            E::TooManyRequests { .. } => (S::TOO_MANY_REQUESTS, "too-many-requests", "Too many attempts"),
+            E::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "unavailable", "Service temporarily unavailable"),
+            E::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
 
