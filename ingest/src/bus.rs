@@ -13,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::config::Topics;
+use crate::metrics::IngestMetrics;
 
 /// A record could not be handed to Kafka.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub struct KafkaBus {
     codec: Arc<Codec>,
     topics: Topics,
     timeout: Duration,
+    /// Where produce latencies are observed (the binary's registry; none in some tools).
+    metrics: Option<Arc<IngestMetrics>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -73,7 +76,14 @@ impl KafkaBus {
             codec,
             topics,
             timeout,
+            metrics: None,
         })
+    }
+
+    /// Observes every produce in `ingest_kafka_produce_duration_ms{topic, result}`.
+    pub fn with_metrics(mut self, metrics: Arc<IngestMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn send<G: RecordGroup>(&self, topic: &str, record: &G) -> Result<(), BusError> {
@@ -100,15 +110,21 @@ impl KafkaBus {
                 .payload(&payload),
             Timeout::After(self.timeout),
         );
+        let started = std::time::Instant::now();
         // librdkafka fails the delivery at `message.timeout.ms`; the outer bound is a guard.
-        match tokio::time::timeout(self.timeout + Duration::from_secs(1), delivery).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(BusError::Unavailable(e.to_string())),
-            Err(_) => Err(BusError::Unavailable(format!(
-                "no acknowledgement within {}",
-                humantime::format_duration(self.timeout)
-            ))),
+        let result =
+            match tokio::time::timeout(self.timeout + Duration::from_secs(1), delivery).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(BusError::Unavailable(e.to_string())),
+                Err(_) => Err(BusError::Unavailable(format!(
+                    "no acknowledgement within {}",
+                    humantime::format_duration(self.timeout)
+                ))),
+            };
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_produce(topic, result.is_ok(), started.elapsed());
         }
+        result
     }
 }
 

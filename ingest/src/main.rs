@@ -113,6 +113,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         .into_stores();
     let codec = Arc::new(Codec::new(&cli.service.registry)?);
     let topics = cli.settings.topic_prefix.topics();
+    let metrics = Arc::new(IngestMetrics::default());
     let bus = Arc::new(
         KafkaBus::new(
             &cli.service.kafka,
@@ -122,7 +123,8 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         )
         .context(
             "creating the Kafka producer (check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS)",
-        )?,
+        )?
+        .with_metrics(Arc::clone(&metrics)),
     );
 
     if let Some(Command::CreateAdmin { email, user_name }) = &cli.command {
@@ -161,7 +163,6 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
             "POST /v1/payments/webhook uses the local-development secret (development mode)"
         );
     }
-    let metrics = Arc::new(IngestMetrics::default());
     let (served, ready) = (Arc::clone(&metrics), Arc::clone(&metrics));
     serve_health(
         cli.metrics_addr,

@@ -11,12 +11,12 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use boxoffice_runtime::metrics::{
-    Counter, Gauge, Histogram, LATENCY_BUCKETS_MS, Readiness, Registry, counter, gauge, render,
+    Counter, Gauge, LatencyFamily, Readiness, Registry, counter, gauge, latency_family, render,
 };
 use futures::FutureExt;
 use prometheus_client::metrics::family::Family;
 
-type Labels = Vec<(&'static str, String)>;
+use boxoffice_runtime::metrics::Labels;
 
 /// Ingest's metrics and the registry they are in.
 #[derive(Debug)]
@@ -25,7 +25,10 @@ pub struct IngestMetrics {
     /// `ingest_http_requests_total{method, route, status}`.
     pub requests: Family<Labels, Counter>,
     /// `ingest_http_request_duration_ms{method, route}`.
-    pub latency: Family<Labels, Histogram, fn() -> Histogram>,
+    pub latency: LatencyFamily,
+    /// `ingest_kafka_produce_duration_ms{topic, result}`: from send to the broker's
+    /// acknowledgement (or the failure).
+    pub produce: LatencyFamily,
     /// 1 once the live streams have their topics assigned (after that librdkafka reconnects by
     /// itself; an outage then shows in the streams' silence, not here).
     pub live_following: Gauge,
@@ -33,10 +36,6 @@ pub struct IngestMetrics {
     pub live_retries_exhausted: Counter,
     /// The live follower's readiness (`/readyz` on the metrics address).
     pub readiness: Readiness,
-}
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS_MS.iter().copied())
 }
 
 impl Default for IngestMetrics {
@@ -48,12 +47,15 @@ impl Default for IngestMetrics {
             "Requests answered, by method, matched route and status",
             requests.clone(),
         );
-        let latency: Family<Labels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
+        let latency = latency_family(
+            &mut registry,
             "ingest_http_request_duration_ms",
             "Time to answer a request (ms; streams: until their headers), by method and matched route",
-            latency.clone(),
+        );
+        let produce = latency_family(
+            &mut registry,
+            "ingest_kafka_produce_duration_ms",
+            "Time from producing a record to the broker's acknowledgement or the failure (ms), by topic and result",
         );
         let live_following = gauge(
             &mut registry,
@@ -71,6 +73,7 @@ impl Default for IngestMetrics {
             registry,
             requests,
             latency,
+            produce,
             live_following,
             live_retries_exhausted,
             readiness,
@@ -81,6 +84,17 @@ impl Default for IngestMetrics {
 impl IngestMetrics {
     pub fn render(&self) -> String {
         render(&self.registry)
+    }
+
+    /// One produce to `topic`, acknowledged (`ok`) or not, that took `elapsed`.
+    pub fn observe_produce(&self, topic: &str, ok: bool, elapsed: std::time::Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.produce
+            .get_or_create(&vec![
+                ("topic", topic.to_owned()),
+                ("result", result.to_owned()),
+            ])
+            .observe(elapsed.as_secs_f64() * 1000.0);
     }
 }
 

@@ -2,7 +2,8 @@
 //! on `/metrics` (the consumer-lag dashboards scrape it beside Kafka's own lag).
 
 pub use boxoffice_runtime::metrics::{
-    Counter, Gauge, Histogram, LATENCY_BUCKETS_MS, Readiness, Registry, counter, gauge, histogram,
+    Counter, Family, Gauge, Histogram, LATENCY_BUCKETS_MS, Labels, LatencyFamily, Readiness,
+    Registry, counter, gauge, histogram, latency_family,
 };
 
 /// Upper bounds of the batch size histogram buckets.
@@ -12,6 +13,9 @@ const BATCH_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 
 #[derive(Debug)]
 pub struct BookingMetrics {
     pub records_processed: Counter,
+    /// `booking_order_events_total{kind}`: order events produced (reservations, rejections,
+    /// confirmations, cancellations, hold expiries, tickets), counted once committed.
+    pub order_events: Family<Labels, Counter>,
     pub records_skipped: Counter,
     pub outputs_produced: Counter,
     pub dead_letters: Counter,
@@ -19,6 +23,9 @@ pub struct BookingMetrics {
     pub batch_size: Histogram,
     /// From the command's broker timestamp to its decision being produced and committed.
     pub decision_latency_ms: Histogram,
+    /// Time a batch spends in each stage, `stage` = `decide` (deciding and encoding),
+    /// `transaction` (producing outputs and offsets), `store` (the fenced state write).
+    pub stage_ms: LatencyFamily,
     pub holds_active: Gauge,
     /// Partitions assigned to this instance, and how many of them are processed (owned),
     /// waiting for a restore, or stopped.
@@ -55,6 +62,15 @@ impl Default for BookingMetrics {
         let r = &mut registry;
         BookingMetrics {
             records_processed: counter(r, "booking_records_processed_total", "Commands decided"),
+            order_events: {
+                let family = Family::<Labels, Counter>::default();
+                r.register(
+                    "booking_order_events",
+                    "Order events produced and committed, by record name",
+                    family.clone(),
+                );
+                family
+            },
             records_skipped: counter(
                 r,
                 "booking_records_skipped_total",
@@ -73,6 +89,11 @@ impl Default for BookingMetrics {
                 "booking_decision_latency_ms",
                 "Record timestamp to decision committed, milliseconds",
                 &LATENCY_BUCKETS_MS,
+            ),
+            stage_ms: latency_family(
+                r,
+                "booking_stage_duration_ms",
+                "Time a batch spends deciding and encoding, in its transaction, and storing state (ms), by stage",
             ),
             holds_active: gauge(
                 r,

@@ -5,6 +5,7 @@
 //! dashboards scrape beside Kafka's own lag).
 
 pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::metrics::histogram::Histogram;
 pub use prometheus_client::registry::Registry;
@@ -37,6 +38,24 @@ pub fn histogram(registry: &mut Registry, name: &str, help: &str, bounds: &[f64]
     let histogram = Histogram::new(bounds.iter().copied());
     registry.register(name, help, histogram.clone());
     histogram
+}
+
+/// Labels of a metric family: `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// A family of latency histograms (ms, [`LATENCY_BUCKETS_MS`]) by labels.
+pub type LatencyFamily =
+    prometheus_client::metrics::family::Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_MS.iter().copied())
+}
+
+/// A [`LatencyFamily`] registered as `name`.
+pub fn latency_family(registry: &mut Registry, name: &str, help: &str) -> LatencyFamily {
+    let family = LatencyFamily::new_with_constructor(latency_histogram);
+    registry.register(name, help, family.clone());
+    family
 }
 
 /// The registry's metrics in the OpenMetrics text format.

@@ -4,6 +4,8 @@
 
 use super::decode::{DecodeFailure, order_id_of};
 use super::*;
+use crate::booking::render::Output;
+use std::collections::BTreeMap;
 
 /// What one partition's share of a batch needs.
 pub(super) struct BatchJob<'a> {
@@ -24,6 +26,8 @@ struct Decided {
     oldest_timestamp: Option<i64>,
     decided: u64,
     refolded: u64,
+    /// Order events produced, by record name (`OrderReserved`, `OrderExpired`, ...).
+    order_events: BTreeMap<&'static str, u64>,
 }
 
 impl BatchJob<'_> {
@@ -100,9 +104,26 @@ impl BatchJob<'_> {
 
         let metrics = &self.deps.metrics;
         metrics.records_processed.inc_by(decided.decided);
+        for (kind, count) in &decided.order_events {
+            metrics
+                .order_events
+                .get_or_create(&vec![("kind", (*kind).to_owned())])
+                .inc_by(*count);
+        }
         metrics.commands_refolded.inc_by(decided.refolded);
         metrics.batches.inc_by(1);
         metrics.batch_size.observe(records.len() as f64);
+        let stored_at = Instant::now();
+        for (stage, from, to) in [
+            ("decide", started, decided_at),
+            ("transaction", decided_at, produced_at),
+            ("store", produced_at, stored_at),
+        ] {
+            metrics
+                .stage_ms
+                .get_or_create(&vec![("stage", stage.to_owned())])
+                .observe(to.duration_since(from).as_secs_f64() * 1000.0);
+        }
         if let Some(oldest) = decided.oldest_timestamp {
             metrics
                 .decision_latency_ms
@@ -116,7 +137,7 @@ impl BatchJob<'_> {
             outputs = outputs.len(),
             decide_and_encode_ms = decided_at.duration_since(started).as_millis() as u64,
             transaction_ms = produced_at.duration_since(decided_at).as_millis() as u64,
-            store_ms = produced_at.elapsed().as_millis() as u64,
+            store_ms = stored_at.duration_since(produced_at).as_millis() as u64,
             "batch committed"
         );
         (partition, BatchOutcome::Done)
@@ -218,6 +239,11 @@ impl BatchJob<'_> {
             }
             out.decided += 1;
             for output in decision.outputs {
+                if let Output::Order(event) = &output {
+                    let name = event.full_name();
+                    let kind = name.rsplit('.').next().unwrap_or(name);
+                    *out.order_events.entry(kind).or_default() += 1;
+                }
                 match encode_output(&self.deps.codec, self.topics, &output, budget).await {
                     Ok(encoded) => out.outputs.push(encoded),
                     Err(e) => return Err(self.encode_failure("an output", e)),
