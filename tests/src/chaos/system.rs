@@ -112,6 +112,7 @@ fn binaries() -> anyhow::Result<PathBuf> {
         "boxoffice-processor",
         "boxoffice-notifier",
         "topics",
+        "lag-exporter",
     ] {
         anyhow::ensure!(
             dir.join(binary).exists(),
@@ -210,6 +211,19 @@ impl System {
 
     fn metrics_addr(&self, service: Service) -> String {
         format!("127.0.0.1:{}", self.ports[&service])
+    }
+
+    /// Where `service` serves `/metrics` (ingest: its metrics address, not the API).
+    pub fn metrics_address(&self, service: Service) -> String {
+        match service {
+            Service::Ingest => format!("127.0.0.1:{}", self.ingest_metrics_port),
+            _ => self.metrics_addr(service),
+        }
+    }
+
+    /// The path of a workspace binary beside the services' (`lag-exporter`, ...).
+    pub fn binary(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
     }
 
     /// Starts `service` as a child process.
