@@ -3,10 +3,12 @@
 //! of the first record each lagging group has not consumed. Blocking librdkafka calls, each
 //! bounded by the timeout; the caller runs a collection on the blocking pool, never on scrape.
 //!
-//! Per-partition ListOffsets requests (rust-rdkafka has no batched call): two per partition a
-//! collection; `BENCHMARKS.md` has what that costs.
+//! Costs (`BENCHMARKS.md`, "Lag exporter"): two ListOffsets per partition (rust-rdkafka has no
+//! batched call); one OffsetFetch per group, by `COMMIT_READERS` threads; probes batched across
+//! groups (one read per topic and isolation level), their answers cached (a record found at or
+//! after a position does not change).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use boxoffice_topics::kafka::KafkaArgs;
@@ -54,7 +56,7 @@ pub struct GroupView {
     pub members: usize,
     pub read_committed: bool,
     /// Committed offsets, by partition (only partitions with a commit).
-    pub committed: BTreeMap<(String, i32), i64>,
+    pub committed: Commits,
     /// Owners, by partition.
     pub owners: BTreeMap<(String, i32), Owner>,
     /// What a reader with the group's isolation found from the group's position, where probed.
@@ -121,6 +123,14 @@ pub struct Collector {
 const CLIENT: &str = "boxoffice-lag-exporter";
 /// First records remembered at most (then forgotten at once; they are re-probed).
 const FIRST_CACHE_LIMIT: usize = 100_000;
+/// A group's committed offsets, by partition.
+type Commits = BTreeMap<(String, i32), i64>;
+
+/// Threads reading group commits at once.
+const COMMIT_READERS: usize = 8;
+/// Records one probe reads past a partition's lowest wanted position before it leaves the
+/// higher positions to the next collection (groups far apart on one partition).
+const MAX_PROBE_SPAN: i64 = 50_000;
 
 impl Collector {
     pub fn new(
@@ -167,6 +177,7 @@ impl Collector {
 
     /// Reads the cluster once (blocking).
     pub fn collect(&mut self) -> Result<Collection, CollectError> {
+        let started = Instant::now();
         let timeout = self.kafka.timeout;
         let metadata = self
             .uncommitted
@@ -199,15 +210,19 @@ impl Collector {
                 },
             );
         }
+        tracing::debug!(
+            partitions = offsets.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "offsets listed"
+        );
         let list = self
             .uncommitted
             .fetch_group_list(None, timeout)
             .map_err(kafka("listing consumer groups"))?;
-        let mut groups = Vec::new();
+        let mut listed = Vec::new();
         for info in list.groups() {
-            let name = info.name();
             let consumer_protocol = matches!(info.protocol_type(), "consumer" | "");
-            if !consumer_protocol || name == CLIENT {
+            if !consumer_protocol || info.name() == CLIENT {
                 continue;
             }
             let mut owners = BTreeMap::new();
@@ -222,168 +237,261 @@ impl Collector {
                     owners.insert(tp, owner);
                 }
             }
-            let committed = self.committed(name, &partitions)?;
-            if committed.is_empty() && owners.is_empty() {
-                continue;
-            }
-            groups.push(GroupView {
-                name: name.to_owned(),
+            listed.push(GroupView {
+                name: info.name().to_owned(),
                 state: info.state().to_owned(),
                 members: info.members().len(),
-                read_committed: self.isolation.read_committed(name),
-                committed,
+                read_committed: self.isolation.read_committed(info.name()),
+                committed: BTreeMap::new(),
                 owners,
                 first: BTreeMap::new(),
             });
         }
+        // A client per group as long as the group exists (creating one costs threads).
         self.group_clients
-            .retain(|name, _| groups.iter().any(|g| &g.name == name));
+            .retain(|name, _| listed.iter().any(|g| &g.name == name));
+        for group in &listed {
+            if !self.group_clients.contains_key(&group.name) {
+                let client = self
+                    .kafka
+                    .client_config()
+                    // Reads the group's offsets; never joins it (no subscribe, no commit).
+                    .set("group.id", &group.name)
+                    .set("client.id", CLIENT)
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .map_err(CollectError::Client)?;
+                self.group_clients.insert(group.name.clone(), client);
+            }
+        }
+        let commits = self.committed(&listed, &partitions)?;
+        let mut groups: Vec<GroupView> = listed
+            .into_iter()
+            .zip(commits)
+            .filter(|(group, committed)| !committed.is_empty() || !group.owners.is_empty())
+            .map(|(group, committed)| GroupView { committed, ..group })
+            .collect();
+        tracing::debug!(
+            groups = groups.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "commits read"
+        );
+        self.probe(&groups, &offsets);
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "probed");
         for group in &mut groups {
-            group.first = self.probe(group, &offsets);
+            group.first = self.answers(group, &offsets);
         }
         Ok(Collection { offsets, groups })
     }
 
-    /// The group's commits on `partitions`.
+    /// The commits of every group on `partitions`, read by up to `COMMIT_READERS` threads
+    /// (one OffsetFetch per group: rust-rdkafka has no batched call).
     fn committed(
-        &mut self,
-        group: &str,
+        &self,
+        groups: &[GroupView],
         partitions: &[(String, i32)],
-    ) -> Result<BTreeMap<(String, i32), i64>, CollectError> {
-        let client = match self.group_clients.entry(group.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                self.kafka
-                    .client_config()
-                    // Reads the group's offsets; never joins it (no subscribe, no commit).
-                    .set("group.id", group)
-                    .set("client.id", CLIENT)
-                    .set("enable.auto.commit", "false")
-                    .create()
-                    .map_err(CollectError::Client)?,
-            ),
+    ) -> Result<Vec<Commits>, CollectError> {
+        let read = |group: &GroupView| -> Result<Commits, CollectError> {
+            let Some(client) = self.group_clients.get(&group.name) else {
+                return Ok(BTreeMap::new());
+            };
+            let mut list = TopicPartitionList::new();
+            for (topic, partition) in partitions {
+                list.add_partition(topic, *partition);
+            }
+            let answer = client
+                .committed_offsets(list, self.kafka.timeout)
+                .map_err(kafka(format!(
+                    "reading the commits of group {}",
+                    group.name
+                )))?;
+            Ok(answer
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(n) => Some(((e.topic().to_owned(), e.partition()), n)),
+                    _ => None,
+                })
+                .collect())
         };
-        let mut list = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            list.add_partition(topic, *partition);
-        }
-        let answer = client
-            .committed_offsets(list, self.kafka.timeout)
-            .map_err(kafka(format!("reading the commits of group {group}")))?;
-        Ok(answer
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(n) => Some(((e.topic().to_owned(), e.partition()), n)),
-                _ => None,
-            })
-            .collect())
+        let chunk = groups.len().div_ceil(COMMIT_READERS).max(1);
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = groups
+                .chunks(chunk)
+                .map(|chunk| scope.spawn(|| chunk.iter().map(read).collect::<Result<Vec<_>, _>>()))
+                .collect();
+            let mut out = Vec::with_capacity(groups.len());
+            for reader in readers {
+                let read = reader
+                    .join()
+                    .map_err(|_| CollectError::Panicked("a commit reader".to_owned()))??;
+                out.extend(read);
+            }
+            Ok(out)
+        })
     }
 
-    /// The first record the group would get on each partition where offsets leave one to find.
-    fn probe(
-        &mut self,
+    /// Where `group` must be probed on `tp` (its position, when offsets leave records to
+    /// find), and the end its reader sees there.
+    fn position(
+        group: &GroupView,
+        tp: &(String, i32),
+        offsets: &BTreeMap<(String, i32), PartitionOffsets>,
+    ) -> Option<(i64, i64)> {
+        let o = offsets.get(tp)?;
+        let rc = group.read_committed;
+        let from = crate::lag::probe_from(*o, group.committed.get(tp).copied(), rc)?;
+        Some((from, if rc { o.last_stable } else { o.high_watermark }))
+    }
+
+    /// A cached answer that still holds: a record stays what it is; "nothing before" holds
+    /// while the end has not moved.
+    fn cached(&self, rc: bool, tp: &(String, i32), from: i64, end: i64) -> Option<FirstUnconsumed> {
+        self.first_cache
+            .get(&(rc, tp.0.clone(), tp.1, from))
+            .filter(
+                |hit| !matches!(hit, FirstUnconsumed::NothingBefore { end: seen } if *seen != end),
+            )
+            .copied()
+    }
+
+    /// Finds the first record at or after every position some group needs and the cache does
+    /// not hold: one read per topic and isolation level for all groups together, each
+    /// partition from its lowest wanted position (at most `MAX_PROBE_SPAN` records on).
+    fn probe(&mut self, groups: &[GroupView], offsets: &BTreeMap<(String, i32), PartitionOffsets>) {
+        type Wanted = BTreeMap<i32, (BTreeSet<i64>, i64)>;
+        let mut wanted: BTreeMap<(bool, String), Wanted> = BTreeMap::new();
+        for group in groups {
+            let rc = group.read_committed;
+            for tp in group.committed.keys() {
+                let Some((from, end)) = Self::position(group, tp, offsets) else {
+                    continue;
+                };
+                if self.cached(rc, tp, from, end).is_none() {
+                    let partitions = wanted.entry((rc, tp.0.clone())).or_default();
+                    partitions
+                        .entry(tp.1)
+                        .or_insert_with(|| (BTreeSet::new(), end))
+                        .0
+                        .insert(from);
+                }
+            }
+        }
+        for ((rc, topic), partitions) in wanted {
+            self.probe_topic(rc, &topic, partitions);
+        }
+    }
+
+    /// What `group` would get first on each partition it lags on, from the cache.
+    fn answers(
+        &self,
         group: &GroupView,
         offsets: &BTreeMap<(String, i32), PartitionOffsets>,
     ) -> BTreeMap<(String, i32), FirstUnconsumed> {
-        let rc = group.read_committed;
-        let mut found = BTreeMap::new();
-        // Partition -> (position, end), by topic: one assignment per topic, because an
-        // end-of-partition event names the partition only.
-        let mut wanted: BTreeMap<String, HashMap<i32, (i64, i64)>> = BTreeMap::new();
-        for (tp, committed) in &group.committed {
-            let Some(o) = offsets.get(tp) else { continue };
-            let Some(from) = crate::lag::probe_from(*o, Some(*committed), rc) else {
-                continue;
-            };
-            let end = if rc { o.last_stable } else { o.high_watermark };
-            // A record stays what it is; "nothing before" holds while the end has not moved.
-            let cached = self.first_cache.get(&(rc, tp.0.clone(), tp.1, from)).filter(|hit| {
-                !matches!(hit, FirstUnconsumed::NothingBefore { end: seen } if *seen != end)
-            });
-            match cached {
-                Some(hit) => {
-                    found.insert(tp.clone(), *hit);
-                }
-                None => {
-                    wanted
-                        .entry(tp.0.clone())
-                        .or_default()
-                        .insert(tp.1, (from, end));
-                }
-            }
-        }
-        for (topic, pending) in wanted {
-            for (partition, first) in self.probe_topic(&group.name, rc, &topic, pending) {
-                found.insert((topic.clone(), partition), first);
-            }
-        }
-        found
+        group
+            .committed
+            .keys()
+            .filter_map(|tp| {
+                let (from, end) = Self::position(group, tp, offsets)?;
+                let answer = self.cached(group.read_committed, tp, from, end)?;
+                Some((tp.clone(), answer))
+            })
+            .collect()
     }
 
-    /// Reads `topic` from each pending position until a record or the end of each partition,
-    /// within the probe timeout; partitions with no answer are left out. Answers are cached.
+    /// Reads `topic` (isolation `rc`) from each partition's lowest wanted position, answering
+    /// every wanted position with the first record at or after it, or "nothing before the end"
+    /// at the partition's end, within the probe timeout. Answers go to the cache; positions
+    /// left unanswered are probed again next time.
     fn probe_topic(
         &mut self,
-        group: &str,
         rc: bool,
         topic: &str,
-        mut pending: HashMap<i32, (i64, i64)>,
-    ) -> Vec<(i32, FirstUnconsumed)> {
+        mut pending: BTreeMap<i32, (BTreeSet<i64>, i64)>,
+    ) {
         let mut list = TopicPartitionList::new();
-        for (partition, (from, _)) in &pending {
-            // A listed offset is always a valid position; a failure only skips the probe.
-            let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*from));
+        for (partition, (positions, _)) in &pending {
+            if let Some(first) = positions.first() {
+                // A listed offset is always a valid position; a failure only skips the probe.
+                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*first));
+            }
         }
         let probe = &self.probes[usize::from(rc)];
         if let Err(e) = probe.assign(&list) {
-            tracing::warn!(group, topic, error = %e, "probe assignment failed");
-            return Vec::new();
+            tracing::warn!(topic, error = %e, "probe assignment failed");
+            return;
         }
-        let mut answers = Vec::new();
+        // librdkafka keeps a partition paused across assignments: undo an earlier probe's pause.
+        let _ = probe.resume(&list);
+        let mut answers: Vec<(i32, i64, FirstUnconsumed)> = Vec::new();
         let deadline = Instant::now() + self.probe_timeout;
         while !pending.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let (partition, answer) = match probe.poll(left) {
-                Some(Ok(message)) => (
-                    message.partition(),
-                    FirstUnconsumed::Record {
+            let (partition, answer, upto) = match probe.poll(left) {
+                Some(Ok(message)) => {
+                    let record = FirstUnconsumed::Record {
                         offset: message.offset(),
                         timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
-                    },
-                ),
+                    };
+                    (message.partition(), record, message.offset())
+                }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
                     let end = pending.get(&partition).map_or(0, |(_, end)| *end);
-                    (partition, FirstUnconsumed::NothingBefore { end })
+                    (partition, FirstUnconsumed::NothingBefore { end }, i64::MAX)
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(group, topic, error = %e, "probe read failed");
+                    tracing::debug!(topic, error = %e, "probe read failed");
                     continue;
                 }
                 None => continue,
             };
-            // Events of partitions already answered (or of an earlier probe) are ignored.
-            let Some((from, _)) = pending.remove(&partition) else {
+            let Some((positions, _)) = pending.get_mut(&partition) else {
                 continue;
             };
-            if self.first_cache.len() >= FIRST_CACHE_LIMIT {
-                self.first_cache.clear();
+            // Reading in order: this record is the first at or after every position up to it.
+            let answered: Vec<i64> = positions.range(..=upto).copied().collect();
+            for from in answered {
+                positions.remove(&from);
+                answers.push((partition, from, answer));
             }
-            self.first_cache
-                .insert((rc, topic.to_owned(), partition, from), answer);
-            answers.push((partition, answer));
+            // Groups far ahead of the lowest position wait for the next collection.
+            let read = upto.saturating_sub(list_start(&list, partition));
+            let too_far = upto != i64::MAX && read > MAX_PROBE_SPAN;
+            if positions.is_empty() || too_far {
+                pending.remove(&partition);
+                let mut done = TopicPartitionList::new();
+                done.add_partition(topic, partition);
+                let _ = probe.pause(&done);
+            }
         }
         let _ = probe.unassign();
         tracing::debug!(
-            group,
             topic,
             answered = answers.len(),
             left = pending.len(),
             "probed"
         );
-        answers
+        if self.first_cache.len() + answers.len() > FIRST_CACHE_LIMIT {
+            self.first_cache.clear();
+        }
+        for (partition, from, answer) in answers {
+            self.first_cache
+                .insert((rc, topic.to_owned(), partition, from), answer);
+        }
     }
+}
+
+/// The offset `partition` was assigned from in `list`.
+fn list_start(list: &TopicPartitionList, partition: i32) -> i64 {
+    list.elements()
+        .iter()
+        .find(|e| e.partition() == partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(n) => Some(n),
+            _ => None,
+        })
+        .unwrap_or(0)
 }

@@ -8,6 +8,7 @@ pub mod assignment;
 pub mod collect;
 pub mod lag;
 pub mod metrics;
+pub mod page;
 pub mod report;
 pub mod status;
 
@@ -68,11 +69,12 @@ pub struct ExporterSettings {
     pub topic_prefix: TopicPrefix,
 }
 
-/// The latest rendering and whether collections are succeeding.
+/// The latest rendering, the page's view, and whether collections are succeeding.
 #[derive(Debug)]
 pub struct Published {
     text: RwLock<String>,
     ready: RwLock<Result<(), String>>,
+    view: tokio::sync::watch::Sender<Arc<page::View>>,
 }
 
 impl Default for Published {
@@ -80,6 +82,7 @@ impl Default for Published {
         Self {
             text: RwLock::default(),
             ready: RwLock::new(Err("no collection yet".to_owned())),
+            view: tokio::sync::watch::Sender::new(Arc::new(page::View::default())),
         }
     }
 }
@@ -91,6 +94,11 @@ impl Published {
 
     pub fn ready(&self) -> Result<(), String> {
         self.ready.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The page's routes (`/`, `/api/lag`, `/events`), on the views published here.
+    pub fn page_router(&self) -> axum::Router {
+        page::router(self.view.subscribe())
     }
 
     fn set(&self, text: String, ready: Result<(), String>) {
@@ -136,6 +144,7 @@ pub async fn run(
         owner_labels: settings.owner_labels,
     };
     let mut last_report = report::Report::default();
+    let mut history = page::History::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -162,11 +171,16 @@ pub async fn run(
                 last_report = reporter.report(&collection, at);
                 stats.successes += 1;
                 stats.last_success_ms = at;
+                let view = history.view(&last_report, &settings.cluster_name, at);
+                published.view.send_replace(Arc::new(view));
                 Ok(())
             }
             Err(e) => {
                 stats.failures += 1;
                 tracing::warn!(error = %e, "collection failed; the last figures stay published");
+                let mut view = published.view.borrow().as_ref().clone();
+                view.error = Some(format!("the last collection failed: {e}"));
+                published.view.send_replace(Arc::new(view));
                 Err(format!("the last collection failed: {e}"))
             }
         };

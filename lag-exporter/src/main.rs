@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use boxoffice_lag_exporter::{ExporterSettings, Published, run};
-use boxoffice_runtime::startup::{init_tracing, serve_health, shutdown_signal};
+use boxoffice_runtime::metrics::health_router;
+use boxoffice_runtime::startup::{init_tracing, serve_router, shutdown_signal};
 use boxoffice_topics::kafka::KafkaArgs;
 use clap::Parser;
 
@@ -21,7 +22,8 @@ struct Cli {
     kafka: KafkaArgs,
     #[command(flatten)]
     settings: ExporterSettings,
-    /// Where `/metrics` (OpenMetrics text), `/healthz` and `/readyz` answer.
+    /// Where the lag page (`/`, live), `/api/lag`, `/metrics` (OpenMetrics text), `/healthz`
+    /// and `/readyz` answer.
     #[arg(
         long = "listen",
         env = "LAG_EXPORTER_LISTEN",
@@ -50,13 +52,9 @@ async fn main() -> ExitCode {
 async fn start(cli: Cli) -> anyhow::Result<()> {
     let published = Arc::new(Published::default());
     let (text, ready) = (Arc::clone(&published), Arc::clone(&published));
-    serve_health(
-        cli.listen,
-        "--listen / LAG_EXPORTER_LISTEN",
-        move || text.text(),
-        move || ready.ready(),
-    )
-    .await?;
+    let health = health_router(move || text.text(), move || ready.ready());
+    let router = health.merge(published.page_router());
+    serve_router(cli.listen, "--listen / LAG_EXPORTER_LISTEN", router).await?;
     cli.kafka.check().await?;
     tracing::info!(interval = ?cli.settings.interval, "lag exporter collecting");
     run(cli.kafka, cli.settings, published, shutdown_signal()).await?;

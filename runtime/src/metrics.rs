@@ -119,29 +119,34 @@ where
     F: Fn() -> String + Clone + Send + Sync + 'static,
     R: Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
 {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let app =
-        axum::Router::new()
-            .route(
-                "/metrics",
-                get(move || async move {
-                    ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render())
-                }),
-            )
-            .route("/healthz", get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                get(move || async move {
-                    match ready() {
-                        Ok(()) => (StatusCode::OK, "ready".to_owned()),
-                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
-                    }
-                }),
-            );
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(listener, health_router(render, ready)).await {
         tracing::warn!(error = %e, "metrics server stopped");
     }
+}
+
+/// The routes of [`serve_with_readiness`], for a service that serves more beside them.
+pub fn health_router<F, R>(render: F, ready: R) -> axum::Router
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+    R: Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
+{
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render()) }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                match ready() {
+                    Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }),
+        )
 }
 
 #[cfg(test)]

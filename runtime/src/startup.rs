@@ -82,6 +82,16 @@ where
     F: Fn() -> String + Clone + Send + Sync + 'static,
     R: Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
 {
+    serve_router(addr, setting, crate::metrics::health_router(render, ready)).await
+}
+
+/// Binds `addr` (the value of the flag named by `setting`) and serves `router` there in the
+/// background (a service with pages beside `/metrics`, `/healthz` and `/readyz`).
+pub async fn serve_router(
+    addr: SocketAddr,
+    setting: &'static str,
+    router: axum::Router,
+) -> Result<(), StartupError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartupError::Bind {
@@ -89,9 +99,11 @@ where
             addr,
             source,
         })?;
-    tokio::spawn(crate::metrics::serve_with_readiness(
-        listener, render, ready,
-    ));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    });
     info!(%addr, "metrics at /metrics, health at /healthz and /readyz");
     Ok(())
 }

@@ -312,3 +312,107 @@ async fn lag_is_measured_against_the_last_stable_offset_and_markers_are_not_lag(
     let _ = stop.send(());
     exporter.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_stopped_consumer_is_stop_with_a_growing_time_lag_and_retention_skips_are_counted() {
+    let fx = Fixture::new().await;
+    let group = names::unique("lagrc");
+    let published = Arc::new(Published::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut exporter_settings = settings(&fx.topic, &group);
+    exporter_settings.status_window = Duration::from_secs(3);
+    let exporter = tokio::spawn(run(
+        fx.kafka.clone(),
+        exporter_settings,
+        Arc::clone(&published),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let g = [("group", group.as_str()), ("partition", "0")];
+
+    // The group read 10 records and stopped; 10 more arrive (offsets 11..=20, marker 21).
+    fx.transaction(10, true);
+    fx.consume_all(&group, 10);
+    fx.transaction(10, true);
+    let stop_status = [
+        ("group", group.as_str()),
+        ("partition", "0"),
+        ("status", "STOP"),
+    ];
+    let text = wait::until("STOP after a full window", TIMEOUT, || {
+        let text = published.text();
+        let stopped = value(
+            &text,
+            "boxoffice_consumergroup_partition_status",
+            &stop_status,
+        );
+        async move { (stopped == Some(1.0)).then_some(text) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", published.text()));
+    assert_eq!(
+        value(&text, "boxoffice_consumergroup_lag_effective", &g),
+        Some(11.0)
+    );
+    let err = [("group", group.as_str()), ("status", "ERR")];
+    assert_eq!(
+        value(&text, "boxoffice_consumergroup_status", &err),
+        Some(1.0)
+    );
+    let before = value(&text, "kafka_consumergroup_group_lag_seconds", &g).expect("time lag");
+    let text = wait::until("the time lag growing", TIMEOUT, || {
+        let text = published.text();
+        let now = value(&text, "kafka_consumergroup_group_lag_seconds", &g);
+        async move { now.is_some_and(|s| s >= before + 1.0).then_some(text) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", published.text()));
+    assert!(
+        value(&text, "boxoffice_consumergroup_catch_up_seconds", &g).is_some_and(f64::is_infinite),
+        "a consumer that does not move never catches up\n{text}"
+    );
+
+    // Retention deletes the first 15 offsets: 5 records the group never read are gone.
+    let admin: AdminClient<DefaultClientContext> = fx
+        .kafka
+        .client_config()
+        .create()
+        .expect("Kafka client call");
+    let mut below = TopicPartitionList::new();
+    below
+        .add_partition_offset(&fx.topic, 0, Offset::Offset(15))
+        .expect("a valid offset");
+    admin
+        .delete_records(&below, &AdminOptions::new())
+        .await
+        .expect("records deleted");
+    let text = expect(
+        &published,
+        "boxoffice_consumergroup_commit_behind_log_start",
+        &group,
+        5.0,
+    )
+    .await;
+    assert_eq!(
+        value(
+            &text,
+            "boxoffice_consumergroup_retention_skipped_records_total",
+            &g
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    // Counted from the log start: 15..=20 and the marker.
+    assert_eq!(
+        value(&text, "boxoffice_consumergroup_lag_effective", &g),
+        Some(7.0),
+        "{text}"
+    );
+
+    let _ = stop.send(());
+    exporter
+        .await
+        .expect("the exporter task")
+        .expect("the exporter");
+}

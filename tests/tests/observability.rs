@@ -219,21 +219,8 @@ async fn every_dashboard_panel_and_alert_rule_reads_what_the_services_export() {
         .await
         .expect("the system starts");
     let lag_port = free_port();
-    let exporter_log =
-        std::fs::File::create(system.stack.state.join("lag-exporter.log")).expect("a log file");
-    let mut exporter = Command::new(system.binary("lag-exporter"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{lag_port}"),
-            "--interval",
-            "1s",
-        ])
-        .args(["--status-window", "10s"])
-        .envs(system.stack.env())
-        .stdin(Stdio::null())
-        .stdout(exporter_log.try_clone().expect("log"))
-        .stderr(exporter_log)
-        .spawn()
+    let mut exporter = system
+        .start_lag_exporter(lag_port, "10s")
         .expect("the lag exporter starts");
     let mut targets: Vec<(&str, String)> = Service::ALL
         .iter()

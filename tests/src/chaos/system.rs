@@ -226,6 +226,22 @@ impl System {
         self.bin.join(name)
     }
 
+    /// Starts the lag exporter on `port` against the private stack, collecting every second
+    /// with a status window of `status_window` (its log beside the services').
+    pub fn start_lag_exporter(&self, port: u16, status_window: &str) -> anyhow::Result<Child> {
+        let log = File::create(self.logs.join("lag-exporter.log"))?;
+        let child = Command::new(self.bin.join("lag-exporter"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--interval", "1s"])
+            .args(["--status-window", status_window])
+            .envs(self.stack.env())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the lag exporter")?;
+        Ok(child)
+    }
+
     /// Starts `service` as a child process.
     pub fn spawn(&mut self, service: Service) -> anyhow::Result<()> {
         let (program, args): (&str, Vec<String>) = match service {
