@@ -1,12 +1,18 @@
 //! What the payment processor counts, in the process's one registry, and the server of its
 //! `/metrics`, `/healthz` and `/readyz`.
 
-use boxoffice_runtime::metrics::{Counter, Gauge, Readiness, Registry, counter, gauge};
+use boxoffice_runtime::metrics::{
+    Counter, Gauge, Histogram, LATENCY_BUCKETS_MS, Readiness, Registry, counter, gauge, histogram,
+};
 
 /// What the payment processor counts.
 #[derive(Debug)]
 pub struct PaymentMetrics {
     pub records_processed: Counter,
+    /// Time to apply one record (load, decide, write, produce, gateway calls), ms.
+    pub apply_ms: Histogram,
+    /// From a record's timestamp to its being applied, ms (how old events are when processed).
+    pub record_age_ms: Histogram,
     pub records_skipped: Counter,
     pub dead_letters: Counter,
     /// Signed provider events refused because they name another order, amount or currency
@@ -42,6 +48,18 @@ impl Default for PaymentMetrics {
         let r = &mut registry;
         PaymentMetrics {
             records_processed: counter(r, "payments_records_processed_total", "Records applied"),
+            apply_ms: histogram(
+                r,
+                "payments_apply_duration_ms",
+                "Time to apply one record, gateway calls included (ms)",
+                &LATENCY_BUCKETS_MS,
+            ),
+            record_age_ms: histogram(
+                r,
+                "payments_record_age_ms",
+                "From a record's timestamp to its being applied (ms)",
+                &LATENCY_BUCKETS_MS,
+            ),
             records_skipped: counter(
                 r,
                 "payments_records_skipped_total",

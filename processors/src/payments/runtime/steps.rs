@@ -10,6 +10,7 @@ impl Runtime {
     pub(super) async fn process_record(&self, message: &OwnedMessage) -> Result<(), StepError> {
         let metrics = &self.deps.metrics;
         let (partition, offset) = (message.partition(), message.offset());
+        let started = Instant::now();
         let request = match self.decode(message).await {
             Ok(request) => request,
             Err(DecodeFailure::Record(kind, reason)) => {
@@ -37,6 +38,14 @@ impl Runtime {
                 }
                 Ok(Applied::Done) => {
                     metrics.records_processed.inc_by(1);
+                    metrics
+                        .apply_ms
+                        .observe(started.elapsed().as_secs_f64() * 1000.0);
+                    if let Some(at) = message.timestamp().to_millis() {
+                        metrics
+                            .record_age_ms
+                            .observe((now_millis() - at).max(0) as f64);
+                    }
                     return Ok(());
                 }
                 Ok(Applied::Refused(mismatch)) => {
