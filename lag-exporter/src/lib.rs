@@ -52,7 +52,8 @@ pub struct ExporterSettings {
         long = "read-committed-groups",
         env = "LAG_EXPORTER_READ_COMMITTED_GROUPS",
         value_delimiter = ',',
-        default_value = "booking-processor,payment-processor,notifier-"
+        default_value = "booking-processor,payment-processor,notifier-",
+        value_parser = parse_group_prefix
     )]
     pub read_committed_groups: Vec<String>,
     /// Also write kafka_exporter's family (`kafka_consumergroup_lag`, ...).
@@ -67,6 +68,15 @@ pub struct ExporterSettings {
     pub owner_labels: bool,
     #[command(flatten)]
     pub topic_prefix: TopicPrefix,
+}
+
+/// A group name prefix: not empty (`*` is the way to say "every group").
+fn parse_group_prefix(raw: &str) -> Result<String, String> {
+    let prefix = raw.trim();
+    if prefix.is_empty() {
+        return Err("an empty prefix would match every group; write * for that".to_owned());
+    }
+    Ok(prefix.to_owned())
 }
 
 /// The latest rendering, the page's view, and whether collections are succeeding.
@@ -188,6 +198,32 @@ pub async fn run(
         published.set(
             metrics::render(&last_report, &settings.cluster_name, families),
             ready,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: ExporterSettings,
+    }
+
+    #[test]
+    fn an_empty_group_prefix_is_refused_naming_the_setting() {
+        let err = Cli::try_parse_from(["x", "--read-committed-groups", "booking-,"])
+            .expect_err("an empty entry");
+        assert!(err.to_string().contains("--read-committed-groups"), "{err}");
+        let ok = Cli::try_parse_from(["x", "--read-committed-groups", "*"]).expect("every group");
+        assert_eq!(ok.settings.read_committed_groups, ["*"]);
+        let default = Cli::try_parse_from(["x"]).expect("defaults");
+        assert_eq!(
+            default.settings.read_committed_groups,
+            ["booking-processor", "payment-processor", "notifier-"]
         );
     }
 }
