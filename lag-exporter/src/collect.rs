@@ -341,7 +341,7 @@ impl Collector {
         let o = offsets.get(tp)?;
         let rc = group.read_committed;
         let from = crate::lag::probe_from(*o, group.committed.get(tp).copied(), rc)?;
-        Some((from, if rc { o.last_stable } else { o.high_watermark }))
+        Some((from, o.end(rc)))
     }
 
     /// A cached answer that still holds: a record stays what it is; "nothing before" holds

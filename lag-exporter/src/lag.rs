@@ -20,6 +20,18 @@ pub struct PartitionOffsets {
     pub last_stable: i64,
 }
 
+impl PartitionOffsets {
+    /// Where a reader stops: the last stable offset for `read_committed`, else the high
+    /// watermark.
+    pub fn end(&self, read_committed: bool) -> i64 {
+        if read_committed {
+            self.last_stable
+        } else {
+            self.high_watermark
+        }
+    }
+}
+
 /// What a reader with the group's isolation level finds from the group's position on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FirstUnconsumed {
@@ -65,11 +77,7 @@ pub fn partition_lag(
             seconds: None,
         };
     };
-    let end = if read_committed {
-        offsets.last_stable
-    } else {
-        offsets.high_watermark
-    };
+    let end = offsets.end(read_committed);
     let position = committed.max(offsets.log_start);
     let effective = match first {
         // Markers only up to the end the probe saw: nothing to consume below it.
@@ -103,11 +111,7 @@ pub fn probe_from(
     committed: Option<i64>,
     read_committed: bool,
 ) -> Option<i64> {
-    let end = if read_committed {
-        offsets.last_stable
-    } else {
-        offsets.high_watermark
-    };
+    let end = offsets.end(read_committed);
     let position = committed?.max(offsets.log_start);
     (position < end).then_some(position)
 }
