@@ -5,10 +5,12 @@
 //! streams and to `POST v1/orders?wait=` waiters.
 //!
 //! Availability resume: the last [`RECENT_PER_EVENT`] changes of every event are kept in
-//! memory. A stream resumed with `Last-Event-ID: <sequence>` gets every change after it when
-//! they are all still here; when the requested sequence is older than the oldest kept (or
-//! unknown) it gets the latest change instead: each `AvailabilityChanged` is the event's full
-//! state, so a client that applies it is exactly up to date and never sees a gap.
+//! memory. Sequences have gaps: the booking processor publishes each event's latest change once
+//! per batch, so a stream sees, say, 12, 17, 31. A stream resumed with `Last-Event-ID:
+//! <sequence>` gets every kept change after it when the oldest kept is at most one past it;
+//! when the requested sequence is older than that (or unknown) it gets the latest change
+//! instead. Either way it is exactly up to date: each `AvailabilityChanged` is the event's full
+//! state, so skipping changes loses nothing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -441,6 +443,29 @@ mod tests {
             matches!(live.resume("e", Some(1)), Resume::Snapshot(latest) if latest.sequence == RECENT_PER_EVENT as i64 + 9)
         );
         assert!(matches!(live.resume("e", None), Resume::Snapshot(_)));
+    }
+
+    #[test]
+    fn availability_with_gaps_in_the_sequence_resumes_from_what_was_kept() {
+        let live = Live::new();
+        for s in [2, 5, 9] {
+            live.publish_availability(change("e", s));
+        }
+        let sequences = |resume: Resume| match resume {
+            Resume::Replay(list) => list.iter().map(|c| c.sequence).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        // Seen 3 (published in another replay's batches) or 5: the later kept changes.
+        assert_eq!(sequences(live.resume("e", Some(3))), vec![5, 9]);
+        assert_eq!(sequences(live.resume("e", Some(5))), vec![9]);
+        assert_eq!(sequences(live.resume("e", Some(1))), vec![2, 5, 9]);
+        // Older than the oldest kept: the latest full state.
+        assert!(
+            matches!(live.resume("e", Some(0)), Resume::Snapshot(latest) if latest.sequence == 9)
+        );
+        // A gap after the latest is not a reason to go back.
+        live.publish_availability(change("e", 7));
+        assert_eq!(live.latest("e").unwrap().sequence, 9);
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ pub struct BookingMetrics {
     pub order_events: Family<Labels, Counter>,
     pub records_skipped: Counter,
     pub outputs_produced: Counter,
+    pub availability_superseded: Counter,
     pub dead_letters: Counter,
     pub batches: Counter,
     pub batch_size: Histogram,
@@ -77,6 +78,11 @@ impl Default for BookingMetrics {
                 "Commands already applied (replay)",
             ),
             outputs_produced: counter(r, "booking_outputs_produced_total", "Records produced"),
+            availability_superseded: counter(
+                r,
+                "booking_availability_superseded_total",
+                "Availability changes not published because a later change of the same event in the same batch replaced them",
+            ),
             dead_letters: counter(
                 r,
                 "booking_dead_letters_total",

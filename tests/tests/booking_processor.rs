@@ -14,7 +14,7 @@ use boxoffice_avro::records::{
     BookingCommand, BookingRequested, DeadLetter, EventUpserted, OrderEvent, PaymentSucceeded,
     RejectReason,
 };
-use boxoffice_processors::booking::audit::verify_event;
+use boxoffice_processors::booking::audit::{AuditReport, verify_event};
 use boxoffice_processors::booking::store::restore;
 use boxoffice_tests::pipeline::{Pipeline, processor_binary};
 use boxoffice_tests::services;
@@ -107,7 +107,13 @@ fn decisions_by_event(
 }
 
 /// Checks ScyllaDB and the audit for `event_id`: the invariant holds and log and store agree.
-async fn assert_event_consistent(pipeline: &Pipeline, event_id: &str, sold: u32, held: u32) {
+/// Returns the audit and the stored availability sequence (how many changes the event had).
+async fn assert_event_consistent(
+    pipeline: &Pipeline,
+    event_id: &str,
+    sold: u32,
+    held: u32,
+) -> (AuditReport, i64) {
     let store = pipeline.store().await.unwrap();
     let stored = store
         .load(event_id)
@@ -131,6 +137,7 @@ async fn assert_event_consistent(pipeline: &Pipeline, event_id: &str, sold: u32,
     .await
     .unwrap();
     assert!(report.ok(), "audit of {event_id}: {:?}", report.violations);
+    (report, state.sequence)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +205,19 @@ async fn flash_sale_sells_exactly_the_capacity_and_nothing_more() {
     assert_eq!(confirmed.len(), 1800);
     processor.stop().await.unwrap();
 
-    assert_event_consistent(&pipeline, hot, 1000, 0).await;
+    let (audit, changes) = assert_event_consistent(&pipeline, hot, 1000, 0).await;
+    // Availability is published once per event per batch: the audit passed over a topic with
+    // gaps in the sequence (2,001 changes: the capacity, 1,000 holds, 1,000 sales).
+    assert_eq!(changes, 2001);
+    assert!(
+        audit.availability_records > 0 && audit.availability_records < changes as u64,
+        "{} availability records for {changes} changes: not coalesced per batch",
+        audit.availability_records
+    );
+    eprintln!(
+        "flash sale: {} availability records published for {changes} changes",
+        audit.availability_records
+    );
     for e in others {
         assert_event_consistent(&pipeline, e, 200, 0).await;
     }

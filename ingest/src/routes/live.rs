@@ -204,8 +204,9 @@ fn spawn_feed(
 }
 
 /// Live availability of an event. Every message is the event's full inventory with its
-/// sequence number as the SSE id; a reconnect with `Last-Event-ID` gets every change after
-/// it, or the latest state when that is too old to replay.
+/// sequence number as the SSE id. Sequence numbers grow but have gaps (a burst of bookings is
+/// published as its latest state); a reconnect with `Last-Event-ID` gets the kept changes
+/// after it, or the latest state when that is too old to replay.
 #[utoipa::path(get, path = "/v1/tickets/{id}/availability/stream", tag = "live",
     params(("id" = String, Path, description = "Event id"), ResumeQuery,
            ("Last-Event-ID" = Option<String>, Header, description = "Sequence number last seen")),

@@ -1,6 +1,7 @@
 //! The booking processor: the single writer of each event's inventory. `state` is what it
 //! knows per event, `core` decides (pure), `render` turns decisions into records (pure), and
-//! `partition` folds a partition's commands through both; `recovery` plans, from what Kafka
+//! `partition` folds a partition's commands through both, `coalesce` keeps a batch's latest
+//! availability per event (pure); `recovery` plans, from what Kafka
 //! says was published and what the store holds, how a partition resumes (pure). `runtime` runs
 //! it against Kafka and ScyllaDB (`restore` rebuilds a partition, `publish` encodes and
 //! commits a batch's records in one transaction), `store` maps state to stored rows, and
@@ -8,6 +9,7 @@
 //! oversold.
 
 pub mod audit;
+pub mod coalesce;
 pub mod core;
 pub mod demo;
 pub mod partition;

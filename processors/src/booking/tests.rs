@@ -13,6 +13,7 @@ use boxoffice_avro::records::{
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
+use super::coalesce;
 use super::core::{Allocator, ExactAllocator};
 use super::partition::{Decision, Partition, TimerChange};
 use super::render::Output;
@@ -620,7 +621,11 @@ impl Observed {
 }
 
 /// Runs `ops` through a partition with `allocator`, checking every property after each step.
-fn check_interleaving<A: Allocator>(allocator: A, ops: &[Op]) -> Result<(), TestCaseError> {
+/// Checks the properties over one interleaving; returns the log and everything emitted.
+fn check_interleaving<A: Allocator>(
+    allocator: A,
+    ops: &[Op],
+) -> Result<(Vec<BookingCommand>, Vec<Output>), TestCaseError> {
     let mut partition = Partition::with_allocator(allocator);
     let mut seen = Observed::default();
     let mut clock = T0;
@@ -732,7 +737,84 @@ fn check_interleaving<A: Allocator>(allocator: A, ops: &[Op]) -> Result<(), Test
         .iter()
         .flat_map(|c| replay.decide(c).outputs)
         .collect();
-    prop_assert_eq!(replayed, seen.emitted);
+    prop_assert_eq!(&replayed, &seen.emitted);
+    Ok((seen.log, seen.emitted))
+}
+
+/// Replays `log` cut into batches of `sizes` (cycled), each batch's outputs passed through
+/// `coalesce`, and checks what the batch-wise publication promises: every record but
+/// availability exactly as emitted one by one and in the same order; every availability
+/// record published is one of those emitted (same id, same content), at most one per event per
+/// batch, with growing sequences; and after every batch each event's latest published state is
+/// its latest emitted one.
+fn check_batched(
+    log: &[BookingCommand],
+    emitted: &[Output],
+    sizes: &[usize],
+    coalesce: impl Fn(Vec<Output>) -> Vec<Output>,
+) -> Result<(), TestCaseError> {
+    let is_availability = |o: &&Output| matches!(o, Output::Availability(_));
+    let mut replay = Partition::new();
+    let mut published: Vec<Output> = Vec::new();
+    let mut emitted_so_far: Vec<Output> = Vec::new();
+    let mut rest = log;
+    for size in sizes.iter().copied().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (batch, after) = rest.split_at(size.clamp(1, rest.len()));
+        rest = after;
+        let outputs: Vec<Output> = batch
+            .iter()
+            .flat_map(|c| replay.decide(c).outputs)
+            .collect();
+        emitted_so_far.extend(outputs.iter().cloned());
+        let batch_published = coalesce(outputs);
+        let mut events_in_batch = std::collections::HashSet::new();
+        for output in batch_published.iter().filter(is_availability) {
+            let Output::Availability(change) = output else {
+                continue;
+            };
+            prop_assert!(
+                events_in_batch.insert(change.event_id.clone()),
+                "two availability records of {} in one batch",
+                change.event_id
+            );
+            prop_assert!(
+                emitted.contains(output),
+                "published {:?} was never emitted",
+                change
+            );
+        }
+        published.extend(batch_published);
+        let latest = |outputs: &[Output]| {
+            outputs.iter().rev().find_map(|o| match o {
+                Output::Availability(a) => Some(a.clone()),
+                _ => None,
+            })
+        };
+        prop_assert_eq!(latest(&published), latest(&emitted_so_far));
+    }
+    let others = |outputs: &[Output]| -> Vec<Output> {
+        outputs
+            .iter()
+            .filter(|o| !is_availability(o))
+            .cloned()
+            .collect()
+    };
+    prop_assert_eq!(others(&published), others(emitted));
+    let sequences: Vec<i64> = published
+        .iter()
+        .filter_map(|o| match o {
+            Output::Availability(a) => Some(a.sequence),
+            _ => None,
+        })
+        .collect();
+    prop_assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "sequences do not grow: {:?}",
+        sequences
+    );
     Ok(())
 }
 
@@ -743,6 +825,49 @@ proptest! {
     fn every_interleaving_keeps_the_invariants(ops in prop::collection::vec(op(), 1..120)) {
         check_interleaving(ExactAllocator, &ops)?;
     }
+
+    #[test]
+    fn any_batching_publishes_a_subset_of_the_same_availability_ending_in_the_latest(
+        ops in prop::collection::vec(op(), 1..120),
+        sizes in prop::collection::vec(1..12_usize, 1..6),
+    ) {
+        let (log, emitted) = check_interleaving(ExactAllocator, &ops)?;
+        check_batched(&log, &emitted, &sizes, coalesce::coalesce)?;
+    }
+}
+
+/// Keeps each event's *first* change of a batch: stale availability, which the batching
+/// property must catch.
+fn keep_first_availability(outputs: Vec<Output>) -> Vec<Output> {
+    let mut seen = std::collections::HashSet::new();
+    outputs
+        .into_iter()
+        .filter(|o| match o {
+            Output::Availability(a) => seen.insert(a.event_id.clone()),
+            _ => true,
+        })
+        .collect()
+}
+
+#[test]
+fn negative_control_the_batching_property_catches_stale_availability() {
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        prop::collection::vec(op(), 1..120),
+        prop::collection::vec(2..12_usize, 1..6),
+    );
+    let result = runner.run(&strategy, |(ops, sizes)| {
+        let (log, emitted) = check_interleaving(ExactAllocator, &ops)?;
+        check_batched(&log, &emitted, &sizes, keep_first_availability)
+    });
+    assert!(
+        result.is_err(),
+        "the batching property did not notice availability that stays stale"
+    );
 }
 
 /// Allocates one slot more than is free: the bug the properties exist to catch.
@@ -762,7 +887,7 @@ fn negative_control_the_properties_catch_an_overselling_allocator() {
         ..Config::default()
     });
     let result = runner.run(&prop::collection::vec(op(), 1..120), |ops| {
-        check_interleaving(OversellingAllocator, &ops)
+        check_interleaving(OversellingAllocator, &ops).map(|_| ())
     });
     assert!(
         result.is_err(),

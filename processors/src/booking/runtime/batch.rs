@@ -4,6 +4,7 @@
 
 use super::decode::{DecodeFailure, order_id_of};
 use super::*;
+use crate::booking::coalesce::LatestAvailability;
 use crate::booking::render::Output;
 use std::collections::BTreeMap;
 
@@ -167,6 +168,8 @@ impl BatchJob<'_> {
         let metrics = &self.deps.metrics;
         let budget = self.deps.settings.retry_budget;
         let mut out = Decided::default();
+        // Each event's availability is published once per batch, after its other records.
+        let mut latest_availability = LatestAvailability::default();
         for message in records {
             let offset = message.offset();
             if offset < worker.next_offset {
@@ -239,6 +242,9 @@ impl BatchJob<'_> {
             }
             out.decided += 1;
             for output in decision.outputs {
+                let Some(output) = latest_availability.absorb(output) else {
+                    continue;
+                };
                 if let Output::Order(event) = &output {
                     let name = event.full_name();
                     let kind = name.rsplit('.').next().unwrap_or(name);
@@ -248,6 +254,15 @@ impl BatchJob<'_> {
                     Ok(encoded) => out.outputs.push(encoded),
                     Err(e) => return Err(self.encode_failure("an output", e)),
                 }
+            }
+        }
+        metrics
+            .availability_superseded
+            .inc_by(latest_availability.superseded());
+        for output in latest_availability.into_outputs() {
+            match encode_output(&self.deps.codec, self.topics, &output, budget).await {
+                Ok(encoded) => out.outputs.push(encoded),
+                Err(e) => return Err(self.encode_failure("an output", e)),
             }
         }
         // Re-folds whose target this batch reached are checked now, so their progress is
