@@ -13,7 +13,7 @@ pub struct VerifiedAccount {
     pub access_token: String,
 }
 
-async fn post(
+pub async fn post(
     http: &reqwest::Client,
     url: String,
     token: Option<&str>,

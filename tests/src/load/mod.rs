@@ -1,5 +1,12 @@
-//! What the load generators (`src/bin/*_load.rs`, `notify_latency.rs`) share: the wall clock in
-//! milliseconds, an event put on sale for a run, and percentiles of measured latencies.
+//! What the load generators (`src/bin/*_load.rs`, `flash_sale.rs`, `notify_latency.rs`) share:
+//! the wall clock in milliseconds, an event put on sale for a run, and percentiles of measured
+//! latencies; `client` sends the HTTP requests, `cpu` says where the CPU went, `ingest` runs
+//! ingest in-process with its setup, `postgres` runs the PostgreSQL row-lock baseline.
+
+pub mod client;
+pub mod cpu;
+pub mod ingest;
+pub mod postgres;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
