@@ -40,10 +40,57 @@ pub fn record_id_for<R: crate::records::Record>(parts: &[&str]) -> String {
     record_id(R::FULL_NAME, parts)
 }
 
-/// The order id for a booking request that carried an `Idempotency-Key`: the same user sending
-/// the same key always names the same order, so a retried POST returns the first order.
-pub fn order_id_for_idempotency_key(user_id: &str, idempotency_key: &str) -> String {
-    record_id("order", &[user_id, idempotency_key])
+/// Bytes of an order id that tag its owner (the last six: 48 bits).
+const OWNER_TAG: std::ops::Range<usize> = 10..16;
+
+/// The owner tag of `user_id`: six bytes of a v5 id over it.
+fn owner_tag(user_id: &str) -> [u8; 6] {
+    let digest = derive("order-owner", &[user_id]);
+    let mut tag = [0u8; 6];
+    tag.copy_from_slice(&digest.as_bytes()[OWNER_TAG]);
+    tag
+}
+
+/// A version 8 (custom) UUID: `body`'s first ten bytes, then `user_id`'s owner tag.
+fn tagged_order_id(body: &[u8; 16], user_id: &str) -> String {
+    let mut bytes = *body;
+    bytes[OWNER_TAG].copy_from_slice(&owner_tag(user_id));
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// The order id of a booking request with an `Idempotency-Key`. It names the request: the same
+/// user, key, event and slot count always give the same id, so a retried POST names the same
+/// order and the booking processor decides it once; the key reused with another body names
+/// another order (which the booking processor rejects as `IDEMPOTENCY_KEY_REUSED`). The id
+/// carries its owner ([`order_id_owned_by`]), so ingest can tell whose it is before the
+/// booking processor has stored it.
+pub fn order_id_for_request(
+    user_id: &str,
+    idempotency_key: &str,
+    event_id: &str,
+    number_slot: i32,
+) -> String {
+    let body = derive(
+        "order",
+        &[user_id, idempotency_key, event_id, &number_slot.to_string()],
+    );
+    tagged_order_id(body.as_bytes(), user_id)
+}
+
+/// The order id of a booking request without a key: random, carrying its owner.
+pub fn new_order_id(user_id: &str) -> String {
+    tagged_order_id(Uuid::new_v4().as_bytes(), user_id)
+}
+
+/// Whether `order_id` was made for `user_id` by [`order_id_for_request`] or [`new_order_id`].
+/// Not a secret: anyone can make ids tagged with their own user id; it only tells ingest, for
+/// an order it has no row of yet, that the caller may be the one who placed it.
+pub fn order_id_owned_by(order_id: &str, user_id: &str) -> bool {
+    Uuid::parse_str(order_id)
+        .is_ok_and(|id| id.get_version_num() == 8 && id.as_bytes()[OWNER_TAG] == owner_tag(user_id))
 }
 
 /// The id of the `index`-th ticket (0-based) of an order.
@@ -107,10 +154,31 @@ mod tests {
     }
 
     #[test]
+    fn order_ids_name_the_request_and_carry_their_owner() {
+        let order = order_id_for_request("user-1", "key-1", "event-1", 2);
+        assert_eq!(order, order_id_for_request("user-1", "key-1", "event-1", 2));
+        // Another body with the same key is another order.
+        assert_ne!(order, order_id_for_request("user-1", "key-1", "event-1", 3));
+        assert_ne!(order, order_id_for_request("user-1", "key-1", "event-2", 2));
+        assert_ne!(order, order_id_for_request("user-2", "key-1", "event-1", 2));
+        assert_eq!(parse(&order).unwrap().get_version_num(), 8);
+        assert!(order_id_owned_by(&order, "user-1"));
+        assert!(!order_id_owned_by(&order, "user-2"));
+        let random = new_order_id("user-1");
+        assert_ne!(random, new_order_id("user-1"));
+        assert!(order_id_owned_by(&random, "user-1"));
+        assert!(!order_id_owned_by(&random, "user-2"));
+        // Ids of another shape never pass.
+        assert!(!order_id_owned_by(
+            &record_id("order", &["user-1"]),
+            "user-1"
+        ));
+        assert!(!order_id_owned_by("not-a-uuid", "user-1"));
+    }
+
+    #[test]
     fn named_helpers_are_stable_and_distinct() {
-        let order = order_id_for_idempotency_key("user-1", "key-1");
-        assert_eq!(order, order_id_for_idempotency_key("user-1", "key-1"));
-        assert_ne!(order, order_id_for_idempotency_key("user-2", "key-1"));
+        let order = order_id_for_request("user-1", "key-1", "event-1", 1);
         let tickets = ticket_ids(&order, 3);
         assert_eq!(tickets.len(), 3);
         assert_eq!(tickets[1], ticket_id(&order, 1));

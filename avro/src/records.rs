@@ -218,6 +218,8 @@ wire_enum! {
         LimitExceeded,
         UnknownEvent,
         InvalidRequest,
+        // The user's `Idempotency-Key` was already used for this event with another body.
+        IdempotencyKeyReused,
     }
 }
 

@@ -82,8 +82,6 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
-    IdempotencyMismatch(String),
-    #[error("{0}")]
     Unprocessable(String),
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -155,7 +153,6 @@ impl ApiError {
             E::NotFound(_) => (S::NOT_FOUND, "not-found", "Not found"),
             E::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
             E::Conflict(_) => (S::CONFLICT, "conflict", "Conflict"),
-            E::IdempotencyMismatch(_) => (S::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "The Idempotency-Key was used with a different request"),
             E::Unprocessable(_) => (S::UNPROCESSABLE_ENTITY, "unprocessable", "The request cannot be carried out"),
             E::PayloadTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "payload-too-large", "The request body is too large"),
             E::UnsupportedMediaType(_) => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "The request body must be JSON"),

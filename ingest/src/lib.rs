@@ -179,6 +179,7 @@ fn build_state(
         sessions: SessionCache::default(),
         catalogue: catalogue::Catalogue::default(),
         live,
+        pending_reads: tokio::sync::Semaphore::new(state::MAX_PENDING_READS),
         refresh_ttl: settings.refresh_token_ttl,
         provider_webhook: provider_webhook.clone(),
         egress: settings.egress.policy(),

@@ -208,6 +208,7 @@ pub mod problems {
         InvalidFields = (422, "Invalid fields");
         KafkaUnavailable = (503, "Kafka unavailable");
         NoSuchOrder = (404, "No such order (or not yours)");
+        OrderNotStoredYet = (503, "Your order was accepted moments ago and has no decision yet: retry after Retry-After (never a 404 for your own order)");
         NoSuchEvent = (404, "No such event");
         NoSuchEndpoint = (404, "No such endpoint (or not yours)");
         NoSuchUser = (404, "No such user (or not yours)");

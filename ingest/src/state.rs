@@ -25,6 +25,10 @@ pub const SESSION_CHECK_TTL: Duration = Duration::from_secs(5);
 /// Longest `wait` a client may ask for on `POST v1/orders`.
 pub const MAX_ORDER_WAIT: Duration = Duration::from_secs(10);
 
+/// Most reads of not-yet-stored orders waiting at once on one replica; past it they answer 503
+/// at once.
+pub const MAX_PENDING_READS: usize = 1024;
+
 /// Everything handlers share.
 pub struct AppState {
     pub stores: Stores,
@@ -51,6 +55,9 @@ pub struct AppState {
     pub sessions: SessionCache,
     pub catalogue: Catalogue,
     pub live: Arc<Live>,
+    /// Reads of orders accepted moments ago, waiting for their decision (at most
+    /// [`MAX_PENDING_READS`] at once).
+    pub pending_reads: tokio::sync::Semaphore,
     pub refresh_ttl: Duration,
     /// The payment provider's webhook: shared secret and timestamp tolerance.
     pub provider_webhook: ProviderWebhookSettings,

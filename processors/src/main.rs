@@ -17,6 +17,7 @@ use boxoffice_processors::payments::runtime::{
 };
 use boxoffice_runtime::startup::{ServiceArgs, serve_health, shutdown_signal};
 use boxoffice_store::inventory::InventoryStore;
+use boxoffice_store::orders::OrderRows;
 use boxoffice_store::payments::PaymentStore;
 use boxoffice_store::schema::SchemaSettings;
 use boxoffice_store::session::Session;
@@ -165,6 +166,7 @@ async fn booking(
     .await?;
     let deps = BookingDeps {
         store: inventory(&clients).await?,
+        order_rows: OrderRows::new(Arc::clone(&clients.session), &clients.schema.keyspace).await?,
         kafka: clients.service.kafka,
         codec: clients.codec,
         settings,

@@ -449,7 +449,7 @@ fn table_definitions() -> [(&'static str, &'static str); 24] {
              decision_digest text static, \
              user_id text, slots int, amount_minor bigint, order_currency text, \
              payment_id text, status text, hold_expires_at bigint, reject_reason text, \
-             cancel_reason text, late boolean, refunded boolean, \
+             cancel_reason text, late boolean, refunded boolean, idempotency_key text, \
              PRIMARY KEY (event_id, order_id)",
         ),
         // Which events a booking processor must load when it is given a Kafka partition.
@@ -668,6 +668,13 @@ pub const MIGRATIONS: &[AddColumn] = &[
         table: "auth_profiles",
         column: "password_changed_at",
         cql_type: "timestamp",
+    },
+    // The booking processor: each order's Idempotency-Key, so a key reused with another body
+    // is recognised after a restore too.
+    AddColumn {
+        table: "event_inventory",
+        column: "idempotency_key",
+        cql_type: "text",
     },
 ];
 

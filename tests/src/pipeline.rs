@@ -13,6 +13,7 @@ use boxoffice_avro::records::{BookingCommand, Record, RecordGroup};
 use boxoffice_processors::booking::runtime::{BookingDeps, BookingSettings, Topics, run};
 use boxoffice_processors::metrics::BookingMetrics;
 use boxoffice_store::inventory::InventoryStore;
+use boxoffice_store::orders::OrderRows;
 use boxoffice_store::schema::{Keyspace, SchemaSettings, ensure_schema};
 use boxoffice_topics::names::TopicPrefix;
 use futures::StreamExt;
@@ -137,7 +138,9 @@ impl Pipeline {
         settings: BookingSettings,
     ) -> anyhow::Result<RunningProcessor> {
         let metrics = Arc::new(BookingMetrics::default());
+        let keyspace = Keyspace::new(&self.keyspace).map_err(|e| anyhow::anyhow!("{e}"))?;
         let deps = BookingDeps {
+            order_rows: OrderRows::new(self.session.clone(), &keyspace).await?,
             kafka: self.services.kafka(),
             codec: self.codec.clone(),
             store: self.store().await?,

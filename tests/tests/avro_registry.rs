@@ -37,7 +37,7 @@ struct Ids {
 fn new_ids() -> Ids {
     let event = uuid::Uuid::new_v4().to_string();
     let user = uuid::Uuid::new_v4().to_string();
-    let order = ids::order_id_for_idempotency_key(&user, "key-1");
+    let order = ids::order_id_for_request(&user, "key-1", &event, 1);
     let payment = ids::payment_id(&order);
     let refund = ids::refund_id(&payment);
     Ids {

@@ -223,8 +223,9 @@ async fn retries_are_idempotent_orders_are_private_and_cancellable() {
         .send("POST", "/v1/orders", Some(&bob), Some(body.clone()), &key)
         .await;
     assert_ne!(bobs.body["id"], first.body["id"]);
-    // The same key with another body is refused.
-    ingest
+    // The same key with another body names another order, which the booking processor
+    // rejects (nothing is read before the 202, so no synchronous 422).
+    let reused = ingest
         .send(
             "POST",
             "/v1/orders",
@@ -232,16 +233,34 @@ async fn retries_are_idempotent_orders_are_private_and_cancellable() {
             Some(json!({"event_id": event_id, "number_slot": 2})),
             &key,
         )
-        .await
-        .assert_problem(422);
-    let order_id = first.body["id"].as_str().unwrap().to_owned();
-    let listed = ingest.get("/v1/orders", Some(&alice)).await;
+        .await;
+    assert_eq!(reused.status, 202, "{}", reused.body);
+    assert_ne!(reused.body["id"], first.body["id"]);
+    let reused_path = format!("/v1/orders/{}", reused.body["id"].as_str().unwrap());
+    let rejected = wait::until("the reused key rejected", Duration::from_secs(60), || {
+        let (ingest, path, alice) = (&ingest, reused_path.clone(), alice.clone());
+        async move {
+            let reply = ingest.get(&path, Some(&alice)).await;
+            (reply.body["status"] == "REJECTED").then_some(reply)
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(
-        listed.body["items"].as_array().unwrap().len(),
-        1,
-        "one listing row per order: {}",
-        listed.body
+        rejected.body["reason"], "IDEMPOTENCY_KEY_REUSED",
+        "{}",
+        rejected.body
     );
+    let order_id = first.body["id"].as_str().unwrap().to_owned();
+    // One listing row per order: the first (retried) and the rejected one.
+    let listed = ingest.orders_listed(&alice, 2).await;
+    let listed_ids: Vec<&str> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["id"].as_str())
+        .collect();
+    assert!(listed_ids.contains(&order_id.as_str()), "{}", listed.body);
 
     // Bob cannot see, pay or cancel Alice's order.
     let path = format!("/v1/orders/{order_id}");
@@ -322,7 +341,8 @@ async fn retries_are_idempotent_orders_are_private_and_cancellable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_pages_go_both_ways() {
-    let ingest = Ingest::start("ingest_pages", false).await;
+    // With the booking processor: it writes the orders' rows.
+    let ingest = Ingest::start("ingest_pages", true).await;
     let admin = ingest.admin().await;
     let event_id = ingest.event(&admin, "Paging Fest", 100, 100).await;
     let (_, token, _) = ingest.user("pager").await;
@@ -340,6 +360,7 @@ async fn order_pages_go_both_ways() {
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     created.reverse(); // newest first
+    ingest.orders_listed(&token, 7).await;
     let ids = |reply: &ingest_common::Reply| -> Vec<String> {
         reply.body["items"]
             .as_array()

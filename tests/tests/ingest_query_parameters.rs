@@ -22,7 +22,8 @@ fn ids(reply: &Reply) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_take_the_seeds_next_token_and_previous_token() {
-    let ingest = Ingest::start("query_tokens", false).await;
+    // With the booking processor: it writes the orders' rows.
+    let ingest = Ingest::start("query_tokens", true).await;
     let admin = ingest.admin().await;
     let event = ingest.event(&admin, "Paging night", 100, 1000).await;
     let (_, token, _) = ingest.user("seed_pager").await;
@@ -40,6 +41,7 @@ async fn lists_take_the_seeds_next_token_and_previous_token() {
         tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
     created.reverse(); // newest first
+    ingest.orders_listed(&token, 5).await;
     let first = ingest.get("/v1/orders?limit=2", Some(&token)).await;
     let next = first.body["next_token"].as_str().unwrap().to_owned();
     let second = ingest

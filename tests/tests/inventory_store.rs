@@ -87,6 +87,8 @@ fn reserved(i: usize) -> StoredOrder {
         cancel_reason: None,
         late: false,
         refunded: false,
+        // One length for all, so every order's estimated size is the same.
+        idempotency_key: Some(format!("key-{i:08}")),
     }
 }
 

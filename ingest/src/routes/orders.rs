@@ -1,10 +1,11 @@
-//! Orders: `POST v1/orders` (accept a booking: write the order rows, produce
-//! `BookingRequested`, answer 202 after the broker's ack; optionally wait for the decision),
-//! `GET v1/orders`, `GET v1/orders/{id}` and `POST v1/orders/{id}/cancel`.
+//! Orders: `POST v1/orders` (accept a booking: produce `BookingRequested`, answer 202 after
+//! the broker's ack; optionally wait for the decision), `GET v1/orders`, `GET v1/orders/{id}`
+//! and `POST v1/orders/{id}/cancel`.
 //!
-//! The accept path awaits one round trip per store: the order row and the listing row are
-//! written concurrently, then the record is produced on the shared producer. The event lookup
-//! comes from the catalogue cache.
+//! Kafka is the only write on the accept path: the event comes from the catalogue cache, the
+//! session check from its cache, and the booking processor writes the order's rows after it
+//! decided it. Reads of an order of the caller's that has no row yet wait briefly for the
+//! decision and answer 503 rather than 404 (`visible_order`).
 
 use std::time::Duration;
 
@@ -16,7 +17,6 @@ use boxoffice_avro::ids;
 use boxoffice_avro::records::{BookingRequested, CancelRequested};
 use boxoffice_avro::{BookingCommand, OrderEvent};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::views::{OrderView, PageOf, PageQuery};
@@ -26,11 +26,11 @@ use crate::client_address::ClientAddress;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::problems::{
-    InvalidPageToken, KafkaUnavailable, NoSuchEvent, NoSuchOrder, NotSignedIn,
+    InvalidPageToken, KafkaUnavailable, NoSuchEvent, NoSuchOrder, NotSignedIn, OrderNotStoredYet,
 };
 use crate::routes::tickets::find_event;
 use crate::state::{MAX_ORDER_WAIT, SharedState};
-use crate::stores::{CreateOrder, OrderDecision, OrderRecord, TimeCursor};
+use crate::stores::{OrderDecision, OrderRecord, TimeCursor};
 use crate::validate;
 
 /// Most slots one request may ask for (the event's own limits are the processor's to apply).
@@ -52,14 +52,6 @@ pub struct OrderWaitQuery {
     /// Seconds (0 to 10) to wait for the booking processor's decision before answering.
     #[param(minimum = 0, maximum = 10)]
     pub wait: Option<u64>,
-}
-
-/// The fingerprint of a booking request, stored with the order so that a reused
-/// `Idempotency-Key` with another body is refused.
-pub fn fingerprint(event_id: &str, number_slot: i32) -> String {
-    hex::encode(Sha256::digest(
-        format!("{event_id}\n{number_slot}").as_bytes(),
-    ))
 }
 
 /// An Avro enum symbol as it is written on the wire (`SOLD_OUT`, `USER_REQUESTED`).
@@ -122,8 +114,15 @@ fn with_location(status: StatusCode, view: OrderView) -> Response {
 }
 
 /// Books slots. Answers 202 once the request is durably in Kafka (status PENDING), or, with
-/// `wait`, 200 with the decision if the booking processor decides in time. The same
-/// `Idempotency-Key` (per user) returns the same order; with another body it is refused (422).
+/// `wait`, 200 with the decision if the booking processor decides in time. Kafka is the only
+/// write before the answer: the booking processor decides the order and then stores it.
+///
+/// `Idempotency-Key` (scoped to the user and the event): the same key with the same body names
+/// the same order, so a retry answers 202 with it again and it is decided once. The same key
+/// with another body names another order, which the booking processor rejects with reason
+/// `IDEMPOTENCY_KEY_REUSED` (visible on `GET v1/orders/{id}`); nothing is read before the
+/// answer, so this is no longer a synchronous 422. An order id carries its owner: reading it
+/// in the moments before it is stored answers 503 with `Retry-After`, never 404.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = OrderRequest, security(("bearer" = [])),
     params(OrderWaitQuery, ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key returns the same order")),
     responses(
@@ -132,7 +131,7 @@ fn with_location(status: StatusCode, view: OrderView) -> Response {
         NotSignedIn,
         (status = 403, description = "The account's email address is not verified yet (open the link from the registration email, then refresh the tokens)", body = Problem, content_type = "application/problem+json"),
         NoSuchEvent,
-        (status = 422, description = "Invalid fields, or key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many orders from this account or address (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka unavailable: retry (with the same key)", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -201,47 +200,24 @@ pub async fn create_order(
         .check(&address)
         .map_err(limited("address"))?;
     let event = find_event(&state, &event_id).await?;
-
+    // The accept path's only store access: the session check (a cached read). Nothing is
+    // written before the record is produced; the booking processor writes the order's rows
+    // after deciding it.
+    caller.check(&state).await?;
     let order_id = match &key {
-        Some(key) => ids::order_id_for_idempotency_key(&user.user_id, key),
-        None => uuid::Uuid::new_v4().to_string(),
+        Some(key) => ids::order_id_for_request(&user.user_id, key, &event.id, number_slot),
+        None => ids::new_order_id(&user.user_id),
     };
-    let mut order = OrderRecord {
+    let order = OrderRecord {
         id: order_id.clone(),
         event_id: event.id.clone(),
         user_id: user.user_id.clone(),
         number_slot,
         created_at: crate::now_millis(),
-        fingerprint: fingerprint(&event.id, number_slot),
         idempotency_key: key.clone(),
     };
     // Before producing, so the decision cannot slip past.
     let waiter = wait.map(|_| state.live.wait_for(&order_id));
-    let mut retried = false;
-    // The session check (a read, cached) and the order writes go to the store together: one
-    // round trip on the accept path.
-    let (session, created) = tokio::join!(
-        caller.check(&state),
-        state.stores.orders.create_order(&order, key.is_some())
-    );
-    let created = created?;
-    if let Err(refused) = session {
-        if created == CreateOrder::Created
-            && let Err(e) = state.stores.orders.remove_order(&order).await
-        {
-            tracing::warn!(error = %e, order_id = %order.id, "order of a logged-out session not removed");
-        }
-        return Err(refused);
-    }
-    if let CreateOrder::Existing(existing) = created {
-        if existing.fingerprint != order.fingerprint || existing.user_id != order.user_id {
-            return Err(ApiError::IdempotencyMismatch(
-                "this Idempotency-Key was already used for a different order request".to_owned(),
-            ));
-        }
-        order = existing;
-        retried = true;
-    }
     let command = BookingCommand::BookingRequested(BookingRequested {
         record_id: ids::record_id_for::<BookingRequested>(&[&order.id]),
         order_id: order.id.clone(),
@@ -249,34 +225,34 @@ pub async fn create_order(
         user_id: order.user_id.clone(),
         number_slot: order.number_slot,
         idempotency_key: order.idempotency_key.clone(),
-        // The accept time (the first accept's, on a retry): the processor's sale window and
-        // hold deadline are computed from it.
+        // The accept time: the processor's sale window and hold deadline are computed from it
+        // (a retry's is ignored: the order is decided once, from the first request it reads).
         occurred_at: order.created_at,
     });
     state.bus.send_command(&command).await.map_err(|e| {
         tracing::warn!(error = %e, order_id = %order.id, "booking request not acknowledged by Kafka");
         ApiError::unavailable("the booking could not be recorded; retry (with the same Idempotency-Key)")
     })?;
-    if retried {
-        let decision = state
-            .stores
-            .orders
-            .decision(&order.event_id, &order.id)
-            .await?;
-        if decision.is_some() {
+    if let (Some(waiter), Some(wait)) = (waiter, wait) {
+        if let Some(event) = waiter.wait(wait).await {
             return Ok(with_location(
                 StatusCode::OK,
-                OrderView::new(&order, decision.as_ref()),
+                view_from_event(&order, &event),
             ));
         }
-    }
-    if let (Some(waiter), Some(wait)) = (waiter, wait)
-        && let Some(event) = waiter.wait(wait).await
-    {
-        return Ok(with_location(
-            StatusCode::OK,
-            view_from_event(&order, &event),
-        ));
+        // A retry of an order decided before: its decision is not published again.
+        if key.is_some()
+            && let Some(decision) = state
+                .stores
+                .orders
+                .decision(&order.event_id, &order.id)
+                .await?
+        {
+            return Ok(with_location(
+                StatusCode::OK,
+                OrderView::new(&order, Some(&decision)),
+            ));
+        }
     }
     Ok(with_location(
         StatusCode::ACCEPTED,
@@ -284,7 +260,80 @@ pub async fn create_order(
     ))
 }
 
-/// The order with id `id` if the caller may see it (owner or admin); 404 otherwise.
+/// How long a read of an order that has no row yet waits for its decision: the order was
+/// accepted moments ago and the booking processor writes its rows once it decided it.
+pub const PENDING_ORDER_WAIT: Duration = Duration::from_secs(2);
+
+fn not_decided_yet() -> ApiError {
+    ApiError::unavailable(
+        "this order was accepted moments ago and has no decision yet; retry shortly",
+    )
+}
+
+/// The order a decision fact is about, as far as the fact tells (an order's first fact is its
+/// decision: reserved, rejected, or confirmed when free).
+fn record_from_decision(event: &OrderEvent) -> Option<OrderRecord> {
+    let (id, event_id, user_id, number_slot, at) = match event {
+        OrderEvent::OrderReserved(r) => (
+            &r.order_id,
+            &r.event_id,
+            &r.user_id,
+            r.number_slot,
+            r.occurred_at,
+        ),
+        OrderEvent::OrderRejected(r) => (
+            &r.order_id,
+            &r.event_id,
+            &r.user_id,
+            r.number_slot,
+            r.occurred_at,
+        ),
+        OrderEvent::OrderConfirmed(r) => (
+            &r.order_id,
+            &r.event_id,
+            &r.user_id,
+            r.number_slot,
+            r.occurred_at,
+        ),
+        _ => return None,
+    };
+    Some(OrderRecord {
+        id: id.clone(),
+        event_id: event_id.clone(),
+        user_id: user_id.clone(),
+        number_slot,
+        created_at: at,
+        idempotency_key: None,
+    })
+}
+
+/// An order of the caller's that has no row yet (`id` carries the caller as its owner): waits
+/// up to [`PENDING_ORDER_WAIT`] for its decision; 503 (retry) when none came, never 404.
+async fn pending_order(state: &SharedState, id: &str) -> ApiResult<OrderRecord> {
+    // Bounded: at most `MAX_PENDING_READS` reads wait at once on a replica.
+    let Ok(_slot) = state.pending_reads.try_acquire() else {
+        return Err(not_decided_yet());
+    };
+    let waiter = state.live.wait_for(id);
+    // Decided (and stored) between the first read and the waiter: read once more.
+    if let Some(order) = state.stores.orders.get_order(id).await? {
+        return Ok(order);
+    }
+    let decided = waiter.wait(PENDING_ORDER_WAIT).await;
+    // Stored meanwhile (the decision may have come before the waiter and missed it).
+    if let Some(order) = state.stores.orders.get_order(id).await? {
+        return Ok(order);
+    }
+    decided
+        .as_deref()
+        .and_then(record_from_decision)
+        .ok_or_else(not_decided_yet)
+}
+
+/// The order with id `id` if the caller may see it (owner or admin); 404 otherwise. An order
+/// accepted moments ago has no row until the booking processor decided it: when the id carries
+/// the caller as its owner (`ids::order_id_owned_by`), the read waits briefly for the decision
+/// and answers 503 (retry), never 404, if it is not there yet.
 pub async fn visible_order(
     state: &SharedState,
     user: &AuthUser,
@@ -292,12 +341,11 @@ pub async fn visible_order(
 ) -> ApiResult<OrderRecord> {
     let not_found = || ApiError::NotFound("no such order".to_owned());
     let id = validate::id(id).map_err(|_| not_found())?;
-    let order = state
-        .stores
-        .orders
-        .get_order(&id)
-        .await?
-        .ok_or_else(not_found)?;
+    let order = match state.stores.orders.get_order(&id).await? {
+        Some(order) => order,
+        None if ids::order_id_owned_by(&id, &user.user_id) => pending_order(state, &id).await?,
+        None => return Err(not_found()),
+    };
     if !user.may_access(&order.user_id) {
         return Err(not_found());
     }
@@ -311,6 +359,7 @@ pub async fn visible_order(
         (status = 200, description = "The order", body = OrderView),
         NotSignedIn,
         NoSuchOrder,
+        OrderNotStoredYet,
     ))]
 pub async fn get_order(
     State(state): State<SharedState>,
@@ -381,6 +430,7 @@ pub async fn list_orders(
         NoSuchOrder,
         (status = 409, description = "The order already ended", body = Problem, content_type = "application/problem+json"),
         KafkaUnavailable,
+        OrderNotStoredYet,
     ))]
 pub async fn cancel_order(
     State(state): State<SharedState>,

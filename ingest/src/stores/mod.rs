@@ -298,7 +298,8 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn put_category(&self, category: &CategoryRecord) -> StoreResult<()>;
 }
 
-/// What ingest writes when it accepts an order.
+/// An order as requested (the `orders` row the booking processor writes once it decided it,
+/// or what ingest accepted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRecord {
     pub id: String,
@@ -306,17 +307,7 @@ pub struct OrderRecord {
     pub user_id: String,
     pub number_slot: i32,
     pub created_at: Millis,
-    /// SHA-256 (hex) of the request (event id and slots), to refuse a reused key.
-    pub fingerprint: String,
     pub idempotency_key: Option<String>,
-}
-
-/// What creating an order did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CreateOrder {
-    Created,
-    /// An order with this id exists (an idempotent retry, or a reused key).
-    Existing(OrderRecord),
 }
 
 /// The booking processor's decision about an order (`event_inventory` row).
@@ -350,15 +341,8 @@ impl OrderDecision {
 }
 
 #[async_trait]
+/// Orders, read only: ingest writes none (the booking processor does, after deciding).
 pub trait OrderStore: Send + Sync + 'static {
-    /// Writes the order row and the user's listing row concurrently. With `idempotent`, the
-    /// order row is claimed with `IF NOT EXISTS` and an existing one is returned (its listing
-    /// row written by this call is removed again).
-    async fn create_order(&self, order: &OrderRecord, idempotent: bool)
-    -> StoreResult<CreateOrder>;
-    /// Removes an order this request created but must not keep (its caller turned out to be
-    /// logged out): the order row and its listing row.
-    async fn remove_order(&self, order: &OrderRecord) -> StoreResult<()>;
     async fn get_order(&self, id: &str) -> StoreResult<Option<OrderRecord>>;
     async fn list_orders(
         &self,

@@ -51,6 +51,15 @@ impl Memory {
         }
     }
 
+    /// Stores an order's row, as the booking processor does once it decided the order.
+    pub fn insert_order(&self, order: OrderRecord) {
+        self.data
+            .lock()
+            .unwrap()
+            .orders
+            .insert(order.id.clone(), order);
+    }
+
     pub fn set_decision(&self, order_id: &str, decision: OrderDecision) {
         self.data
             .lock()
@@ -348,18 +357,6 @@ impl CatalogStore for Memory {
 
 #[async_trait]
 impl OrderStore for Memory {
-    async fn create_order(&self, o: &OrderRecord, idempotent: bool) -> StoreResult<CreateOrder> {
-        let mut d = self.data.lock().unwrap();
-        if idempotent && let Some(existing) = d.orders.get(&o.id) {
-            return Ok(CreateOrder::Existing(existing.clone()));
-        }
-        d.orders.insert(o.id.clone(), o.clone());
-        Ok(CreateOrder::Created)
-    }
-    async fn remove_order(&self, o: &OrderRecord) -> StoreResult<()> {
-        self.data.lock().unwrap().orders.remove(&o.id);
-        Ok(())
-    }
     async fn get_order(&self, id: &str) -> StoreResult<Option<OrderRecord>> {
         Ok(self.data.lock().unwrap().orders.get(id).cloned())
     }

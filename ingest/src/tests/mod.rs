@@ -96,6 +96,23 @@ impl Reply {
 }
 
 impl Harness {
+    /// What the booking processor does once it decided them: stores the row of every order
+    /// requested on the bus so far (ingest writes none).
+    fn store_requested_orders(&self) {
+        for command in self.bus.commands.lock().unwrap().iter() {
+            if let BookingCommand::BookingRequested(r) = command {
+                self.memory.insert_order(crate::stores::OrderRecord {
+                    id: r.order_id.clone(),
+                    event_id: r.event_id.clone(),
+                    user_id: r.user_id.clone(),
+                    number_slot: r.number_slot,
+                    created_at: r.occurred_at,
+                    idempotency_key: r.idempotency_key.clone(),
+                });
+            }
+        }
+    }
+
     fn new() -> Self {
         let memory = Memory::default();
         let bus = RecordingBus::default();
@@ -874,7 +891,8 @@ async fn orders_are_accepted_only_after_the_bus_and_are_private() {
         other => panic!("{other:?}"),
     }
 
-    // Other users see nothing; the owner does.
+    // Other users see nothing; the owner does (once the booking processor stored it).
+    h.store_requested_orders();
     let path = format!("/v1/orders/{order_id}");
     h.call("GET", &path, Some(&mallory), None)
         .await
@@ -917,7 +935,86 @@ async fn orders_are_accepted_only_after_the_bus_and_are_private() {
 }
 
 #[tokio::test]
-async fn idempotency_keys_return_the_same_order_and_refuse_another_body() {
+async fn an_order_not_stored_yet_is_pending_for_its_owner_and_unknown_to_others() {
+    let h = Harness::new();
+    let (alice, token, _) = h.user("ada").await;
+    let (_, mallory, _) = h.user("mal").await;
+    let event = h.event();
+    let accepted = h
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(&token),
+            Some(json!({"event_id": event, "number_slot": 2})),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED);
+    let order_id = accepted.body["id"].as_str().unwrap().to_owned();
+    assert!(boxoffice_avro::ids::order_id_owned_by(&order_id, &alice));
+    let path = format!("/v1/orders/{order_id}");
+    // No row yet: the owner is told to retry (after a bounded wait), never 404.
+    let started = std::time::Instant::now();
+    let pending = h.call("GET", &path, Some(&token), None).await;
+    pending.assert_problem(503);
+    assert!(pending.headers.get("retry-after").is_some());
+    assert!(started.elapsed() >= crate::routes::orders::PENDING_ORDER_WAIT);
+    h.call("POST", &format!("{path}/cancel"), Some(&token), None)
+        .await
+        .assert_problem(503);
+    // Anyone else: no such order, at once.
+    h.call("GET", &path, Some(&mallory), None)
+        .await
+        .assert_problem(404);
+    // The decision arrives while the owner waits: answered from it.
+    let live = h.state.live.clone();
+    let decided = {
+        let order_id = order_id.clone();
+        let alice = alice.clone();
+        let event = event.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            live.publish_order(boxoffice_avro::OrderEvent::OrderRejected(
+                boxoffice_avro::records::OrderRejected {
+                    record_id: "decision-1".into(),
+                    order_id,
+                    event_id: event,
+                    user_id: alice,
+                    number_slot: 2,
+                    reason: boxoffice_avro::records::RejectReason::SoldOut,
+                    detail: None,
+                    occurred_at: 1,
+                },
+            ));
+        })
+    };
+    let answered = h.call("GET", &path, Some(&token), None).await;
+    decided.await.unwrap();
+    assert_eq!(answered.status, StatusCode::OK, "{}", answered.body);
+    assert_eq!(answered.body["id"], order_id.as_str());
+    assert_eq!(answered.body["number_slot"], 2);
+    // Stored: the row answers.
+    h.store_requested_orders();
+    assert_eq!(
+        h.call("GET", &path, Some(&token), None).await.status,
+        StatusCode::OK
+    );
+    // An id of the caller's shape that was never accepted is the same 503 (it cannot be told
+    // apart before the wait); someone else's shape is 404.
+    h.call(
+        "GET",
+        &format!(
+            "/v1/orders/{}",
+            boxoffice_avro::ids::new_order_id("someone-else")
+        ),
+        Some(&token),
+        None,
+    )
+    .await
+    .assert_problem(404);
+}
+
+#[tokio::test]
+async fn idempotency_keys_name_the_request_and_another_body_names_another_order() {
     let h = Harness::new();
     let (_, token, _) = h.user("gina").await;
     let event = h.event();
@@ -941,11 +1038,19 @@ async fn idempotency_keys_return_the_same_order_and_refuse_another_body() {
             &key,
         )
         .await;
-    other.assert_problem(422);
-    assert_eq!(
-        other.problem_type(),
-        "https://boxoffice.dev/problems/idempotency-key-reused"
-    );
+    // Nothing is read before the answer: another body is another order, which the booking
+    // processor rejects as IDEMPOTENCY_KEY_REUSED (tests/tests/ingest_flow.rs).
+    assert_eq!(other.status, StatusCode::ACCEPTED);
+    assert_ne!(other.body["id"], first.body["id"]);
+    let commands = h.bus.commands.lock().unwrap().clone();
+    let keys: Vec<Option<String>> = commands
+        .iter()
+        .filter_map(|c| match c {
+            BookingCommand::BookingRequested(r) => Some(r.idempotency_key.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, vec![Some("checkout-42".to_owned()); 3]);
     h.call_with(
         "POST",
         "/v1/orders",
@@ -971,6 +1076,7 @@ async fn payments_need_a_reserved_order_at_its_exact_price() {
         )
         .await;
     let order_id = order.body["id"].as_str().unwrap().to_owned();
+    h.store_requested_orders();
     let pay =
         |price: i64| json!({"order_id": order_id, "price": price, "payment_method": "tok_visa"});
     h.call("POST", "/v1/payments", Some(&token), Some(pay(9000)))

@@ -220,7 +220,22 @@ fn request_booking(
         return ignored(effects, "duplicate booking request");
     }
     let slots = u32::try_from(r.number_slot).unwrap_or(0);
-    let decision = decide_booking(allocator, state, &r.user_id, slots, r.occurred_at);
+    // The order id names the request (user, key, event, slots): the same key naming another
+    // order of this event is a key reused with another body.
+    let reused = r.idempotency_key.as_ref().is_some_and(|key| {
+        state
+            .keys
+            .get(&(r.user_id.clone(), key.clone()))
+            .is_some_and(|first| *first != r.order_id)
+    });
+    let decision = if reused {
+        Err(RejectReason::IdempotencyKeyReused)
+    } else {
+        decide_booking(allocator, state, &r.user_id, slots, r.occurred_at)
+    };
+    if let Some(key) = &r.idempotency_key {
+        state.remember_key(&r.user_id, key, &r.order_id);
+    }
     let (currency, price) = state
         .config
         .as_ref()
@@ -233,6 +248,7 @@ fn request_booking(
         payment_id: None,
         status: OrderStatus::Rejected(RejectReason::InvalidRequest),
         refunded: false,
+        idempotency_key: r.idempotency_key.clone(),
     };
     match decision {
         Err(reason) => {

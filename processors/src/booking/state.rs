@@ -98,6 +98,8 @@ pub struct Order {
     /// A refund was asked for (cancel after payment, or a payment that could not be honoured),
     /// so a repeated trigger asks for none again.
     pub refunded: bool,
+    /// The request's `Idempotency-Key`, if it had one.
+    pub idempotency_key: Option<String>,
 }
 
 /// What fans were told about one event so far: how many order facts (`orders.events` records)
@@ -156,6 +158,9 @@ pub struct EventState {
     pub orders: HashMap<String, Order>,
     /// Held plus sold slots per user, for the per-user limit (derived from `orders`).
     pub user_slots: HashMap<String, u32>,
+    /// (User, `Idempotency-Key`) → the order it named, for every keyed order (derived from
+    /// `orders`): the same key with another body names another order, which is rejected.
+    pub keys: HashMap<(String, String), String>,
     /// What fans were told about this event (maintained by `Partition::decide`). `None` for a
     /// state stored before digests existed: it cannot be checked against the log.
     pub digest: Option<DecisionDigest>,
@@ -171,11 +176,12 @@ impl EventState {
             sequence: 0,
             orders: HashMap::new(),
             user_slots: HashMap::new(),
+            keys: HashMap::new(),
             digest: Some(DecisionDigest::default()),
         }
     }
 
-    /// Rebuilds the state from stored parts (recovery); `user_slots` is derived.
+    /// Rebuilds the state from stored parts (recovery); `user_slots` and `keys` are derived.
     pub fn restore(
         event_id: impl Into<String>,
         config: Option<EventConfig>,
@@ -193,14 +199,31 @@ impl EventState {
             sequence,
             orders,
             user_slots: HashMap::new(),
+            keys: HashMap::new(),
             digest,
         };
-        for order in state.orders.values() {
+        for (order_id, order) in &state.orders {
             if order.status.holds() || order.status.owns() {
                 *state.user_slots.entry(order.user_id.clone()).or_default() += order.slots;
             }
+            // The order a key named first is the one not rejected for reusing it (every later
+            // one is): the same entry the live decisions made.
+            if let Some(key) = &order.idempotency_key
+                && order.status != OrderStatus::Rejected(RejectReason::IdempotencyKeyReused)
+            {
+                state
+                    .keys
+                    .insert((order.user_id.clone(), key.clone()), order_id.clone());
+            }
         }
         state
+    }
+
+    /// Notes that `user_id`'s `key` named `order_id`; the first order a key named keeps it.
+    pub fn remember_key(&mut self, user_id: &str, key: &str, order_id: &str) {
+        self.keys
+            .entry((user_id.to_owned(), key.to_owned()))
+            .or_insert_with(|| order_id.to_owned());
     }
 
     pub fn capacity(&self) -> u32 {

@@ -53,6 +53,7 @@ pub fn restore(stored: StoredEvent) -> Result<(EventState, Option<i64>), Corrupt
                 payment_id: o.payment_id.clone(),
                 status,
                 refunded: o.refunded,
+                idempotency_key: o.idempotency_key.clone(),
             },
         );
     }
@@ -149,6 +150,7 @@ pub fn order_row(order_id: &str, o: &Order) -> StoredOrder {
         cancel_reason,
         late,
         refunded: o.refunded,
+        idempotency_key: o.idempotency_key.clone(),
     }
 }
 
@@ -220,7 +222,7 @@ mod tests {
             }),
             &mut effects,
         );
-        for (order, slots) in [("o1", 2), ("o2", 9), ("o3", 0)] {
+        for (order, slots, key) in [("o1", 2, Some("k1")), ("o2", 9, None), ("o3", 0, None)] {
             apply(
                 &mut state,
                 &BookingCommand::BookingRequested(BookingRequested {
@@ -229,12 +231,13 @@ mod tests {
                     event_id: "e1".into(),
                     user_id: "u".into(),
                     number_slot: slots,
-                    idempotency_key: None,
+                    idempotency_key: key.map(Into::into),
                     occurred_at: 10,
                 }),
                 &mut effects,
             );
         }
+        assert_eq!(state.keys.len(), 1);
         let ids: Vec<String> = state.orders.keys().cloned().collect();
         let row = update(&state, None, 41, &ids);
         let stored = StoredEvent {
@@ -251,5 +254,52 @@ mod tests {
         let (restored, offset) = restore(stored).unwrap();
         assert_eq!(offset, Some(41));
         assert_eq!(restored, state);
+    }
+
+    #[test]
+    fn the_largest_batch_of_orders_with_the_longest_keys_fits_one_save() {
+        let mut state = EventState::new("e1");
+        let mut effects = Vec::new();
+        let capacity = crate::booking::runtime::MAX_BATCH_RECORDS;
+        apply(
+            &mut state,
+            &BookingCommand::EventUpserted(EventUpserted {
+                record_id: "u1".into(),
+                event_id: "e1".into(),
+                name: "Gig".into(),
+                category_id: None,
+                capacity: capacity as i32,
+                price_minor: 1000,
+                currency: "EUR".into(),
+                sale_starts_at: 0,
+                sale_ends_at: i64::MAX,
+                hold_seconds: 60,
+                max_per_order: 0,
+                max_per_user: 0,
+                occurred_at: 1,
+            }),
+            &mut effects,
+        );
+        let key = "k".repeat(128);
+        for i in 0..capacity {
+            let order_id = uuid::Uuid::from_u128(u128::from(i)).to_string();
+            apply(
+                &mut state,
+                &BookingCommand::BookingRequested(BookingRequested {
+                    record_id: order_id.clone(),
+                    order_id,
+                    event_id: "e1".into(),
+                    user_id: uuid::Uuid::from_u128(u128::from(i) << 64).to_string(),
+                    number_slot: 1,
+                    idempotency_key: Some(key.clone()),
+                    occurred_at: 10,
+                }),
+                &mut effects,
+            );
+        }
+        let ids: Vec<String> = state.orders.keys().cloned().collect();
+        assert_eq!(ids.len(), capacity as usize);
+        let row = update(&state, None, 41, &ids);
+        row.validate().unwrap();
     }
 }

@@ -438,6 +438,68 @@ fn a_late_payment_is_refunded_when_sold_out() {
     assert!(again.outputs.is_empty(), "one refund per payment");
 }
 
+fn book_with_key(order: &str, user: &str, slots: i32, key: &str, at: Millis) -> BookingCommand {
+    match book(order, user, slots, at) {
+        BookingCommand::BookingRequested(mut r) => {
+            r.idempotency_key = Some(key.into());
+            BookingCommand::BookingRequested(r)
+        }
+        other => other,
+    }
+}
+
+#[test]
+fn a_key_reused_with_another_body_is_rejected_and_books_nothing() {
+    let mut p = Partition::new();
+    p.decide(&upsert(10, 2500));
+    // Order ids name the request (user, key, event, slots): another body, another id.
+    let first = p.decide(&book_with_key("o-2", "u1", 2, "checkout", T0 + 1));
+    assert!(matches!(
+        order_facts(&first)[0],
+        OrderEvent::OrderReserved(_)
+    ));
+    let reused = p.decide(&book_with_key("o-3", "u1", 3, "checkout", T0 + 2));
+    match order_facts(&reused).as_slice() {
+        [OrderEvent::OrderRejected(r)] => {
+            assert_eq!(r.reason, RejectReason::IdempotencyKeyReused);
+            assert_eq!(r.order_id, "o-3");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(counters(&p), (8, 2, 0), "the reused key booked nothing");
+    assert_eq!(
+        status(&p, "o-3"),
+        OrderStatus::Rejected(RejectReason::IdempotencyKeyReused)
+    );
+    // The exact retry of the first is a duplicate; the key of another user is theirs.
+    let retried = p.decide(&book_with_key("o-2", "u1", 2, "checkout", T0 + 3));
+    assert!(retried.outputs.is_empty());
+    let other_user = p.decide(&book_with_key("o-4", "u2", 1, "checkout", T0 + 4));
+    assert!(matches!(
+        order_facts(&other_user)[0],
+        OrderEvent::OrderReserved(_)
+    ));
+    // After a restore (keys derived from the stored orders) the reuse is still recognised.
+    let state = p.events[EVENT].clone();
+    let restored = super::state::EventState::restore(
+        state.event_id.clone(),
+        state.config.clone(),
+        state.held,
+        state.sold,
+        state.sequence,
+        state.orders.clone(),
+        state.digest,
+    );
+    assert_eq!(restored.keys, state.keys);
+    let mut p2 = Partition::new();
+    p2.events.insert(EVENT.into(), restored);
+    let again = p2.decide(&book_with_key("o-5", "u1", 1, "checkout", T0 + 5));
+    assert!(matches!(
+        order_facts(&again)[0],
+        OrderEvent::OrderRejected(r) if r.reason == RejectReason::IdempotencyKeyReused
+    ));
+}
+
 #[test]
 fn duplicates_change_nothing_and_emit_nothing() {
     let mut p = Partition::new();

@@ -42,6 +42,9 @@ fn reason_text(reason: &str) -> String {
             RejectReason::LimitExceeded => "the order is over the ticket limit",
             RejectReason::UnknownEvent => "the event does not exist",
             RejectReason::InvalidRequest => "the request was not valid",
+            RejectReason::IdempotencyKeyReused => {
+                "its Idempotency-Key was already used for another order of this event"
+            }
         }
     } else if let Ok(r) = reason.parse::<CancelReason>() {
         match r {

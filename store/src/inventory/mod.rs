@@ -213,6 +213,9 @@ pub struct StoredOrder {
     pub cancel_reason: Option<String>,
     pub late: bool,
     pub refunded: bool,
+    /// The booking request's `Idempotency-Key` (reuse with another body is detected against
+    /// it). `Some("")` cannot be stored.
+    pub idempotency_key: Option<String>,
 }
 
 /// An event's state as stored: what [`InventoryStore::load`] returns.
@@ -338,11 +341,11 @@ impl StoreError {
         }
     }
 
-    fn execution(operation: &'static str, e: ExecutionError) -> Self {
+    pub(crate) fn execution(operation: &'static str, e: ExecutionError) -> Self {
         Self::classify(operation, execution_is_transient(&e), e.into())
     }
 
-    fn prepare(operation: &'static str, e: PrepareError) -> Self {
+    pub(crate) fn prepare(operation: &'static str, e: PrepareError) -> Self {
         Self::classify(operation, prepare_is_transient(&e), e.into())
     }
 
@@ -394,6 +397,7 @@ impl StoredOrder {
             + text_bytes(self.reject_reason.as_deref().unwrap_or(NO_TEXT))
             + text_bytes(self.cancel_reason.as_deref().unwrap_or(NO_TEXT))
             + 2 * (4 + 1)
+            + text_bytes(self.idempotency_key.as_deref().unwrap_or(NO_TEXT))
     }
 }
 
@@ -477,6 +481,7 @@ impl StoredEventUpdate {
                 ("payment_id", &order.payment_id),
                 ("reject_reason", &order.reject_reason),
                 ("cancel_reason", &order.cancel_reason),
+                ("idempotency_key", &order.idempotency_key),
             ] {
                 if value.as_deref() == Some(NO_TEXT) {
                     return bad(format!(
@@ -570,6 +575,7 @@ struct OrderValues<'a> {
     cancel_reason: &'a str,
     late: bool,
     refunded: bool,
+    idempotency_key: &'a str,
 }
 
 impl<'a> OrderValues<'a> {
@@ -588,6 +594,7 @@ impl<'a> OrderValues<'a> {
             cancel_reason: text_or_none(&order.cancel_reason),
             late: order.late,
             refunded: order.refunded,
+            idempotency_key: text_or_none(&order.idempotency_key),
         }
     }
 }
@@ -661,10 +668,12 @@ struct OrderRow {
     cancel_reason: Option<String>,
     late: Option<bool>,
     refunded: Option<bool>,
+    idempotency_key: Option<String>,
 }
 
 const ORDER_COLUMNS: &str = "order_id, user_id, slots, amount_minor, order_currency, \
-    payment_id, status, hold_expires_at, reject_reason, cancel_reason, late, refunded";
+    payment_id, status, hold_expires_at, reject_reason, cancel_reason, late, refunded, \
+    idempotency_key";
 
 fn missing(event_id: &str, what: &str) -> StoreError {
     StoreError::bad(event_id, format!("stored {what} is null"))
@@ -719,6 +728,7 @@ impl OrderRow {
             cancel_reason: none_if_empty(self.cancel_reason),
             late: self.late.unwrap_or(false),
             refunded: self.refunded.unwrap_or(false),
+            idempotency_key: none_if_empty(self.idempotency_key),
             order_id,
         }))
     }
@@ -809,7 +819,8 @@ impl InventoryStore {
             format!(
                 "INSERT INTO {inventory} (event_id, order_id, user_id, slots, amount_minor, \
                  order_currency, payment_id, status, hold_expires_at, reject_reason, \
-                 cancel_reason, late, refunded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 cancel_reason, late, refunded, idempotency_key) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ),
             format!("SELECT {STATICS_COLUMNS} FROM {inventory} WHERE event_id = ? LIMIT 1"),
             format!("SELECT applied_offset FROM {inventory} WHERE event_id = ? LIMIT 1"),
@@ -1066,6 +1077,7 @@ mod tests {
             cancel_reason: None,
             late: false,
             refunded: false,
+            idempotency_key: None,
         }
     }
 
@@ -1207,6 +1219,7 @@ mod tests {
         assert_eq!(values.hold_expires_at, 0);
         assert_eq!(values.cancel_reason, "");
         assert_eq!(values.reject_reason, "SOLD_OUT");
+        assert_eq!(values.idempotency_key, "");
 
         let row = OrderRow {
             order_id: Some("o1".into()),
@@ -1221,6 +1234,7 @@ mod tests {
             cancel_reason: Some(values.cancel_reason.into()),
             late: Some(values.late),
             refunded: Some(values.refunded),
+            idempotency_key: Some(values.idempotency_key.into()),
         };
         assert_eq!(row.into_order("event-1").unwrap(), Some(o));
     }
@@ -1240,6 +1254,7 @@ mod tests {
             cancel_reason: None,
             late: None,
             refunded: None,
+            idempotency_key: None,
         };
         assert_eq!(empty.into_order("e").unwrap(), None);
         let bad = OrderRow {
@@ -1255,6 +1270,7 @@ mod tests {
             cancel_reason: Some(String::new()),
             late: Some(false),
             refunded: Some(false),
+            idempotency_key: None,
         };
         match bad.into_order("e") {
             Err(StoreError::BadData { reason, .. }) => {

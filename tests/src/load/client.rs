@@ -111,6 +111,7 @@ impl Stats {
 pub struct Target {
     http: reqwest::Client,
     orders_url: String,
+    event_id: String,
     /// The order body, serialised once.
     body: Vec<u8>,
     /// (user id, `Bearer <token>`) per user; requests go round-robin over them.
@@ -148,6 +149,7 @@ impl Target {
         Ok(Target {
             http,
             orders_url: format!("{base}/v1/orders"),
+            event_id: event_id.to_owned(),
             body: serde_json::to_vec(&json!({"event_id": event_id, "number_slot": 1}))?,
             users: users
                 .iter()
@@ -186,7 +188,7 @@ impl Target {
         if let Some(keyed) = &self.keyed {
             let key = format!("{}-{n}", keyed.prefix);
             (keyed.on_sent)(
-                ids::order_id_for_idempotency_key(user_id, &key),
+                ids::order_id_for_request(user_id, &key, &self.event_id, 1),
                 Instant::now(),
             );
             request = request.header("idempotency-key", key);

@@ -251,6 +251,22 @@ impl Ingest {
         self.send("GET", path, token, None, &[]).await
     }
 
+    /// Waits (at most 60 s) until `GET v1/orders` lists `count` orders for `token`: the booking
+    /// processor writes an order's rows once it decided it. The listing.
+    pub async fn orders_listed(&self, token: &str, count: usize) -> Reply {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            // Bounded by `deadline`.
+            let listed = self.get("/v1/orders?limit=100", Some(token)).await;
+            let n = listed.body["items"].as_array().map_or(0, Vec::len);
+            if n >= count || std::time::Instant::now() > deadline {
+                assert_eq!(n, count, "orders listed: {}", listed.body);
+                return listed;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.send("POST", path, token, Some(body), &[]).await
     }

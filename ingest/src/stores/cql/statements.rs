@@ -29,12 +29,7 @@ const COLUMN_LISTS: &[(&str, &str)] = &[
     ),
     (
         "order_columns",
-        "id, event_id, user_id, number_slot, created_at, request_fingerprint, idempotency_key",
-    ),
-    (
-        "order_insert_columns",
-        "id, event_id, user_id, number_slot, status, created_at, updated_at, \
-         request_fingerprint, idempotency_key",
+        "id, event_id, user_id, number_slot, created_at, idempotency_key",
     ),
 ];
 
@@ -53,7 +48,6 @@ macro_rules! statements {
                     $($name: prepare(session, &expand($template, keyspace)?).await?,)*
                 };
                 // Reads that must see every lightweight transaction applied before them.
-                statements.read_order_serial.set_consistency(Consistency::LocalSerial);
                 statements.read_provider_event_serial.set_consistency(Consistency::LocalSerial);
                 Ok(statements)
             }
@@ -95,14 +89,8 @@ statements! {
     scan_categories => "SELECT id, name, is_free FROM {cate_events}",
     read_category => "SELECT id, name, is_free FROM {cate_events} WHERE id = ?",
     insert_category => "INSERT INTO {cate_events} (id, name, is_free) VALUES (?, ?, ?)",
-    // orders
-    insert_order => "INSERT INTO {orders} ({order_insert_columns}) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?)",
-    insert_order_if_new => "INSERT INTO {orders} ({order_insert_columns}) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?) IF NOT EXISTS",
+    // orders: read only (the booking processor writes them, `boxoffice_store::orders`)
     read_order => "SELECT {order_columns} FROM {orders} WHERE id = ?",
-    read_order_serial => "SELECT {order_columns} FROM {orders} WHERE id = ?",
-    insert_order_listing => "INSERT INTO {orders_by_user} (user_id, created_at, order_id, event_id, number_slot, status) VALUES (?, ?, ?, ?, ?, 'PENDING')",
-    delete_order_listing => "DELETE FROM {orders_by_user} WHERE user_id = ? AND created_at = ? AND order_id = ?",
-    delete_order => "DELETE FROM {orders} WHERE id = ?",
     // payments
     insert_payment_listing => "INSERT INTO {payments_by_user} (user_id, created_at, payment_id, order_id, amount_minor, currency) VALUES (?, ?, ?, ?, ?, ?)",
     insert_submission => "INSERT INTO {payment_submissions} (payment_id, order_id, user_id, amount_minor, currency, submitted_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -281,9 +269,8 @@ mod tests {
                 .split(',')
                 .count()
         };
-        // Values: 16 for events; 8 bound + 'PENDING' for orders.
+        // Values: 16 for events.
         assert_eq!(columns("event_columns"), 16);
-        assert_eq!(columns("order_insert_columns"), 9);
         assert_eq!(columns("provider_event_columns"), 6);
     }
 }

@@ -6,14 +6,17 @@ use super::decode::{DecodeFailure, order_id_of};
 use super::*;
 use crate::booking::coalesce::LatestAvailability;
 use crate::booking::render::Output;
+use rdkafka::producer::FutureProducer;
 use std::collections::BTreeMap;
 
-/// What one partition's share of a batch needs.
-pub(super) struct BatchJob<'a> {
-    pub(super) deps: &'a BookingDeps,
-    pub(super) topics: &'a Topics,
+/// What deciding and committing a partition's share of a batch needs. Owns shared handles only,
+/// so a commit can run as a task of its own while the next batch is decided.
+#[derive(Clone)]
+pub(super) struct BatchJob {
+    pub(super) deps: Arc<BookingDeps>,
+    pub(super) topics: Arc<Topics>,
     pub(super) partition_count: i32,
-    pub(super) consumer: &'a StreamConsumer<GroupContext>,
+    pub(super) consumer: Arc<StreamConsumer<GroupContext>>,
 }
 
 /// What deciding a partition's records produced, before it is published and stored.
@@ -29,28 +32,70 @@ struct Decided {
     refolded: u64,
     /// Order events produced, by record name (`OrderReserved`, `OrderExpired`, ...).
     order_events: BTreeMap<&'static str, u64>,
+    /// Orders decided in this batch (re-folded ones too: their rows may be what the store
+    /// lost), for the read model.
+    new_orders: Vec<NewOrder>,
 }
 
-impl BatchJob<'_> {
+/// One event's state write, planned when the batch was decided (the state as it was right
+/// after this batch, whatever later batches decide meanwhile).
+struct PlannedSave {
+    event_id: String,
+    /// The offset the store must hold for the write to apply (this worker's previous save).
+    previous: Option<i64>,
+    register: bool,
+    update: StoredEventUpdate,
+}
+
+/// A partition's decided batch, ready to commit: the records to produce (outputs and
+/// progress), the offset, the state writes and the timer changes, all owned.
+pub(super) struct Prepared {
+    pub(super) partition: i32,
+    /// The worker that decided it; a commit result for another worker is stale.
+    pub(super) epoch: u64,
+    producer: FutureProducer,
+    outputs: Vec<Encoded>,
+    last_offset: i64,
+    published_until: i64,
+    saves: Vec<PlannedSave>,
+    new_orders: Vec<NewOrder>,
+    timers: Vec<TimerChange>,
+    records: usize,
+    decided: u64,
+    refolded: u64,
+    order_events: BTreeMap<&'static str, u64>,
+    oldest_timestamp: Option<i64>,
+    started: Instant,
+    decided_at: Instant,
+}
+
+/// What committing a prepared batch came to; timer changes apply only when it is `Done`.
+pub(super) struct Committed {
+    pub(super) partition: i32,
+    pub(super) epoch: u64,
+    pub(super) outcome: BatchOutcome,
+    pub(super) timers: Vec<TimerChange>,
+}
+
+impl BatchJob {
     pub(super) fn retry_policy(&self) -> RetryPolicy {
         self.deps.settings.retry_policy()
     }
 
-    /// Decides one partition's share of a batch, publishes its outputs and progress in one
-    /// transaction, persists the touched events.
-    pub(super) async fn run(
-        self,
+    /// Decides one partition's share of a batch and plans its commit: outputs and progress
+    /// encoded, each touched event's state write built from the state right after this batch.
+    /// The worker's bookkeeping (next offset, each event's stored offset) moves on as if the
+    /// commit succeeds; if it does not, the worker is discarded and the partition restored.
+    /// `Ok(None)`: nothing to commit.
+    pub(super) async fn prepare(
+        &self,
         worker: &mut Worker,
         records: Vec<OwnedMessage>,
-    ) -> (i32, BatchOutcome) {
-        let partition = worker.partition;
+    ) -> Result<Option<Prepared>, BatchOutcome> {
         let started = Instant::now();
-        let decided = match self.decide(worker, &records).await {
-            Ok(decided) => decided,
-            Err(outcome) => return (partition, outcome),
-        };
+        let decided = self.decide(worker, &records).await?;
         let Some(last_offset) = decided.last_offset else {
-            return (partition, BatchOutcome::Done);
+            return Ok(None);
         };
         // A batch that only read records an earlier owner already published, and changed no
         // state, has nothing to publish or store.
@@ -58,9 +103,8 @@ impl BatchJob<'_> {
             && decided.touched.is_empty()
             && last_offset < worker.published_until
         {
-            return (partition, BatchOutcome::Done);
+            return Ok(None);
         }
-        let decided_at = Instant::now();
         let mut outputs = decided.outputs;
         let published: Vec<String> = decided
             .touched
@@ -80,44 +124,104 @@ impl BatchJob<'_> {
             let record = progress_record(state, last_offset, first);
             match encode_progress(
                 &self.deps.codec,
-                self.topics,
+                &self.topics,
                 &record,
                 self.deps.settings.retry_budget,
             )
             .await
             {
                 Ok(encoded) => outputs.push(encoded),
-                Err(e) => return (partition, self.encode_failure("progress", e)),
+                Err(e) => return Err(self.encode_failure("progress", e)),
             }
         }
-        if let Err(outcome) = self.publish(worker, &outputs, last_offset).await {
-            return (partition, outcome);
+        let mut saves = Vec::with_capacity(decided.touched.len());
+        for (event_id, changed_orders) in &decided.touched {
+            let (Some(tracked), Some(state)) = (
+                worker.events.get_mut(event_id),
+                worker.core.events.get(event_id),
+            ) else {
+                continue;
+            };
+            let changed: Vec<String> = changed_orders.iter().cloned().collect();
+            saves.push(PlannedSave {
+                event_id: event_id.clone(),
+                previous: tracked.offset,
+                register: !tracked.registered,
+                update: store::update(state, tracked.offset, last_offset, &changed),
+            });
+            tracked.offset = Some(last_offset);
+            tracked.registered = true;
+        }
+        Ok(Some(Prepared {
+            partition: worker.partition,
+            epoch: worker.epoch,
+            producer: worker.producer.clone(),
+            outputs,
+            last_offset,
+            published_until: worker.published_until,
+            saves,
+            new_orders: decided.new_orders,
+            timers: decided.timers,
+            records: records.len(),
+            decided: decided.decided,
+            refolded: decided.refolded,
+            order_events: decided.order_events,
+            oldest_timestamp: decided.oldest_timestamp,
+            started,
+            decided_at: Instant::now(),
+        }))
+    }
+
+    /// Publishes a prepared batch's records with the consumer offset in one transaction, then
+    /// persists the touched events (fenced by the offset stored before). Runs while the next
+    /// batch is decided; the runtime starts a partition's next commit only after this one.
+    pub(super) async fn commit(self, prepared: Prepared) -> Committed {
+        let partition = prepared.partition;
+        let span = info_span!("commit", partition, records = prepared.records);
+        let outcome = self.commit_inner(&prepared).instrument(span).await;
+        Committed {
+            partition,
+            epoch: prepared.epoch,
+            outcome,
+            timers: prepared.timers,
+        }
+    }
+
+    async fn commit_inner(&self, prepared: &Prepared) -> BatchOutcome {
+        let partition = prepared.partition;
+        let begun = Instant::now();
+        if let Err(outcome) = self.publish(prepared).await {
+            return outcome;
         }
         let produced_at = Instant::now();
-        self.deps
-            .metrics
-            .outputs_produced
-            .inc_by(outputs.len() as u64);
-        if let Err(outcome) = self.persist(worker, &decided.touched, last_offset).await {
-            return (partition, outcome);
-        }
-        worker.apply_timers(decided.timers);
-
         let metrics = &self.deps.metrics;
-        metrics.records_processed.inc_by(decided.decided);
-        for (kind, count) in &decided.order_events {
+        metrics
+            .outputs_produced
+            .inc_by(prepared.outputs.len() as u64);
+        // The rows first, the state save last: the save is the commit point. A store that
+        // loses writes loses the newest first, so a save that survived kept the rows written
+        // before it, and a save that was lost is found on the next restore, which re-folds the
+        // gap and writes the rows again (they are idempotent).
+        if let Err(outcome) = self.write_order_rows(&prepared.new_orders).await {
+            return outcome;
+        }
+        if let Err(outcome) = self.persist(partition, &prepared.saves).await {
+            return outcome;
+        }
+        metrics.records_processed.inc_by(prepared.decided);
+        for (kind, count) in &prepared.order_events {
             metrics
                 .order_events
                 .get_or_create(&vec![("kind", (*kind).to_owned())])
                 .inc_by(*count);
         }
-        metrics.commands_refolded.inc_by(decided.refolded);
+        metrics.commands_refolded.inc_by(prepared.refolded);
         metrics.batches.inc_by(1);
-        metrics.batch_size.observe(records.len() as f64);
+        metrics.batch_size.observe(prepared.records as f64);
         let stored_at = Instant::now();
         for (stage, from, to) in [
-            ("decide", started, decided_at),
-            ("transaction", decided_at, produced_at),
+            ("decide", prepared.started, prepared.decided_at),
+            ("transaction", begun, produced_at),
             ("store", produced_at, stored_at),
         ] {
             metrics
@@ -125,23 +229,27 @@ impl BatchJob<'_> {
                 .get_or_create(&vec![("stage", stage.to_owned())])
                 .observe(to.duration_since(from).as_secs_f64() * 1000.0);
         }
-        if let Some(oldest) = decided.oldest_timestamp {
+        if let Some(oldest) = prepared.oldest_timestamp {
             metrics
                 .decision_latency_ms
                 .observe((now_millis() - oldest).max(0) as f64);
         }
         debug!(
             partition,
-            last_offset,
-            decided = decided.decided,
-            refolded = decided.refolded,
-            outputs = outputs.len(),
-            decide_and_encode_ms = decided_at.duration_since(started).as_millis() as u64,
-            transaction_ms = produced_at.duration_since(decided_at).as_millis() as u64,
+            last_offset = prepared.last_offset,
+            decided = prepared.decided,
+            refolded = prepared.refolded,
+            outputs = prepared.outputs.len(),
+            decide_and_encode_ms = prepared
+                .decided_at
+                .duration_since(prepared.started)
+                .as_millis() as u64,
+            waited_ms = begun.duration_since(prepared.decided_at).as_millis() as u64,
+            transaction_ms = produced_at.duration_since(begun).as_millis() as u64,
             store_ms = stored_at.duration_since(produced_at).as_millis() as u64,
             "batch committed"
         );
-        (partition, BatchOutcome::Done)
+        BatchOutcome::Done
     }
 
     fn encode_failure(&self, what: &str, e: boxoffice_avro::CodecError) -> BatchOutcome {
@@ -235,6 +343,18 @@ impl BatchJob<'_> {
             if let Some(order_id) = order_id_of(&command) {
                 changed.insert(order_id.to_owned());
             }
+            if let BookingCommand::BookingRequested(r) = &command
+                && decision.ignored.is_empty()
+            {
+                out.new_orders.push(NewOrder {
+                    order_id: r.order_id.clone(),
+                    event_id: r.event_id.clone(),
+                    user_id: r.user_id.clone(),
+                    number_slot: r.number_slot,
+                    created_at: r.occurred_at,
+                    idempotency_key: r.idempotency_key.clone(),
+                });
+            }
             out.timers.extend(decision.timers);
             if silent {
                 out.refolded += 1;
@@ -250,7 +370,7 @@ impl BatchJob<'_> {
                     let kind = name.rsplit('.').next().unwrap_or(name);
                     *out.order_events.entry(kind).or_default() += 1;
                 }
-                match encode_output(&self.deps.codec, self.topics, &output, budget).await {
+                match encode_output(&self.deps.codec, &self.topics, &output, budget).await {
                     Ok(encoded) => out.outputs.push(encoded),
                     Err(e) => return Err(self.encode_failure("an output", e)),
                 }
@@ -260,7 +380,7 @@ impl BatchJob<'_> {
             .availability_superseded
             .inc_by(latest_availability.superseded());
         for output in latest_availability.into_outputs() {
-            match encode_output(&self.deps.codec, self.topics, &output, budget).await {
+            match encode_output(&self.deps.codec, &self.topics, &output, budget).await {
                 Ok(encoded) => out.outputs.push(encoded),
                 Err(e) => return Err(self.encode_failure("an output", e)),
             }
@@ -321,7 +441,7 @@ impl BatchJob<'_> {
     ) -> Result<Encoded, BatchOutcome> {
         dead_letter(
             &self.deps.codec,
-            self.topics,
+            &self.topics,
             &self.deps.settings.group_id,
             message,
             kind,
@@ -334,12 +454,7 @@ impl BatchJob<'_> {
 
     /// Publishes the batch's records with the consumer offset in one transaction, retrying
     /// within the budget.
-    async fn publish(
-        &self,
-        worker: &Worker,
-        outputs: &[Encoded],
-        last_offset: i64,
-    ) -> Result<(), BatchOutcome> {
+    async fn publish(&self, prepared: &Prepared) -> Result<(), BatchOutcome> {
         let timeout = self.deps.kafka.timeout;
         let mut retries = self.retry_policy().start(Instant::now());
         loop {
@@ -352,12 +467,12 @@ impl BatchJob<'_> {
             };
             let offsets = OffsetCommit {
                 topic: self.topics.commands.clone(),
-                partition: worker.partition,
+                partition: prepared.partition,
                 // Never moves the group's offset back below what was already published.
-                next_offset: (last_offset + 1).max(worker.published_until),
+                next_offset: (prepared.last_offset + 1).max(prepared.published_until),
                 group: Arc::new(group),
             };
-            match transaction(&worker.producer, outputs, &offsets, timeout).await {
+            match transaction(&prepared.producer, &prepared.outputs, &offsets, timeout).await {
                 Ok(()) => return Ok(()),
                 Err(TxnError::Fenced(reason)) => {
                     return Err(BatchOutcome::Rebuild {
@@ -366,14 +481,14 @@ impl BatchJob<'_> {
                     });
                 }
                 Err(TxnError::Rebalance(reason)) => {
-                    abort(&worker.producer, timeout).await;
+                    abort(&prepared.producer, timeout).await;
                     return Err(BatchOutcome::Rebuild {
                         reason: format!("the group is rebalancing: {reason}"),
                         after: AHEAD_RECHECK,
                     });
                 }
                 Err(TxnError::Retry(reason)) => {
-                    abort(&worker.producer, timeout).await;
+                    abort(&prepared.producer, timeout).await;
                     self.deps.metrics.produce_retries.inc_by(1);
                     let Some(delay) = retries.next_delay(Instant::now()) else {
                         self.deps.metrics.retries_exhausted.inc_by(1);
@@ -386,35 +501,21 @@ impl BatchJob<'_> {
                         });
                     };
                     let attempt = retries.attempts();
-                    warn!(partition = worker.partition, attempt, reason = %reason, "output transaction failed; retrying the batch");
+                    warn!(partition = prepared.partition, attempt, reason = %reason, "output transaction failed; retrying the batch");
                     tokio::time::sleep(delay).await;
                 }
             }
         }
     }
 
-    /// Saves every touched event's state at `last_offset`, fenced by the offset stored before.
-    async fn persist(
-        &self,
-        worker: &mut Worker,
-        touched: &HashMap<String, BTreeSet<String>>,
-        last_offset: i64,
-    ) -> Result<(), BatchOutcome> {
-        let partition = worker.partition;
-        for (event_id, changed_orders) in touched {
-            let Some(tracked) = worker.events.get(event_id) else {
-                continue;
-            };
-            let previous = tracked.offset;
-            if !tracked.registered {
+    /// Saves every touched event's state as planned, fenced by the offset stored before.
+    async fn persist(&self, partition: i32, saves: &[PlannedSave]) -> Result<(), BatchOutcome> {
+        for save in saves {
+            let (event_id, previous) = (&save.event_id, save.previous);
+            if save.register {
                 self.register_event(partition, event_id).await?;
             }
-            let Some(state) = worker.core.events.get(event_id) else {
-                continue;
-            };
-            let changed: Vec<String> = changed_orders.iter().cloned().collect();
-            let update = store::update(state, previous, last_offset, &changed);
-            match self.save_with_retry(&update).await? {
+            match self.save_with_retry(&save.update).await? {
                 SaveOutcome::Applied => {}
                 SaveOutcome::Conflict { current_offset } => {
                     let behind = current_offset.is_none_or(|c| previous.is_some_and(|p| c < p));
@@ -441,10 +542,6 @@ impl BatchJob<'_> {
                         },
                     });
                 }
-            }
-            if let Some(tracked) = worker.events.get_mut(event_id) {
-                tracked.offset = Some(last_offset);
-                tracked.registered = true;
             }
         }
         Ok(())

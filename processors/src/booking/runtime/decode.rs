@@ -4,7 +4,7 @@
 use super::batch::BatchJob;
 use super::*;
 
-impl BatchJob<'_> {
+impl BatchJob {
     /// Decodes a command and checks it belongs here.
     pub(super) async fn decode_command(
         &self,

@@ -11,8 +11,19 @@
 //! 3. produce every resulting record, an `EventProgress` per touched event and the consumer
 //!    offset in **one Kafka transaction** per partition (a new owner's `init_transactions`
 //!    fences a zombie's producer);
-//! 4. persist each touched event's state with its applied offset, conditional on the offset
-//!    stored before (a zombie's stale write is refused).
+//! 4. write the rows of the orders decided in the batch (`orders`, `orders_by_user`;
+//!    idempotent), then persist each touched event's state with its applied offset,
+//!    conditional on the offset stored before (a zombie's stale write is refused). The save is
+//!    the commit point: one that survived a store crash kept the rows written before it, one
+//!    that was lost is re-folded on the next restore, which writes the rows again.
+//!
+//! Pipelined: steps 3 and 4 of batch n run as a task while batch n+1 is collected and decided
+//! (step 2 only needs the state in memory). Batch n+1's records, progress and state writes are
+//! built from the state right after n+1, and its commit starts only once n's has finished, so
+//! per partition the transactions and the fenced writes happen in log order exactly as before.
+//! When n's commit fails the partition is restored and n+1's decisions are thrown away with
+//! the worker (its records are read again after the restore). Rebalances and restores wait for
+//! the commit in flight.
 //!
 //! A crash between 3 and 4 leaves the store behind Kafka; the next restore re-folds the gap
 //! from the log and checks the decisions against the published digest.
@@ -32,6 +43,7 @@ use boxoffice_avro::ids;
 use boxoffice_avro::records::{BookingCommand, DeadLetterErrorKind, HoldExpired, RecordGroup};
 use boxoffice_runtime::retry::RetryPolicy;
 use boxoffice_store::inventory::{InventoryStore, SaveOutcome, StoredEventUpdate};
+use boxoffice_store::orders::{NewOrder, OrderRows};
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::names::TopicPrefix;
 use boxoffice_topics::partitioner::partition_for;
@@ -40,6 +52,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::partition::TimerChange;
@@ -53,6 +66,10 @@ use super::store;
 pub use super::topics::Topics;
 use crate::metrics::BookingMetrics;
 use crate::rebalance::{GroupContext, Membership};
+
+/// The largest `--max-batch-records` (see there; `store::tests` checks that such a batch fits
+/// one save).
+pub const MAX_BATCH_RECORDS: u32 = 10_000;
 
 /// How the booking processor batches, identifies itself and recovers.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,10 +86,11 @@ pub struct BookingSettings {
     pub topic_prefix: TopicPrefix,
 
     /// Most records decided in one batch (one transaction and one state write per event).
-    /// At most 10,000: a record changes at most one order, and 10,000 typical orders (about
-    /// 2.8 MB) stay inside one save's `MAX_SAVE_BYTES`.
+    /// At most 10,000: a record changes at most one order, and 10,000 orders with the longest
+    /// Idempotency-Key (128 characters, about 350 bytes an order, 3.5 MB) stay inside one
+    /// save's `MAX_SAVE_BYTES` (4 MiB).
     #[arg(long = "max-batch-records", env = "BOOKING_MAX_BATCH_RECORDS", default_value_t = 2000,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_BATCH_RECORDS)))]
     pub max_batch_records: u32,
 
     /// Longest a batch waits to fill up once its first record arrived (e.g. `20ms`).
@@ -119,6 +137,8 @@ pub struct BookingDeps {
     pub kafka: KafkaArgs,
     pub codec: Arc<Codec>,
     pub store: Arc<InventoryStore>,
+    /// The orders read model, written after each state save.
+    pub order_rows: OrderRows,
     pub settings: BookingSettings,
     pub metrics: Arc<BookingMetrics>,
 }
@@ -170,12 +190,13 @@ const FENCED_RECHECK: Duration = Duration::from_secs(15);
 const AHEAD_RECHECK: Duration = Duration::from_secs(2);
 
 struct Runtime {
-    deps: BookingDeps,
-    topics: Topics,
-    partition_count: i32,
+    deps: Arc<BookingDeps>,
+    topics: Arc<Topics>,
     slots: HashMap<i32, Slot>,
     /// Plain idempotent producer for hold expiries (commands, like ingest's).
     command_producer: FutureProducer,
+    /// What each partition's batch is decided and committed with.
+    job: BatchJob,
 }
 
 /// Runs the booking processor until `shutdown` resolves; then finishes the batch in flight and
@@ -183,7 +204,7 @@ struct Runtime {
 pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let topics = deps.settings.topics();
     let context = GroupContext::pausing();
-    let consumer: StreamConsumer<GroupContext> = deps
+    let consumer: Arc<StreamConsumer<GroupContext>> = deps
         .kafka
         .client_config()
         .set("group.id", &deps.settings.group_id)
@@ -194,7 +215,8 @@ pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Resul
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "10")
-        .create_with_context(context.clone())?;
+        .create_with_context(context.clone())
+        .map(Arc::new)?;
     let partition_count = partition_count(&consumer, &topics.commands, deps.kafka.timeout).await?;
     consumer.subscribe(&[&topics.commands])?;
     let command_producer: FutureProducer = deps.kafka.durable_producer_config().create()?;
@@ -211,13 +233,22 @@ pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Resul
         );
     }
 
+    let deps = Arc::new(deps);
+    let topics = Arc::new(topics);
     let mut runtime = Runtime {
+        job: BatchJob {
+            deps: deps.clone(),
+            topics: topics.clone(),
+            partition_count,
+            consumer: consumer.clone(),
+        },
         deps,
         topics,
-        partition_count,
         slots: HashMap::new(),
         command_producer,
     };
+    // The previous batch's commit, running while the next batch is collected and decided.
+    let mut in_flight: Option<JoinHandle<Vec<Committed>>> = None;
     tokio::pin!(shutdown);
     loop {
         // The consumer loop: one batch a turn, until `shutdown`.
@@ -229,12 +260,21 @@ pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Resul
                 runtime.deps.settings.max_batch_wait,
             ) => batch,
         };
-        runtime.apply_membership(&context);
-        runtime.process(&consumer, batch).await?;
-        runtime.restore_due(&consumer).await;
+        if runtime.apply_membership(&context) {
+            // Partitions came or went: settle the commit in flight before acting on them.
+            runtime.finish(&consumer, in_flight.take()).await?;
+        }
+        let prepared = runtime.prepare(&consumer, batch).await?;
+        runtime.finish(&consumer, in_flight.take()).await?;
+        in_flight = runtime.start_commit(prepared);
+        if runtime.restore_is_due() {
+            runtime.finish(&consumer, in_flight.take()).await?;
+            runtime.restore_due(&consumer).await;
+        }
         runtime.fire_due_timers().await;
         runtime.publish_gauges();
     }
+    runtime.finish(&consumer, in_flight.take()).await?;
     info!("booking processor stopping: batch finished, leaving the group");
     runtime.slots.clear();
     runtime.publish_gauges();
@@ -263,9 +303,11 @@ async fn partition_count(
 
 impl Runtime {
     /// Acts on rebalances noted since the last batch: drops revoked partitions, marks new ones
-    /// for a restore.
-    fn apply_membership(&mut self, context: &GroupContext) {
-        for change in context.take() {
+    /// for a restore. `true` when anything changed.
+    fn apply_membership(&mut self, context: &GroupContext) -> bool {
+        let changes = context.take();
+        let changed = !changes.is_empty();
+        for change in changes {
             match change {
                 Membership::Revoked(partitions) => {
                     for p in partitions {
@@ -285,6 +327,15 @@ impl Runtime {
                 }
             }
         }
+        changed
+    }
+
+    /// Whether a waiting partition's restore is due.
+    fn restore_is_due(&self) -> bool {
+        let now = Instant::now();
+        self.slots
+            .values()
+            .any(|slot| matches!(slot, Slot::Waiting { retry_at, .. } if *retry_at <= now))
     }
 
     /// Restores every waiting partition whose time has come, concurrently.
@@ -363,36 +414,31 @@ impl Runtime {
         }
     }
 
-    /// Decides and commits one batch, each partition's share concurrently. `Err` stops the
-    /// processor (something no retry can fix); nothing is ever skipped.
-    async fn process(
+    /// Decides one batch, each partition's share concurrently, and plans the commits. `Err`
+    /// stops the processor (something no retry can fix); nothing is ever skipped.
+    async fn prepare(
         &mut self,
         consumer: &StreamConsumer<GroupContext>,
         batch: Vec<OwnedMessage>,
-    ) -> Result<(), RunError> {
+    ) -> Result<Vec<Prepared>, RunError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut by_partition = boxoffice_runtime::batch::by_partition(batch);
-        let deps = &self.deps;
-        let topics = &self.topics;
-        let partition_count = self.partition_count;
+        let job = &self.job;
         let mut jobs = Vec::new();
         for (partition, slot) in self.slots.iter_mut() {
             if let Slot::Active(worker) = slot
                 && let Some(records) = by_partition.remove(partition)
             {
-                let span = info_span!("batch", partition = *partition, records = records.len());
-                let job = BatchJob {
-                    deps,
-                    topics,
-                    partition_count,
-                    consumer,
-                };
-                jobs.push(job.run(worker, records).instrument(span));
+                let partition = *partition;
+                let span = info_span!("batch", partition, records = records.len());
+                jobs.push(
+                    async move { (partition, job.prepare(worker, records).await) }.instrument(span),
+                );
             }
         }
-        let outcomes = join_all(jobs).await;
+        let results = join_all(jobs).await;
         for (partition, records) in by_partition {
             // Fetched before a revocation or while the partition waits for a restore: its
             // restore seeks to where the log must be read again.
@@ -402,30 +448,96 @@ impl Runtime {
                 "records of a partition not processed here; dropped"
             );
         }
-        for (partition, outcome) in outcomes {
-            match outcome {
-                BatchOutcome::Done => {}
-                BatchOutcome::Rebuild { reason, after } => {
-                    warn!(partition, reason = %reason, "partition given up; restoring it from the store and the log");
-                    self.deps.metrics.rebuilds.inc_by(1);
-                    self.pause(consumer, partition);
-                    self.slots.insert(
-                        partition,
-                        Slot::Waiting {
-                            retry_at: Instant::now() + after,
-                            attempt: 0,
-                            reason,
-                        },
-                    );
+        let mut prepared = Vec::with_capacity(results.len());
+        for (partition, result) in results {
+            match result {
+                Ok(Some(batch)) => prepared.push(batch),
+                Ok(None) => {}
+                Err(outcome) => self.settle(consumer, partition, outcome)?,
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Starts the commits of `prepared` as one task (each partition's concurrently), dropping
+    /// those whose worker was replaced or released since they were decided.
+    fn start_commit(&self, prepared: Vec<Prepared>) -> Option<JoinHandle<Vec<Committed>>> {
+        let current: Vec<Prepared> = prepared
+            .into_iter()
+            .filter(|p| {
+                matches!(self.slots.get(&p.partition), Some(Slot::Active(w)) if w.epoch == p.epoch)
+            })
+            .collect();
+        if current.is_empty() {
+            return None;
+        }
+        let job = self.job.clone();
+        Some(tokio::spawn(join_all(
+            current.into_iter().map(move |p| job.clone().commit(p)),
+        )))
+    }
+
+    /// Waits for the commit in flight (if any) and acts on its outcomes: timer changes of what
+    /// was committed, restores or stops for what failed.
+    async fn finish(
+        &mut self,
+        consumer: &StreamConsumer<GroupContext>,
+        in_flight: Option<JoinHandle<Vec<Committed>>>,
+    ) -> Result<(), RunError> {
+        let Some(task) = in_flight else {
+            return Ok(());
+        };
+        let committed = task.await.map_err(|e| {
+            RunError::Fatal(format!("a batch commit panicked or was cancelled: {e}"))
+        })?;
+        for c in committed {
+            // A revocation (or a restore) since: the result belongs to a worker that is gone.
+            let current =
+                matches!(self.slots.get(&c.partition), Some(Slot::Active(w)) if w.epoch == c.epoch);
+            if !current {
+                continue;
+            }
+            match c.outcome {
+                BatchOutcome::Done => {
+                    if let Some(Slot::Active(worker)) = self.slots.get_mut(&c.partition) {
+                        worker.apply_timers(c.timers);
+                    }
                 }
-                BatchOutcome::Stop(reason) => {
-                    let slot = self.stop(consumer, partition, reason);
-                    self.slots.insert(partition, slot);
-                }
-                BatchOutcome::Failed(reason) => {
-                    error!(partition, reason = %reason, "batch cannot be processed; stopping");
-                    return Err(RunError::Fatal(reason));
-                }
+                outcome => self.settle(consumer, c.partition, outcome)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Acts on a partition's failed batch: restore it later, stop it, or stop the processor.
+    fn settle(
+        &mut self,
+        consumer: &StreamConsumer<GroupContext>,
+        partition: i32,
+        outcome: BatchOutcome,
+    ) -> Result<(), RunError> {
+        match outcome {
+            BatchOutcome::Done => {}
+            BatchOutcome::Rebuild { reason, after } => {
+                warn!(partition, reason = %reason, "partition given up; restoring it from the store and the log");
+                self.deps.metrics.rebuilds.inc_by(1);
+                self.pause(consumer, partition);
+                self.slots.insert(
+                    partition,
+                    Slot::Waiting {
+                        retry_at: Instant::now() + after,
+                        attempt: 0,
+                        reason,
+                    },
+                );
+            }
+            BatchOutcome::Stop(reason) => {
+                let slot = self.stop(consumer, partition, reason);
+                self.slots.insert(partition, slot);
+            }
+            BatchOutcome::Failed(reason) => {
+                error!(partition, reason = %reason, "batch cannot be processed; stopping");
+                return Err(RunError::Fatal(reason));
             }
         }
         Ok(())
@@ -477,5 +589,5 @@ mod holds;
 mod store_calls;
 mod worker;
 
-use batch::BatchJob;
+use batch::{BatchJob, Committed, Prepared};
 pub use worker::{Tracked, Worker};

@@ -8,7 +8,7 @@ use boxoffice_store::inventory::StoreError;
 use super::batch::BatchJob;
 use super::*;
 
-impl BatchJob<'_> {
+impl BatchJob {
     pub(super) async fn register_event(
         &self,
         partition: i32,
@@ -27,6 +27,24 @@ impl BatchJob<'_> {
                 Err(e) => e,
             };
             self.wait_to_retry(&mut retries, "registering an event", &e)
+                .await?;
+        }
+    }
+
+    /// Writes the read-model rows of the batch's new orders (idempotent), retrying while the
+    /// store is unavailable, within the budget.
+    pub(super) async fn write_order_rows(&self, orders: &[NewOrder]) -> Result<(), BatchOutcome> {
+        if orders.is_empty() {
+            return Ok(());
+        }
+        let mut retries = self.retry_policy().start(Instant::now());
+        loop {
+            // Bounded: `retries` gives up after the retry budget.
+            let e = match self.deps.order_rows.write(orders).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            self.wait_to_retry(&mut retries, "writing order rows", &e)
                 .await?;
         }
     }

@@ -2,12 +2,15 @@
 //! of each beyond it ([`Tracked`]), its transactional producer, and its hold-expiry timers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rdkafka::producer::FutureProducer;
 
 use crate::booking::partition::{Partition, TimerChange};
 use crate::booking::recovery::Published;
 use crate::booking::state::Millis;
+
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
 /// What the worker knows of one event besides its state (which lives in `Partition`).
 #[derive(Debug, Clone, Default)]
@@ -28,6 +31,9 @@ pub struct Tracked {
 /// One owned partition: its events' state, its transactional producer and its hold timers.
 pub struct Worker {
     pub(super) partition: i32,
+    /// Unique per worker in this process: a commit result carries it, so one decided by a
+    /// worker since replaced (restored, revoked) is recognised as stale.
+    pub(super) epoch: u64,
     pub(super) core: Partition,
     pub(super) events: HashMap<String, Tracked>,
     pub(super) producer: FutureProducer,
@@ -66,6 +72,7 @@ impl Worker {
     ) -> Self {
         Worker {
             partition,
+            epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
             core,
             events,
             producer,
