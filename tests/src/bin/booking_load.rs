@@ -44,10 +44,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Mode {
-    /// Pre-fill the partition, then measure the drain.
+    /// Pre-fill the partition, then measure the drain; then the raw-Kafka anchor (the stock
+    /// producer benchmark into one partition) and the ratio.
     Drain {
         #[arg(long, default_value_t = 100_000)]
         requests: usize,
+        /// Records the Kafka anchor produces (0: no anchor).
+        #[arg(long, default_value_t = 2_000_000)]
+        kafka_anchor_records: u64,
     },
     /// Produce at a fixed rate and measure produce-to-decision latency.
     Live {
@@ -138,7 +142,10 @@ async fn main() -> anyhow::Result<()> {
     );
 
     match cli.mode {
-        Mode::Drain { requests } => {
+        Mode::Drain {
+            requests,
+            kafka_anchor_records,
+        } => {
             let mut commands = vec![event_on_sale(EVENT, (requests / 2) as i32)];
             commands.extend((0..requests).map(request));
             let frames = encode(&pipeline, &commands).await?;
@@ -175,13 +182,25 @@ async fn main() -> anyhow::Result<()> {
             let elapsed = first_seen.elapsed();
             let decided = total - first_count;
             let batches = metrics.batches.get();
+            let per_second = decided as f64 / elapsed.as_secs_f64();
             println!(
-                "drained {decided} decisions in {elapsed:.2?}: {:.0} decisions/s; {batches} batches, mean {:.0} records/batch; outputs produced {}",
-                decided as f64 / elapsed.as_secs_f64(),
+                "drained {decided} decisions in {elapsed:.2?}: {per_second:.0} decisions/s; {batches} batches, mean {:.0} records/batch; outputs produced {}",
                 total as f64 / batches.max(1) as f64,
                 metrics.outputs_produced.get()
             );
             processor.stop().await?;
+            if kafka_anchor_records > 0 {
+                let raw = boxoffice_tests::load::kafka_perf::producer_records_per_second(
+                    services,
+                    &pipeline.prefix,
+                    kafka_anchor_records,
+                )
+                .await?;
+                println!(
+                    "raw Kafka (ProducerPerformance, 1 partition, 200-byte records, acks=all, idempotent, lz4, 256 KiB batches): {raw:.0} records/s; drained decisions = {:.1}% of it",
+                    100.0 * per_second / raw.max(1.0)
+                );
+            }
         }
         Mode::Live { rate, seconds } => {
             let total = rate * seconds as usize;

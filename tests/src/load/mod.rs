@@ -6,6 +6,7 @@
 pub mod client;
 pub mod cpu;
 pub mod ingest;
+pub mod kafka_perf;
 pub mod postgres;
 
 use std::time::{SystemTime, UNIX_EPOCH};
