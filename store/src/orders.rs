@@ -1,6 +1,6 @@
 //! The orders read model: `orders` (one row per order, by id) and `orders_by_user` (a fan's
 //! orders, newest first). Written by the booking processor, the single writer of each event,
-//! once per order it decided, after the batch's Kafka transaction and just before its fenced
+//! once per order it decided, beside the batch's Kafka transaction and before its fenced
 //! state save (the commit point that makes the decision readable; see the processor's
 //! runtime). Ingest writes nothing here: it reads these rows for `GET v1/orders` and
 //! `GET v1/orders/{id}` (its own statements, the columns below).
@@ -19,8 +19,10 @@ use scylla::value::CqlTimestamp;
 use crate::inventory::StoreError;
 use crate::schema::Keyspace;
 
-/// Most writes in flight at once for one call of [`OrderRows::write`].
-const CONCURRENCY: usize = 64;
+/// Most writes in flight at once for one call of [`OrderRows::write`]: a batch's rows are
+/// written in about (rows / CONCURRENCY) round trips, and that time bounds the booking
+/// processor's throughput (its next commit waits for this one).
+const CONCURRENCY: usize = 512;
 
 /// One decided order's rows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -239,13 +239,7 @@ impl EventState {
     /// `available + held + sold == total`, all non-negative (counters are unsigned), `held` and
     /// `sold` equal to what the orders hold and own.
     pub fn check_invariant(&self) -> Result<(), String> {
-        let capacity = self.capacity();
-        if self.held + self.sold > capacity {
-            return Err(format!(
-                "event {}: held {} + sold {} exceed capacity {capacity}",
-                self.event_id, self.held, self.sold
-            ));
-        }
+        self.check_capacity()?;
         let held: u32 = self
             .orders
             .values()
@@ -261,6 +255,18 @@ impl EventState {
         if held != self.held || sold != self.sold {
             return Err(format!(
                 "event {}: counters held {} sold {} but orders hold {held} and own {sold}",
+                self.event_id, self.held, self.sold
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cheap half of [`Self::check_invariant`]: `held + sold <= capacity`.
+    pub fn check_capacity(&self) -> Result<(), String> {
+        let capacity = self.capacity();
+        if self.held + self.sold > capacity {
+            return Err(format!(
+                "event {}: held {} + sold {} exceed capacity {capacity}",
                 self.event_id, self.held, self.sold
             ));
         }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use boxoffice_processors::booking::audit::verify_event;
-use boxoffice_tests::load::client::{Keyed, Target, closed_loop, ms};
+use boxoffice_tests::load::client::{Keyed, Target, closed_loop, ms, open_loop};
 use boxoffice_tests::load::cpu::{CpuSnapshot, resident_mib, stack_pids};
 use boxoffice_tests::load::ingest::{
     ADMIN_LOGIN, Local, PASSWORD, create_event, login, start_local, users,
@@ -50,6 +50,11 @@ struct Cli {
     /// Requests in flight (closed loop: each sends its next as soon as the previous answered).
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// Open loop instead: this many requests per second on a fixed schedule (latency counted
+    /// from the scheduled start; at most 4,096 in flight, the rest counted as shed). What a
+    /// sustained rate is measured with: decisions keep up or they do not.
+    #[arg(long)]
+    rate: Option<u64>,
     /// Length of the measured run, in seconds.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
@@ -160,6 +165,10 @@ fn main() -> anyhow::Result<()> {
         (1..=4096).contains(&cli.concurrency),
         "--concurrency must be 1 to 4096"
     );
+    anyhow::ensure!(
+        cli.rate.is_none_or(|r| (1..=200_000).contains(&r)),
+        "--rate must be 1 to 200000"
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -246,15 +255,24 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let before = CpuSnapshot::take(&stack);
-        let (mut stats, elapsed) =
-            closed_loop(target.clone(), cli.concurrency, Duration::from_secs(cli.seconds)).await;
+        let duration = Duration::from_secs(cli.seconds);
+        let (mut stats, elapsed, label) = match cli.rate {
+            Some(rate) => {
+                let (stats, elapsed) = open_loop(target.clone(), rate, duration, 4096).await;
+                (stats, elapsed, format!("open loop, {rate}/s"))
+            }
+            None => {
+                let (stats, elapsed) = closed_loop(target.clone(), cli.concurrency, duration).await;
+                (stats, elapsed, format!("closed loop, {} in flight", cli.concurrency))
+            }
+        };
         let ended = Instant::now();
         let after = CpuSnapshot::take(&stack);
         let accepted = stats.accepted_us.len();
         stats.print(
             &format!(
-                "closed loop, {} in flight, {} s, Idempotency-Key on every request",
-                cli.concurrency, cli.seconds
+                "{label}, {} s, Idempotency-Key on every request",
+                cli.seconds
             ),
             elapsed,
         );

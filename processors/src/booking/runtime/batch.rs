@@ -190,7 +190,17 @@ impl BatchJob {
     async fn commit_inner(&self, prepared: &Prepared) -> BatchOutcome {
         let partition = prepared.partition;
         let begun = Instant::now();
-        if let Err(outcome) = self.publish(prepared).await {
+        // The order rows beside the transaction, the state save last: the save is the commit
+        // point. A row says only what was requested (never the decision), so one written for a
+        // transaction that then aborts is still true (the command is in the log and will be
+        // decided). A store that loses writes loses the newest first, so a save that survived
+        // kept the rows written before it, and a save that was lost is found on the next
+        // restore, which re-folds the gap and writes the rows again (they are idempotent).
+        let (published, rows) = tokio::join!(
+            self.publish(prepared),
+            self.write_order_rows(&prepared.new_orders)
+        );
+        if let Err(outcome) = published.and(rows) {
             return outcome;
         }
         let produced_at = Instant::now();
@@ -198,13 +208,6 @@ impl BatchJob {
         metrics
             .outputs_produced
             .inc_by(prepared.outputs.len() as u64);
-        // The rows first, the state save last: the save is the commit point. A store that
-        // loses writes loses the newest first, so a save that survived kept the rows written
-        // before it, and a save that was lost is found on the next restore, which re-folds the
-        // gap and writes the rows again (they are idempotent).
-        if let Err(outcome) = self.write_order_rows(&prepared.new_orders).await {
-            return outcome;
-        }
         if let Err(outcome) = self.persist(partition, &prepared.saves).await {
             return outcome;
         }

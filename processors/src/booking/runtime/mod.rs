@@ -12,7 +12,7 @@
 //!    offset in **one Kafka transaction** per partition (a new owner's `init_transactions`
 //!    fences a zombie's producer);
 //! 4. write the rows of the orders decided in the batch (`orders`, `orders_by_user`;
-//!    idempotent), then persist each touched event's state with its applied offset,
+//!    idempotent; beside step 3), then persist each touched event's state with its applied offset,
 //!    conditional on the offset stored before (a zombie's stale write is refused). The save is
 //!    the commit point: one that survived a store crash kept the rows written before it, one
 //!    that was lost is re-folded on the next restore, which writes the rows again.
