@@ -124,7 +124,7 @@ fn with_location(status: StatusCode, view: OrderView) -> Response {
 /// answer, so this is no longer a synchronous 422. An order id carries its owner: reading it
 /// in the moments before it is stored answers 503 with `Retry-After`, never 404.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = OrderRequest, security(("bearer" = [])),
-    params(OrderWaitQuery, ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key returns the same order")),
+    params(OrderWaitQuery, ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key with the same body names the same order (per user and event); with another body it names another order, rejected as IDEMPOTENCY_KEY_REUSED")),
     responses(
         (status = 202, description = "Accepted (durably in Kafka), decision pending", body = OrderView),
         (status = 200, description = "Decided within `wait`", body = OrderView),
