@@ -273,34 +273,16 @@ fn not_decided_yet() -> ApiError {
 /// The order a decision fact is about, as far as the fact tells (an order's first fact is its
 /// decision: reserved, rejected, or confirmed when free).
 fn record_from_decision(event: &OrderEvent) -> Option<OrderRecord> {
-    let (id, event_id, user_id, number_slot, at) = match event {
-        OrderEvent::OrderReserved(r) => (
-            &r.order_id,
-            &r.event_id,
-            &r.user_id,
-            r.number_slot,
-            r.occurred_at,
-        ),
-        OrderEvent::OrderRejected(r) => (
-            &r.order_id,
-            &r.event_id,
-            &r.user_id,
-            r.number_slot,
-            r.occurred_at,
-        ),
-        OrderEvent::OrderConfirmed(r) => (
-            &r.order_id,
-            &r.event_id,
-            &r.user_id,
-            r.number_slot,
-            r.occurred_at,
-        ),
+    let (number_slot, at) = match event {
+        OrderEvent::OrderReserved(r) => (r.number_slot, r.occurred_at),
+        OrderEvent::OrderRejected(r) => (r.number_slot, r.occurred_at),
+        OrderEvent::OrderConfirmed(r) => (r.number_slot, r.occurred_at),
         _ => return None,
     };
     Some(OrderRecord {
-        id: id.clone(),
-        event_id: event_id.clone(),
-        user_id: user_id.clone(),
+        id: event.order_id().to_owned(),
+        event_id: event.event_id().to_owned(),
+        user_id: event.user_id().to_owned(),
         number_slot,
         created_at: at,
         idempotency_key: None,

@@ -199,29 +199,30 @@ mod tests {
     use crate::booking::core::apply;
     use boxoffice_avro::records::{BookingCommand, BookingRequested, EventUpserted};
 
+    /// Event `e1` on sale forever at 10.00 EUR, no limits.
+    fn gig(capacity: i32, category_id: Option<&str>) -> BookingCommand {
+        BookingCommand::EventUpserted(EventUpserted {
+            record_id: "u1".into(),
+            event_id: "e1".into(),
+            name: "Gig".into(),
+            category_id: category_id.map(Into::into),
+            capacity,
+            price_minor: 1000,
+            currency: "EUR".into(),
+            sale_starts_at: 0,
+            sale_ends_at: i64::MAX,
+            hold_seconds: 60,
+            max_per_order: 0,
+            max_per_user: 0,
+            occurred_at: 1,
+        })
+    }
+
     #[test]
     fn state_survives_a_store_round_trip() {
         let mut state = EventState::new("e1");
         let mut effects = Vec::new();
-        apply(
-            &mut state,
-            &BookingCommand::EventUpserted(EventUpserted {
-                record_id: "u1".into(),
-                event_id: "e1".into(),
-                name: "Gig".into(),
-                category_id: Some("c1".into()),
-                capacity: 5,
-                price_minor: 1000,
-                currency: "EUR".into(),
-                sale_starts_at: 0,
-                sale_ends_at: i64::MAX,
-                hold_seconds: 60,
-                max_per_order: 0,
-                max_per_user: 0,
-                occurred_at: 1,
-            }),
-            &mut effects,
-        );
+        apply(&mut state, &gig(5, Some("c1")), &mut effects);
         for (order, slots, key) in [("o1", 2, Some("k1")), ("o2", 9, None), ("o3", 0, None)] {
             apply(
                 &mut state,
@@ -261,25 +262,7 @@ mod tests {
         let mut state = EventState::new("e1");
         let mut effects = Vec::new();
         let capacity = crate::booking::runtime::MAX_BATCH_RECORDS;
-        apply(
-            &mut state,
-            &BookingCommand::EventUpserted(EventUpserted {
-                record_id: "u1".into(),
-                event_id: "e1".into(),
-                name: "Gig".into(),
-                category_id: None,
-                capacity: capacity as i32,
-                price_minor: 1000,
-                currency: "EUR".into(),
-                sale_starts_at: 0,
-                sale_ends_at: i64::MAX,
-                hold_seconds: 60,
-                max_per_order: 0,
-                max_per_user: 0,
-                occurred_at: 1,
-            }),
-            &mut effects,
-        );
+        apply(&mut state, &gig(capacity as i32, None), &mut effects);
         let key = "k".repeat(128);
         for i in 0..capacity {
             let order_id = uuid::Uuid::from_u128(u128::from(i)).to_string();

@@ -169,13 +169,7 @@ fn main() -> anyhow::Result<()> {
         cli.rate.is_none_or(|r| (1..=200_000).contains(&r)),
         "--rate must be 1 to 200000"
     );
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    boxoffice_tests::load::init_tracing();
     // Refuse early rather than after the run: the figures are meant to stand next to it.
     let pg_tools = if cli.no_baseline {
         None

@@ -113,13 +113,7 @@ fn main() -> anyhow::Result<()> {
         cli.rate.iter().all(|r| (1..=200_000).contains(r)),
         "--rate must be 1 to 200000"
     );
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    boxoffice_tests::load::init_tracing();
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.ingest_threads.max(1))

@@ -189,13 +189,7 @@ impl Drop for SmtpSink {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    boxoffice_tests::load::init_tracing();
     let services = boxoffice_tests::services().await;
     let pipeline = Pipeline::create_with(services, "latency", 1).await?;
     let total = cli.rate * cli.seconds as usize;

@@ -14,6 +14,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use boxoffice_avro::ids;
 use boxoffice_avro::records::{BookingCommand, EventUpserted};
 
+/// Logs of a load generator: to stderr (the figures go to stdout), `warn` unless `RUST_LOG`
+/// says otherwise.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> i64 {
     SystemTime::now()
