@@ -28,6 +28,8 @@ pub struct BookingMetrics {
     /// `transaction` (producing outputs and offsets), `store` (the fenced state write).
     pub stage_ms: LatencyFamily,
     pub holds_active: Gauge,
+    /// Orders kept in memory across owned events (live ones, and ended ones not yet saved).
+    pub orders_in_memory: Gauge,
     /// Partitions assigned to this instance, and how many of them are processed (owned),
     /// waiting for a restore, or stopped.
     pub partitions_assigned: Gauge,
@@ -35,6 +37,8 @@ pub struct BookingMetrics {
     pub partitions_waiting: Gauge,
     pub partitions_stopped: Gauge,
     pub store_retries: Counter,
+    /// Orders read from the store because a command needed one not kept in memory.
+    pub orders_read: Counter,
     pub produce_retries: Counter,
     /// Restores completed (assignment, rebalance, restart, after a fault).
     pub restores: Counter,
@@ -101,6 +105,11 @@ impl Default for BookingMetrics {
                 "booking_stage_duration_ms",
                 "Time a batch spends deciding and encoding, in its transaction, and storing state (ms), by stage",
             ),
+            orders_in_memory: gauge(
+                r,
+                "booking_orders_in_memory",
+                "Orders kept in memory: live ones, and ended ones whose last change is not saved yet",
+            ),
             holds_active: gauge(
                 r,
                 "booking_holds_active",
@@ -127,6 +136,11 @@ impl Default for BookingMetrics {
                 "Assigned partitions stopped (published decisions and the log differ)",
             ),
             store_retries: counter(r, "booking_store_retries_total", "State writes retried"),
+            orders_read: counter(
+                r,
+                "booking_orders_read_total",
+                "Orders read from the store for a command (not kept in memory)",
+            ),
             produce_retries: counter(
                 r,
                 "booking_produce_retries_total",

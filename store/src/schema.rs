@@ -434,7 +434,8 @@ fn table_definitions() -> [(&'static str, &'static str); 24] {
              PRIMARY KEY ((topic, kafka_partition), payment_id)",
         ),
         // The booking processor's state, one partition per event: event-level state in static
-        // columns (one copy per partition), one row per decided order. Written only by the
+        // columns (one copy per partition), one row per decided order, and one index row per
+        // save (`order_digests`, keys from `inventory::INDEX_ROW_PREFIX`). Written only by the
         // owner of the event's Kafka partition, in one conditional batch per save (see
         // `inventory`). Times in ms since the epoch.
         (
@@ -446,7 +447,8 @@ fn table_definitions() -> [(&'static str, &'static str); 24] {
              hold_ms bigint static, max_per_order int static, max_per_user int static, \
              updated_at bigint static, updated_by_record text static, held int static, \
              sold int static, sequence bigint static, decisions bigint static, \
-             decision_digest text static, \
+             decision_digest text static, order_digests_complete boolean static, \
+             order_digests blob, \
              user_id text, slots int, amount_minor bigint, order_currency text, \
              payment_id text, status text, hold_expires_at bigint, reject_reason text, \
              cancel_reason text, late boolean, refunded boolean, idempotency_key text, \
@@ -675,6 +677,18 @@ pub const MIGRATIONS: &[AddColumn] = &[
         table: "event_inventory",
         column: "idempotency_key",
         cql_type: "text",
+    },
+    // The booking processor's order index (see `inventory::index`): whether every save of the
+    // event wrote an index row, and the index rows' entries.
+    AddColumn {
+        table: "event_inventory",
+        column: "order_digests_complete",
+        cql_type: "boolean static",
+    },
+    AddColumn {
+        table: "event_inventory",
+        column: "order_digests",
+        cql_type: "blob",
     },
 ];
 

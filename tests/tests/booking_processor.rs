@@ -1,5 +1,6 @@
 //! The booking processor against real Kafka, a real CQL store and a real registry: a flash
-//! sale, a SIGKILL mid-stream, a second instance joining, hold expiry, and a poison record.
+//! sale, a SIGKILL mid-stream, a second instance joining, hold expiry, an order read back
+//! after it left memory, and a poison record.
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers: a failed unwrap fails the test"
@@ -16,7 +17,7 @@ use boxoffice_avro::records::{
 };
 use boxoffice_processors::booking::audit::{AuditReport, verify_event};
 use boxoffice_processors::booking::store::restore;
-use boxoffice_tests::pipeline::{Pipeline, processor_binary};
+use boxoffice_tests::pipeline::{Pipeline, TopicReader, processor_binary};
 use boxoffice_tests::services;
 
 const PRICE: i64 = 4500;
@@ -75,6 +76,20 @@ fn payment_for(reserved: &boxoffice_avro::records::OrderReserved) -> BookingComm
         provider_reference: "sandbox".into(),
         occurred_at: now_ms(),
     })
+}
+
+/// Reads order facts until `n` of them are of the kind `kind` tells (within 60 s).
+async fn read_until_n(
+    orders: &mut TopicReader,
+    n: usize,
+    kind: impl Fn(&OrderEvent) -> bool,
+) -> Vec<OrderEvent> {
+    orders
+        .read_group_until(Duration::from_secs(60), |f: &[OrderEvent]| {
+            f.iter().filter(|f| kind(f)).count() >= n
+        })
+        .await
+        .unwrap()
 }
 
 fn is_decision(fact: &OrderEvent) -> bool {
@@ -388,15 +403,10 @@ async fn unpaid_holds_expire_on_time_and_the_slots_sell_again() {
     let booked_at = Instant::now();
     pipeline.produce_commands(&commands).await.unwrap();
     let mut orders = pipeline.reader(&pipeline.topics.orders).unwrap();
-    let facts = orders
-        .read_group_until(Duration::from_secs(60), |f: &[OrderEvent]| {
-            f.iter()
-                .filter(|f| matches!(f, OrderEvent::OrderExpired(_)))
-                .count()
-                >= 10
-        })
-        .await
-        .unwrap();
+    let facts = read_until_n(&mut orders, 10, |f| {
+        matches!(f, OrderEvent::OrderExpired(_))
+    })
+    .await;
     let expired_after = booked_at.elapsed();
     assert_eq!(
         facts
@@ -418,15 +428,10 @@ async fn unpaid_holds_expire_on_time_and_the_slots_sell_again() {
         .map(|i| booking(e, &format!("second-{i}"), &format!("user-{i}")))
         .collect();
     pipeline.produce_commands(&again).await.unwrap();
-    let facts = orders
-        .read_group_until(Duration::from_secs(60), |f: &[OrderEvent]| {
-            f.iter()
-                .filter(|f| matches!(f, OrderEvent::OrderReserved(_)))
-                .count()
-                >= 10
-        })
-        .await
-        .unwrap();
+    let facts = read_until_n(&mut orders, 10, |f| {
+        matches!(f, OrderEvent::OrderReserved(_))
+    })
+    .await;
     let reserved: Vec<_> = facts
         .iter()
         .filter_map(|f| match f {
@@ -438,17 +443,64 @@ async fn unpaid_holds_expire_on_time_and_the_slots_sell_again() {
         .produce_commands(&reserved.iter().map(payment_for).collect::<Vec<_>>())
         .await
         .unwrap();
+    read_until_n(&mut orders, 10, |f| {
+        matches!(f, OrderEvent::OrderConfirmed(_))
+    })
+    .await;
+    processor.stop().await.unwrap();
+    assert_event_consistent(&pipeline, e, 10, 0).await;
+}
+
+/// Ended orders leave memory once saved; a late payment for one is decided from its stored
+/// row (read on demand) exactly as a processor holding every order would decide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_that_left_memory_is_read_back_for_a_late_payment() {
+    let pipeline = Pipeline::create(services().await, "evicted").await.unwrap();
+    let e = "evicted-event";
+    let mut commands = vec![event(e, 10, 1)];
+    commands.extend((0..3).map(|i| booking(e, &format!("late-{i}"), &format!("user-{i}"))));
+    let processor = pipeline.start_processor().await.unwrap();
+    pipeline.produce_commands(&commands).await.unwrap();
+    let mut orders = pipeline.reader(&pipeline.topics.orders).unwrap();
+    let facts = read_until_n(&mut orders, 3, |f| matches!(f, OrderEvent::OrderExpired(_))).await;
+    // Every order ended and was saved: none is kept in memory any more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processor.metrics.orders_in_memory.get() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} orders still in memory",
+            processor.metrics.orders_in_memory.get()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(processor.metrics.orders_read.get(), 0);
+    let first = facts
+        .iter()
+        .find_map(|f| match f {
+            OrderEvent::OrderReserved(r) if r.order_id == "late-0" => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    pipeline
+        .produce_commands(&[payment_for(&first)])
+        .await
+        .unwrap();
     orders
         .read_group_until(Duration::from_secs(60), |f: &[OrderEvent]| {
-            f.iter()
-                .filter(|f| matches!(f, OrderEvent::OrderConfirmed(_)))
-                .count()
-                >= 10
+            f.iter().any(|f| {
+                matches!(f, OrderEvent::OrderConfirmed(c) if c.order_id == "late-0" && c.late_payment)
+            })
         })
         .await
         .unwrap();
+    assert_eq!(
+        processor.metrics.orders_read.get(),
+        1,
+        "the expired order was read from the store"
+    );
     processor.stop().await.unwrap();
-    assert_event_consistent(&pipeline, e, 10, 0).await;
+    // The audit folds the whole log with every order in memory: same decisions.
+    assert_event_consistent(&pipeline, e, 1, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,13 +517,20 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_and_processing_continues(
         .await
         .unwrap();
     pipeline.produce_raw(e, b"plain text").await.unwrap();
+    // Well-formed records with order ids the store cannot keep (where its index rows live,
+    // longer than any id the pipeline makes).
     pipeline
-        .produce_commands(&[booking(e, "after", "u2")])
+        .produce_commands(&[
+            booking(e, "\0index/00000000000000000001", "u3"),
+            booking(e, &"x".repeat(65), "u4"),
+            booking(e, "after", "u2"),
+        ])
         .await
         .unwrap();
 
     let mut dead = pipeline.reader(&pipeline.topics.dead_letters).unwrap();
-    let letters = dead.read_raw(2, Duration::from_secs(60)).await.unwrap();
+    let letters = dead.read_raw(4, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(letters.len(), 4);
     for letter in &letters {
         let reason = letter
             .headers

@@ -119,6 +119,17 @@ async fn roll_back(pipeline: &Pipeline, snapshot: &StoredEvent) {
         decisions: snapshot.decisions,
         decision_digest: snapshot.decision_digest.clone(),
         changed_orders: snapshot.orders.clone(),
+        // The whole state in one save: one index row naming every order.
+        index_entries: snapshot.indexed.then(|| {
+            snapshot
+                .orders
+                .iter()
+                .map(|row| {
+                    let order = boxoffice_processors::booking::store::order_from_row(row).unwrap();
+                    boxoffice_processors::booking::store::index_entry(&row.order_id, &order)
+                })
+                .collect()
+        }),
     };
     assert_eq!(store.save(&update).await.unwrap(), SaveOutcome::Applied);
     let back = store.load(&snapshot.event_id).await.unwrap().unwrap();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use boxoffice_store::inventory::{
     InventoryStore, MAX_SAVE_BYTES, SaveOutcome, StoredConfig, StoredEvent, StoredEventUpdate,
-    StoredOrder, StoredStatus,
+    StoredIndexEntry, StoredOrder, StoredStatus,
 };
 use boxoffice_store::schema::{Keyspace, SchemaSettings, TABLES, ensure_schema};
 use boxoffice_tests::{names, services};
@@ -120,6 +120,7 @@ fn first_save(event_id: &str, orders: Vec<StoredOrder>) -> StoredEventUpdate {
         decisions: 12,
         decision_digest: "000000000000000000000000000000ff".into(),
         changed_orders: orders,
+        index_entries: None,
     }
 }
 
@@ -142,6 +143,8 @@ fn expected(update: &StoredEventUpdate, mut orders: Vec<StoredOrder>) -> StoredE
         sequence: update.sequence,
         decisions: update.decisions,
         decision_digest: update.decision_digest.clone(),
+        indexed: update.index_entries.is_some(),
+        index: None,
         orders,
     }
 }
@@ -230,6 +233,7 @@ async fn a_new_event_saves_loads_back_equal_and_is_fenced_by_its_offset() {
         decisions: 20,
         decision_digest: "0000000000000000000000000000010f".into(),
         changed_orders: vec![confirmed, expired, cancelled, reserved(6)],
+        index_entries: None,
     };
     assert_eq!(store.save(&second).await.unwrap(), SaveOutcome::Applied);
     let mut want = expected(&second, loaded.orders.clone());
@@ -265,6 +269,7 @@ async fn two_owners_saving_from_the_same_offset_exactly_one_wins() {
         new_offset,
         held: 22,
         changed_orders: vec![reserved(order)],
+        index_entries: None,
         ..base.clone()
     };
     let (a, b) = (step(50, 100), step(51, 101));
@@ -292,6 +297,7 @@ async fn an_unconfigured_event_saves_without_config() {
         config: None,
         held: 0,
         changed_orders: vec![rejected(1)],
+        index_entries: None,
         ..first_save("event-unknown", vec![])
     };
     assert_eq!(
@@ -348,6 +354,7 @@ async fn an_event_with_5000_orders_saves_in_one_batch_and_loads_back() {
         previous_offset: Some(update.new_offset),
         new_offset: update.new_offset + 1_000,
         changed_orders: changed,
+        index_entries: None,
         ..update.clone()
     };
     let started = Instant::now();
@@ -441,5 +448,101 @@ async fn partition_events_register_idempotently_and_list() {
             .unwrap(),
         vec!["event-elsewhere".to_string()]
     );
+    fixture.drop().await;
+}
+
+/// The index entry a processor would write for order `i` as `order` leaves it (digests here are
+/// plain numbers: the store keeps what it is given).
+fn index_entry(i: usize, order: &StoredOrder) -> StoredIndexEntry {
+    let live = matches!(
+        order.status,
+        StoredStatus::Reserved | StoredStatus::Confirmed
+    );
+    StoredIndexEntry {
+        order: i as u128,
+        key: order
+            .idempotency_key
+            .as_ref()
+            .map(|_| (1u128 << 100) + i as u128),
+        live_order_id: live.then(|| order.order_id.clone()),
+    }
+}
+
+#[tokio::test]
+async fn an_indexed_event_is_loaded_for_an_assignment_from_its_index_rows_and_live_orders() {
+    let fixture = Fixture::new("inventory_indexed").await;
+    let store = &fixture.store;
+    // 450 live orders (more than one read of live rows) and 100 rejected ones.
+    let orders: Vec<StoredOrder> = (0..450)
+        .map(reserved)
+        .chain((450..550).map(rejected))
+        .collect();
+    let mut first = first_save("event-idx", orders.clone());
+    first.index_entries = Some(
+        orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| index_entry(i, o))
+            .collect(),
+    );
+    assert_eq!(store.save(&first).await.unwrap(), SaveOutcome::Applied);
+    // The next save expires the first 10 holds.
+    let expired: Vec<StoredOrder> = (0..10)
+        .map(|i| StoredOrder {
+            status: StoredStatus::Expired,
+            hold_expires_at: None,
+            ..reserved(i)
+        })
+        .collect();
+    let second = StoredEventUpdate {
+        previous_offset: Some(41),
+        new_offset: 50,
+        held: 880,
+        changed_orders: expired.clone(),
+        index_entries: Some(
+            expired
+                .iter()
+                .enumerate()
+                .map(|(i, o)| index_entry(i, o))
+                .collect(),
+        ),
+        ..first.clone()
+    };
+    assert_eq!(store.save(&second).await.unwrap(), SaveOutcome::Applied);
+
+    let lean = store
+        .load_for_assignment("event-idx")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lean.indexed);
+    let mut index = first.index_entries.clone().unwrap();
+    index.extend(second.index_entries.clone().unwrap());
+    assert_eq!(
+        lean.index.as_ref(),
+        Some(&index),
+        "every entry, in save order"
+    );
+    let live: Vec<StoredOrder> = (10..450).map(reserved).collect();
+    let mut loaded_live = lean.orders.clone();
+    loaded_live.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+    assert_eq!(loaded_live, live, "only the live orders, as last saved");
+    assert_eq!((lean.held, lean.applied_offset), (880, Some(50)));
+
+    // Loaded in full, the index rows are not orders.
+    let full = store.load("event-idx").await.unwrap().unwrap();
+    assert!(full.indexed && full.index.is_none());
+    assert_eq!(full.orders.len(), 550);
+    assert_eq!(full, expected(&second, orders.clone()));
+
+    // An order id where index rows live is refused before anything is sent.
+    let mut sneaky = second.clone();
+    sneaky.previous_offset = Some(50);
+    sneaky.new_offset = 60;
+    sneaky.changed_orders = vec![StoredOrder {
+        order_id: "\0index/00000000000000000070".into(),
+        ..reserved(1)
+    }];
+    assert!(store.save(&sneaky).await.is_err());
     fixture.drop().await;
 }

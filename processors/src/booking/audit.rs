@@ -29,6 +29,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use serde::Serialize;
 
+use super::core::refusal;
 use super::partition::Partition;
 use super::render::Output;
 use super::state::{DecisionDigest, EventState, OrderStatus};
@@ -157,7 +158,7 @@ pub async fn verify_event(
     let mut fold = Fold::default();
     for (offset, payload) in commands {
         let command = match codec.decode_group::<BookingCommand>(&payload).await {
-            Ok(command) if command.key() == event_id => command,
+            Ok(command) if command.key() == event_id && refusal(&command).is_none() => command,
             Ok(_) | Err(_) => {
                 report.undecodable += 1;
                 continue;

@@ -17,7 +17,9 @@ use boxoffice_avro::records::{
     NotificationKind, PaymentFailed, PaymentSucceeded, RefundReason, RejectReason,
 };
 
-use super::state::{DEFAULT_HOLD_MS, EventConfig, EventState, Millis, Order, OrderStatus};
+use super::state::{
+    DEFAULT_HOLD_MS, EventConfig, EventState, Millis, Order, OrderStatus, key_digest, order_digest,
+};
 
 /// What a decision asks the world to do. Ids of the records to produce are derived from these
 /// when rendering, never stored here, so deciding stays cheap.
@@ -100,6 +102,35 @@ impl Allocator for ExactAllocator {
     fn can_allocate(&self, available: u32, requested: u32) -> bool {
         requested <= available
     }
+}
+
+/// The order a command is about (`None` for an event edit).
+pub fn order_id_of(command: &BookingCommand) -> Option<&str> {
+    match command {
+        BookingCommand::BookingRequested(r) => Some(&r.order_id),
+        BookingCommand::CancelRequested(r) => Some(&r.order_id),
+        BookingCommand::PaymentSucceeded(r) => Some(&r.order_id),
+        BookingCommand::PaymentFailed(r) => Some(&r.order_id),
+        BookingCommand::HoldExpired(r) => Some(&r.order_id),
+        BookingCommand::EventUpserted(_) => None,
+    }
+}
+
+/// Why a well-formed command is refused before any decision (the processor dead-letters it,
+/// the audit skips it): an order id the store cannot keep, because index rows live under a
+/// leading NUL and a save's size is bounded per order. `None`: it is decided.
+pub fn refusal(command: &BookingCommand) -> Option<String> {
+    let order_id = order_id_of(command)?;
+    (order_id.is_empty()
+        || order_id.starts_with('\0')
+        || order_id.len() > boxoffice_store::inventory::MAX_ORDER_ID_BYTES)
+        .then(|| {
+            format!(
+                "order id of {} bytes is empty, longer than {} or starts with NUL",
+                order_id.len(),
+                boxoffice_store::inventory::MAX_ORDER_ID_BYTES
+            )
+        })
 }
 
 /// Applies one command to its event's state with the real allocator.
@@ -216,26 +247,26 @@ fn request_booking(
     r: &BookingRequested,
     effects: &mut Vec<Effect>,
 ) {
-    if state.orders.contains_key(&r.order_id) {
+    let digest = order_digest(&r.order_id);
+    if state.index.contains(digest) {
         return ignored(effects, "duplicate booking request");
     }
     let slots = u32::try_from(r.number_slot).unwrap_or(0);
     // The order id names the request (user, key, event, slots): the same key naming another
     // order of this event is a key reused with another body.
-    let reused = r.idempotency_key.as_ref().is_some_and(|key| {
-        state
-            .keys
-            .get(&(r.user_id.clone(), key.clone()))
-            .is_some_and(|first| *first != r.order_id)
-    });
+    let key = r
+        .idempotency_key
+        .as_deref()
+        .map(|key| key_digest(&r.user_id, key));
+    let reused = key
+        .and_then(|key| state.index.order_for_key(key))
+        .is_some_and(|first| first != digest);
     let decision = if reused {
         Err(RejectReason::IdempotencyKeyReused)
     } else {
         decide_booking(allocator, state, &r.user_id, slots, r.occurred_at)
     };
-    if let Some(key) = &r.idempotency_key {
-        state.remember_key(&r.user_id, key, &r.order_id);
-    }
+    state.index.insert(digest, key.filter(|_| !reused));
     let (currency, price) = state
         .config
         .as_ref()

@@ -329,7 +329,7 @@ async fn load_states(
 ) -> Result<BTreeMap<String, (EventState, Option<i64>)>, RestoreError> {
     let loads = futures::stream::iter(ids.into_iter().map(|id| {
         let store = &deps.store;
-        async move { (id.clone(), store.load(&id).await) }
+        async move { (id.clone(), store.load_for_assignment(&id).await) }
     }))
     .buffer_unordered(LOAD_CONCURRENCY)
     .collect::<Vec<_>>()

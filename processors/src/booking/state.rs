@@ -1,8 +1,9 @@
 //! The booking processor's state for one event: its configuration, inventory counters, the
-//! availability sequence number, and every order it has decided (so a duplicate request is
-//! recognised, and payments and expiries find their order). Plain data, no I/O.
+//! availability sequence number, the orders it keeps in memory (every live order, and those
+//! decided since the event was loaded) and the index of every order it has decided (so a
+//! duplicate request or a reused key is recognised without the order's row). Plain data, no I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use boxoffice_avro::records::{CancelReason, RejectReason};
 
@@ -84,6 +85,22 @@ impl OrderStatus {
     }
 }
 
+impl Order {
+    /// Holds or owns slots: always kept in memory.
+    pub fn is_live(&self) -> bool {
+        self.status.holds() || self.status.owns()
+    }
+
+    /// The [`key_digest`] this order holds in the index: its key, unless it was rejected for
+    /// reusing one (the key belongs to the order it named first).
+    pub fn key_digest(&self) -> Option<u128> {
+        self.idempotency_key
+            .as_deref()
+            .filter(|_| self.status != OrderStatus::Rejected(RejectReason::IdempotencyKeyReused))
+            .map(|key| key_digest(&self.user_id, key))
+    }
+}
+
 /// One decided order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {
@@ -145,6 +162,53 @@ impl DecisionDigest {
     }
 }
 
+/// Digest of an order id in the [`OrderIndex`]: 122 bits of a name-based UUID, as unique as the
+/// ids themselves (which are such UUIDs).
+pub fn order_digest(order_id: &str) -> u128 {
+    boxoffice_avro::ids::derive("order-index", &[order_id]).as_u128()
+}
+
+/// Digest of a (user, `Idempotency-Key`) pair in the [`OrderIndex`].
+pub fn key_digest(user_id: &str, key: &str) -> u128 {
+    boxoffice_avro::ids::derive("key-index", &[user_id, key]).as_u128()
+}
+
+/// Every order an event has decided, by digest, and the order each (user, key) named first:
+/// what duplicate and key-reuse detection need, without the orders. About 50 bytes per keyed
+/// order in memory (two hash tables of 128-bit digests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderIndex {
+    orders: HashSet<u128>,
+    keys: HashMap<u128, u128>,
+}
+
+impl OrderIndex {
+    pub fn contains(&self, order: u128) -> bool {
+        self.orders.contains(&order)
+    }
+
+    /// The order `key` (a [`key_digest`]) named first.
+    pub fn order_for_key(&self, key: u128) -> Option<u128> {
+        self.keys.get(&key).copied()
+    }
+
+    /// Notes an order, and the key it holds (the first order a key named keeps it).
+    pub fn insert(&mut self, order: u128, key: Option<u128>) {
+        self.orders.insert(order);
+        if let Some(key) = key {
+            self.keys.entry(key).or_insert(order);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.orders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.orders.is_empty()
+    }
+}
+
 /// Everything the processor knows about one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventState {
@@ -155,12 +219,18 @@ pub struct EventState {
     pub sold: u32,
     /// Sequence number of the last `AvailabilityChanged`; consumers resume from it.
     pub sequence: i64,
+    /// The orders kept in memory: every live one (holding or owning slots), and every one
+    /// decided or loaded since the event was loaded. Others are read from the store when a
+    /// command needs them ([`Self::needs_loading`]).
     pub orders: HashMap<String, Order>,
-    /// Held plus sold slots per user, for the per-user limit (derived from `orders`).
+    /// Held plus sold slots per user, for the per-user limit (derived from the live orders).
     pub user_slots: HashMap<String, u32>,
-    /// (User, `Idempotency-Key`) → the order it named, for every keyed order (derived from
-    /// `orders`): the same key with another body names another order, which is rejected.
-    pub keys: HashMap<(String, String), String>,
+    /// Every decided order and every key's first order: the same key with another body names
+    /// another order, which is rejected.
+    pub index: OrderIndex,
+    /// Whether the stored state has an index row for every save (see `boxoffice_store::inventory`):
+    /// true for events first saved with the index, false for older ones (loaded in full).
+    pub indexed: bool,
     /// What fans were told about this event (maintained by `Partition::decide`). `None` for a
     /// state stored before digests existed: it cannot be checked against the log.
     pub digest: Option<DecisionDigest>,
@@ -176,12 +246,15 @@ impl EventState {
             sequence: 0,
             orders: HashMap::new(),
             user_slots: HashMap::new(),
-            keys: HashMap::new(),
+            index: OrderIndex::default(),
+            indexed: true,
             digest: Some(DecisionDigest::default()),
         }
     }
 
-    /// Rebuilds the state from stored parts (recovery); `user_slots` and `keys` are derived.
+    /// Rebuilds the state from stored parts (recovery): `index` as stored (plus every order
+    /// given), `user_slots` derived from the orders. `orders` must hold every live order.
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         event_id: impl Into<String>,
         config: Option<EventConfig>,
@@ -189,6 +262,8 @@ impl EventState {
         sold: u32,
         sequence: i64,
         orders: HashMap<String, Order>,
+        index: OrderIndex,
+        indexed: bool,
         digest: Option<DecisionDigest>,
     ) -> Self {
         let mut state = EventState {
@@ -199,31 +274,39 @@ impl EventState {
             sequence,
             orders,
             user_slots: HashMap::new(),
-            keys: HashMap::new(),
+            index,
+            indexed,
             digest,
         };
         for (order_id, order) in &state.orders {
-            if order.status.holds() || order.status.owns() {
+            if order.is_live() {
                 *state.user_slots.entry(order.user_id.clone()).or_default() += order.slots;
             }
-            // The order a key named first is the one not rejected for reusing it (every later
-            // one is): the same entry the live decisions made.
-            if let Some(key) = &order.idempotency_key
-                && order.status != OrderStatus::Rejected(RejectReason::IdempotencyKeyReused)
-            {
-                state
-                    .keys
-                    .insert((order.user_id.clone(), key.clone()), order_id.clone());
-            }
+            state
+                .index
+                .insert(order_digest(order_id), order.key_digest());
         }
         state
     }
 
-    /// Notes that `user_id`'s `key` named `order_id`; the first order a key named keeps it.
-    pub fn remember_key(&mut self, user_id: &str, key: &str, order_id: &str) {
-        self.keys
-            .entry((user_id.to_owned(), key.to_owned()))
-            .or_insert_with(|| order_id.to_owned());
+    /// Whether the event decided `order_id` but does not keep it in memory: the runtime reads
+    /// it from the store (and [`Self::insert_loaded`]s it) before a command about it is decided.
+    pub fn must_load(&self, order_id: &str) -> bool {
+        !self.orders.contains_key(order_id) && self.index.contains(order_digest(order_id))
+    }
+
+    /// Keeps an order read from the store. Only orders that neither hold nor own slots are
+    /// ever read (live ones are always in memory), so no counter changes.
+    pub fn insert_loaded(&mut self, order_id: String, order: Order) -> Result<(), String> {
+        if order.is_live() {
+            return Err(format!(
+                "event {}: order {order_id} read from the store is {} but was not in memory",
+                self.event_id,
+                order.status.name()
+            ));
+        }
+        self.orders.insert(order_id, order);
+        Ok(())
     }
 
     pub fn capacity(&self) -> u32 {

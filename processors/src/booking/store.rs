@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 
 use boxoffice_store::inventory::{
-    StoredConfig, StoredEvent, StoredEventUpdate, StoredOrder, StoredStatus,
+    StoredConfig, StoredEvent, StoredEventUpdate, StoredIndexEntry, StoredOrder, StoredStatus,
 };
 
-use super::state::{DecisionDigest, EventConfig, EventState, Order, OrderStatus};
+use super::state::{
+    DecisionDigest, EventConfig, EventState, Order, OrderIndex, OrderStatus, order_digest,
+};
 
 /// A stored row that cannot be turned back into state: a bug or a hand edit, never skipped.
 #[derive(Debug, thiserror::Error)]
@@ -42,20 +44,7 @@ pub fn restore(stored: StoredEvent) -> Result<(EventState, Option<i64>), Corrupt
     };
     let mut orders = HashMap::with_capacity(stored.orders.len());
     for o in &stored.orders {
-        let status = status_from_row(o).map_err(&corrupt)?;
-        orders.insert(
-            o.order_id.clone(),
-            Order {
-                user_id: o.user_id.clone(),
-                slots: non_negative(o.slots).map_err(&corrupt)?,
-                amount_minor: o.amount_minor,
-                currency: o.currency.clone(),
-                payment_id: o.payment_id.clone(),
-                status,
-                refunded: o.refunded,
-                idempotency_key: o.idempotency_key.clone(),
-            },
-        );
+        orders.insert(o.order_id.clone(), order_from_row(o).map_err(&corrupt)?);
     }
     // An empty digest is a state saved before digests existed (it cannot be checked); any
     // other value must parse.
@@ -71,6 +60,19 @@ pub fn restore(stored: StoredEvent) -> Result<(EventState, Option<i64>), Corrupt
             })?,
         )
     };
+    let mut index = OrderIndex::default();
+    for entry in stored.index.iter().flatten() {
+        index.insert(entry.order, entry.key);
+    }
+    // An indexed load brings the live orders only; check they are.
+    if stored.index.is_some()
+        && let Some((id, order)) = orders.iter().find(|(_, o)| !o.is_live())
+    {
+        return Err(corrupt(format!(
+            "the index names order {id} live but it is {}",
+            order.status.name()
+        )));
+    }
     let state = EventState::restore(
         stored.event_id.clone(),
         config,
@@ -78,6 +80,10 @@ pub fn restore(stored: StoredEvent) -> Result<(EventState, Option<i64>), Corrupt
         non_negative(stored.sold).map_err(&corrupt)?,
         stored.sequence,
         orders,
+        index,
+        // An event never saved has no state to load; one saved before the index stays
+        // unindexed (its index rows would miss its older orders).
+        stored.indexed,
         digest,
     );
     state.check_invariant().map_err(corrupt)?;
@@ -109,7 +115,36 @@ pub fn update(
             .iter()
             .filter_map(|id| state.orders.get(id).map(|o| order_row(id, o)))
             .collect(),
+        index_entries: state.indexed.then(|| {
+            changed_orders
+                .iter()
+                .filter_map(|id| state.orders.get(id).map(|o| index_entry(id, o)))
+                .collect()
+        }),
     }
+}
+
+/// The index entry of an order as this save leaves it.
+pub fn index_entry(order_id: &str, order: &Order) -> StoredIndexEntry {
+    StoredIndexEntry {
+        order: order_digest(order_id),
+        key: order.key_digest(),
+        live_order_id: order.is_live().then(|| order_id.to_owned()),
+    }
+}
+
+/// The stored order as the core's order (for orders read on demand).
+pub fn order_from_row(row: &StoredOrder) -> Result<Order, String> {
+    Ok(Order {
+        user_id: row.user_id.clone(),
+        slots: non_negative(row.slots)?,
+        amount_minor: row.amount_minor,
+        currency: row.currency.clone(),
+        payment_id: row.payment_id.clone(),
+        status: status_from_row(row)?,
+        refunded: row.refunded,
+        idempotency_key: row.idempotency_key.clone(),
+    })
 }
 
 fn config_row(c: &EventConfig) -> StoredConfig {
@@ -238,23 +273,48 @@ mod tests {
                 &mut effects,
             );
         }
-        assert_eq!(state.keys.len(), 1);
+        assert_eq!(state.index.len(), 3);
         let ids: Vec<String> = state.orders.keys().cloned().collect();
         let row = update(&state, None, 41, &ids);
-        let stored = StoredEvent {
-            event_id: row.event_id,
+        let stored = |index, orders| StoredEvent {
+            event_id: row.event_id.clone(),
             applied_offset: Some(row.new_offset),
-            config: row.config,
+            config: row.config.clone(),
             held: row.held,
             sold: row.sold,
             sequence: row.sequence,
             decisions: row.decisions,
-            decision_digest: row.decision_digest,
-            orders: row.changed_orders,
+            decision_digest: row.decision_digest.clone(),
+            indexed: true,
+            index,
+            orders,
         };
-        let (restored, offset) = restore(stored).unwrap();
+        // Loaded in full (an audit).
+        let (restored, offset) = restore(stored(None, row.changed_orders.clone())).unwrap();
         assert_eq!(offset, Some(41));
         assert_eq!(restored, state);
+
+        // Loaded for an assignment: the index and the live orders only.
+        let live: Vec<StoredOrder> = row
+            .changed_orders
+            .iter()
+            .filter(|o| o.status == StoredStatus::Reserved)
+            .cloned()
+            .collect();
+        assert_eq!(live.len(), 1, "o1 holds; o2 and o3 were rejected");
+        let (lean, _) = restore(stored(row.index_entries.clone(), live)).unwrap();
+        assert_eq!(lean.index, state.index);
+        assert_eq!(lean.user_slots, state.user_slots);
+        assert_eq!((lean.held, lean.sold), (state.held, state.sold));
+        assert_eq!(lean.orders.len(), 1);
+        assert!(lean.must_load("o2") && lean.must_load("o3"));
+        assert!(!lean.must_load("o1") && !lean.must_load("o4"));
+
+        // A row the index calls live must be live.
+        let mut wrong = row.changed_orders.clone();
+        wrong.retain(|o| o.order_id == "o2");
+        let err = restore(stored(row.index_entries.clone(), wrong)).unwrap_err();
+        assert!(err.reason.contains("o2"), "{err}");
     }
 
     #[test]
@@ -265,7 +325,11 @@ mod tests {
         apply(&mut state, &gig(capacity as i32, None), &mut effects);
         let key = "k".repeat(128);
         for i in 0..capacity {
-            let order_id = uuid::Uuid::from_u128(u128::from(i)).to_string();
+            let order_id = format!(
+                "{:0>width$}",
+                i,
+                width = boxoffice_store::inventory::MAX_ORDER_ID_BYTES
+            );
             apply(
                 &mut state,
                 &BookingCommand::BookingRequested(BookingRequested {
@@ -283,6 +347,11 @@ mod tests {
         let ids: Vec<String> = state.orders.keys().cloned().collect();
         assert_eq!(ids.len(), capacity as usize);
         let row = update(&state, None, 41, &ids);
+        assert!(
+            row.index_entries
+                .as_ref()
+                .is_some_and(|e| e.len() == ids.len())
+        );
         row.validate().unwrap();
     }
 }

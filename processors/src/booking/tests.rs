@@ -438,6 +438,37 @@ fn a_late_payment_is_refunded_when_sold_out() {
     assert!(again.outputs.is_empty(), "one refund per payment");
 }
 
+/// `state` as a restore rebuilds it from these orders and this index.
+fn restored_with(
+    state: &super::state::EventState,
+    orders: std::collections::HashMap<String, super::state::Order>,
+    index: super::state::OrderIndex,
+) -> super::state::EventState {
+    super::state::EventState::restore(
+        state.event_id.clone(),
+        state.config.clone(),
+        state.held,
+        state.sold,
+        state.sequence,
+        orders,
+        index,
+        true,
+        state.digest,
+    )
+}
+
+/// The orders an assignment loads: the live ones.
+fn live_orders(
+    state: &super::state::EventState,
+) -> std::collections::HashMap<String, super::state::Order> {
+    state
+        .orders
+        .iter()
+        .filter(|(_, o)| o.is_live())
+        .map(|(id, o)| (id.clone(), o.clone()))
+        .collect()
+}
+
 fn book_with_key(order: &str, user: &str, slots: i32, key: &str, at: Millis) -> BookingCommand {
     match book(order, user, slots, at) {
         BookingCommand::BookingRequested(mut r) => {
@@ -479,25 +510,27 @@ fn a_key_reused_with_another_body_is_rejected_and_books_nothing() {
         order_facts(&other_user)[0],
         OrderEvent::OrderReserved(_)
     ));
-    // After a restore (keys derived from the stored orders) the reuse is still recognised.
+    // After a restore, in full (the index derived from the orders) or as an assignment loads
+    // it (the stored index and the live orders only), the reuse is still recognised, and a
+    // retry of the rejected request, whose order is not in memory, is still a duplicate.
     let state = p.events[EVENT].clone();
-    let restored = super::state::EventState::restore(
-        state.event_id.clone(),
-        state.config.clone(),
-        state.held,
-        state.sold,
-        state.sequence,
-        state.orders.clone(),
-        state.digest,
-    );
-    assert_eq!(restored.keys, state.keys);
-    let mut p2 = Partition::new();
-    p2.events.insert(EVENT.into(), restored);
-    let again = p2.decide(&book_with_key("o-5", "u1", 1, "checkout", T0 + 5));
-    assert!(matches!(
-        order_facts(&again)[0],
-        OrderEvent::OrderRejected(r) if r.reason == RejectReason::IdempotencyKeyReused
-    ));
+    let live = live_orders(&state);
+    for (orders, index) in [
+        (state.orders.clone(), super::state::OrderIndex::default()),
+        (live, state.index.clone()),
+    ] {
+        let restored = restored_with(&state, orders, index);
+        assert_eq!(restored.index, state.index);
+        let mut p2 = Partition::new();
+        p2.events.insert(EVENT.into(), restored);
+        let again = p2.decide(&book_with_key("o-5", "u1", 1, "checkout", T0 + 5));
+        assert!(matches!(
+            order_facts(&again)[0],
+            OrderEvent::OrderRejected(r) if r.reason == RejectReason::IdempotencyKeyReused
+        ));
+        let retried = p2.decide(&book_with_key("o-3", "u1", 3, "checkout", T0 + 6));
+        assert!(retried.outputs.is_empty(), "{:?}", retried.outputs);
+    }
 }
 
 #[test]
@@ -955,4 +988,55 @@ fn negative_control_the_properties_catch_an_overselling_allocator() {
         result.is_err(),
         "the property test did not notice an allocator that oversells"
     );
+}
+
+/// An event loaded for an assignment keeps only its live orders in memory. A command about an
+/// order that ended (a late payment of an expired hold) needs the order's row: with it (what
+/// the runtime reads from the store) the decision is the one a state holding every order
+/// makes; without it the order would look unknown and the payment be ignored.
+#[test]
+fn a_command_about_an_order_not_in_memory_decides_the_same_once_the_order_is_loaded() {
+    let mut full = Partition::new();
+    full.decide(&upsert(10, 2500));
+    full.decide(&book("o1", "u1", 3, T0));
+    full.decide(&book("o2", "u2", 1, T0));
+    let deadline = T0 + HOLD_MS;
+    full.decide(&expire("o1", "u1", deadline, deadline));
+    let state = full.events[EVENT].clone();
+    let lean_state = |orders| restored_with(&state, orders, state.index.clone());
+    let live = live_orders(&state);
+    let mut lean = lean_state(live.clone());
+    assert!(lean.must_load("o1"), "the expired order is not in memory");
+    assert!(!lean.must_load("o2") && !lean.must_load("o9"));
+    // A live order read from the store would be a bug: it is always in memory.
+    assert!(
+        lean.insert_loaded("o2".into(), state.orders["o2"].clone())
+            .is_err()
+    );
+    lean.insert_loaded("o1".into(), state.orders["o1"].clone())
+        .unwrap();
+    let mut loaded = Partition::new();
+    loaded.events.insert(EVENT.into(), lean);
+    let late = pay("o1", "u1", deadline + 5);
+    let expected = full.decide(&late);
+    assert!(!order_facts(&expected).is_empty());
+    assert_eq!(loaded.decide(&late), expected);
+
+    // Negative control: the same command without loading the order decides something else.
+    let mut unloaded = Partition::new();
+    unloaded.events.insert(EVENT.into(), lean_state(live));
+    assert_ne!(unloaded.decide(&late), expected);
+}
+
+#[test]
+fn order_ids_the_store_cannot_keep_are_refused_before_any_decision() {
+    use super::core::refusal;
+    assert_eq!(refusal(&book("o-1", "u1", 1, T0)), None);
+    assert_eq!(refusal(&book(&"x".repeat(64), "u1", 1, T0)), None);
+    assert_eq!(refusal(&upsert(10, 2500)), None);
+    for id in [String::new(), "\0index/1".to_owned(), "x".repeat(65)] {
+        let reason = refusal(&book(&id, "u1", 1, T0));
+        assert!(reason.is_some_and(|r| r.contains("order id")), "{id:?}");
+        assert!(refusal(&pay(&id, "u1", T0)).is_some());
+    }
 }

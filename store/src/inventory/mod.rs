@@ -71,11 +71,22 @@
 //! category id (organisers' input) is stored, and loaded back, as none. Config columns of an event without configuration are left
 //! unset (never written), not nulled.
 //!
+//! # The order index
+//!
+//! Each save of an event whose every save was indexed (`order_digests_complete`) also writes
+//! one index row in the same batch (clustering key [`index_row_key`], blob `order_digests`, see
+//! [`index`]): digests of the orders the save changed, and the ids of those that are live. So
+//! [`InventoryStore::load_for_assignment`] reads the statics, the index rows and only the live
+//! orders' rows (`IN` reads of 200 ids, 8 in flight), however many orders the event decided;
+//! [`InventoryStore::read_some_orders`] reads an ended order back when a command needs it.
+//! Order ids starting with a NUL are refused: index rows live there.
+//!
 //! # Loading: paged, and a consistent snapshot
 //!
 //! [`InventoryStore::load`] reads the static columns at `LOCAL_SERIAL` (so a lightweight
 //! transaction left half-done by a crashed owner is finished first), then every order row in
-//! pages of [`ORDER_PAGE_SIZE`], then the applied offset again. Pages are separate reads, so if
+//! pages of [`ORDER_PAGE_SIZE`] (or, for an assignment, the index and the live orders), then
+//! the applied offset again. Pages are separate reads, so if
 //! the offset moved meanwhile (a concurrent save), the load starts over (at most
 //! [`LOAD_ATTEMPTS`] times, then [`StoreError::Unstable`], which is retryable).
 //!
@@ -90,7 +101,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::errors::{ExecutionError, NextRowError, PagerExecutionError, PrepareError};
 use scylla::statement::Consistency;
@@ -101,7 +112,11 @@ use scylla::value::{CqlValue, Row};
 use crate::schema::Keyspace;
 use crate::session::{execution_is_transient, next_page_is_transient, prepare_is_transient};
 
+mod index;
 mod reader;
+pub use index::{
+    INDEX_ROW_PREFIX, INDEX_ROWS_END, MAX_ORDER_ID_BYTES, StoredIndexEntry, index_row_key,
+};
 pub use reader::{InventoryReader, StoredCounters, StoredDecision};
 
 /// Order rows fetched per page when loading an event.
@@ -112,6 +127,11 @@ pub const MAX_SAVE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_ORDERS_PER_SAVE: usize = u16::MAX as usize - 1;
 /// How often a load starts over when a concurrent save moved the offset under it.
 pub const LOAD_ATTEMPTS: usize = 3;
+/// Index rows fetched per page.
+const INDEX_PAGE_ROWS: i32 = 64;
+/// Live orders read per `IN` query during an assignment, and queries in flight.
+const LIVE_ORDERS_PER_READ: usize = 200;
+const LIVE_READS_IN_FLIGHT: usize = 8;
 
 /// The stored form of an absent text value (never `null`: see the module docs).
 const NO_TEXT: &str = "";
@@ -235,7 +255,13 @@ pub struct StoredEvent {
     /// Their digest (32 hex digits, see `EventProgress`); empty when never recorded (a state
     /// saved before digests existed).
     pub decision_digest: String,
-    /// Every order of the event, ordered by `order_id`.
+    /// Whether every save of this event wrote an index row (events first saved by a build
+    /// with the order index); `false` for older states, which are always loaded in full.
+    pub indexed: bool,
+    /// `None`: `orders` holds every order of the event, ordered by `order_id` ([`InventoryStore::load`]).
+    /// `Some`: the index rows' entries in save order, and `orders` holds only the live orders
+    /// ([`InventoryStore::load_for_assignment`] of an indexed event).
+    pub index: Option<Vec<StoredIndexEntry>>,
     pub orders: Vec<StoredOrder>,
 }
 
@@ -259,6 +285,9 @@ pub struct StoredEventUpdate {
     pub decision_digest: String,
     /// Orders created or changed since `previous_offset`; each order id at most once.
     pub changed_orders: Vec<StoredOrder>,
+    /// The index entries of the changed orders, written as one index row; `None` for an event
+    /// whose stored state predates the index (it stays unindexed).
+    pub index_entries: Option<Vec<StoredIndexEntry>>,
 }
 
 /// What a save did.
@@ -417,7 +446,20 @@ impl StoredEventUpdate {
             + text_bytes(&self.decision_digest)
             + 7 * (4 + 8)
             + config;
+        let index = self.index_entries.as_ref().map_or(0, |entries| {
+            STATEMENT_OVERHEAD
+                + text_bytes(&self.event_id)
+                + 4
+                + 20
+                + 4
+                + 1
+                + entries
+                    .iter()
+                    .map(StoredIndexEntry::encoded_len)
+                    .sum::<usize>()
+        });
         statics
+            + index
             + self
                 .changed_orders
                 .iter()
@@ -466,8 +508,9 @@ impl StoredEventUpdate {
         let mut seen = HashSet::with_capacity(self.changed_orders.len());
         for order in &self.changed_orders {
             let id = &order.order_id;
-            if id.is_empty() {
-                return bad("an order with an empty order id".to_owned());
+            if id.is_empty() || id.starts_with('\0') {
+                // A leading NUL is where index rows live (`INDEX_ROW_PREFIX`).
+                return bad(format!("order id {id:?} is empty or starts with NUL"));
             }
             if !seen.insert(id.as_str()) {
                 // Two rows for one order in one batch get the same write timestamp, and
@@ -540,6 +583,7 @@ struct ConfiguredStatics<'a> {
     sequence: i64,
     decisions: i64,
     decision_digest: &'a str,
+    indexed: bool,
     event_id: &'a str,
     expected_offset: Option<i64>,
 }
@@ -554,8 +598,18 @@ struct UnconfiguredStatics<'a> {
     sequence: i64,
     decisions: i64,
     decision_digest: &'a str,
+    indexed: bool,
     event_id: &'a str,
     expected_offset: Option<i64>,
+}
+
+/// Values of one index row.
+#[derive(scylla::SerializeRow)]
+#[scylla(flavor = "enforce_order", skip_name_checks)]
+struct IndexValues<'a> {
+    event_id: &'a str,
+    row_key: String,
+    entries: Vec<u8>,
 }
 
 /// Values of one order row.
@@ -604,6 +658,7 @@ enum SaveValues<'a> {
     Configured(ConfiguredStatics<'a>),
     Unconfigured(UnconfiguredStatics<'a>),
     Order(OrderValues<'a>),
+    Index(IndexValues<'a>),
 }
 
 impl scylla::serialize::row::SerializeRow for SaveValues<'_> {
@@ -616,6 +671,7 @@ impl scylla::serialize::row::SerializeRow for SaveValues<'_> {
             SaveValues::Configured(v) => v.serialize(ctx, writer),
             SaveValues::Unconfigured(v) => v.serialize(ctx, writer),
             SaveValues::Order(v) => v.serialize(ctx, writer),
+            SaveValues::Index(v) => v.serialize(ctx, writer),
         }
     }
 
@@ -646,11 +702,12 @@ struct StaticsRow {
     sequence: Option<i64>,
     decisions: Option<i64>,
     decision_digest: Option<String>,
+    order_digests_complete: Option<bool>,
 }
 
 const STATICS_COLUMNS: &str = "applied_offset, configured, name, category_id, capacity, \
     price_minor, currency, sale_starts_at, sale_ends_at, hold_ms, max_per_order, max_per_user, \
-    updated_at, updated_by_record, held, sold, sequence, decisions, decision_digest";
+    updated_at, updated_by_record, held, sold, sequence, decisions, decision_digest, order_digests_complete";
 
 /// One order row as read back. All optional: a partition with static columns only answers one
 /// row whose clustering and regular columns are all null.
@@ -707,7 +764,7 @@ impl StaticsRow {
 impl OrderRow {
     /// `None` for the all-null row of a statics-only partition.
     fn into_order(self, event_id: &str) -> Result<Option<StoredOrder>, StoreError> {
-        let Some(order_id) = self.order_id else {
+        let Some(order_id) = self.order_id.filter(|id| !id.starts_with(INDEX_ROW_PREFIX)) else {
             return Ok(None);
         };
         let m = |what: &str| missing(event_id, &format!("{what} of order {order_id}"));
@@ -732,6 +789,24 @@ impl OrderRow {
             order_id,
         }))
     }
+}
+
+/// The ids of the orders the index names live after its last entry for them.
+fn live_order_ids(index: &[StoredIndexEntry]) -> Vec<String> {
+    let mut live: std::collections::HashMap<u128, &str> = std::collections::HashMap::new();
+    for entry in index {
+        match &entry.live_order_id {
+            Some(id) => {
+                live.insert(entry.order, id);
+            }
+            None => {
+                live.remove(&entry.order);
+            }
+        }
+    }
+    let mut ids: Vec<String> = live.into_values().map(str::to_owned).collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// Reads an LWT answer: `[applied]` by position, then the stored `applied_offset` (by name)
@@ -779,6 +854,9 @@ struct Statements {
     read_orders: PreparedStatement,
     register_event: PreparedStatement,
     partition_events: PreparedStatement,
+    index_row: PreparedStatement,
+    read_index: PreparedStatement,
+    read_some_orders: PreparedStatement,
 }
 
 /// Loads and saves the booking processor's per-event state. Cheap to share (`Arc` inside);
@@ -809,12 +887,13 @@ impl InventoryStore {
                  category_id = ?, capacity = ?, price_minor = ?, currency = ?, \
                  sale_starts_at = ?, sale_ends_at = ?, hold_ms = ?, max_per_order = ?, \
                  max_per_user = ?, updated_at = ?, updated_by_record = ?, held = ?, sold = ?, \
-                 sequence = ?, decisions = ?, decision_digest = ? \
+                 sequence = ?, decisions = ?, decision_digest = ?, order_digests_complete = ? \
                  WHERE event_id = ? IF applied_offset = ?"
             ),
             format!(
                 "UPDATE {inventory} SET applied_offset = ?, held = ?, sold = ?, sequence = ?, \
-                 decisions = ?, decision_digest = ? WHERE event_id = ? IF applied_offset = ?"
+                 decisions = ?, decision_digest = ?, order_digests_complete = ? \
+                 WHERE event_id = ? IF applied_offset = ?"
             ),
             format!(
                 "INSERT INTO {inventory} (event_id, order_id, user_id, slots, amount_minor, \
@@ -827,6 +906,12 @@ impl InventoryStore {
             format!("SELECT {ORDER_COLUMNS} FROM {inventory} WHERE event_id = ?"),
             format!("INSERT INTO {partitions} (topic, kafka_partition, event_id) VALUES (?, ?, ?)"),
             format!("SELECT event_id FROM {partitions} WHERE topic = ? AND kafka_partition = ?"),
+            format!("INSERT INTO {inventory} (event_id, order_id, order_digests) VALUES (?, ?, ?)"),
+            format!(
+                "SELECT order_id, order_digests FROM {inventory} \
+                 WHERE event_id = ? AND order_id >= ? AND order_id < ?"
+            ),
+            format!("SELECT {ORDER_COLUMNS} FROM {inventory} WHERE event_id = ? AND order_id IN ?"),
         ];
         let prepared = futures::future::try_join_all(texts.map(prepare)).await?;
         let [
@@ -838,13 +923,18 @@ impl InventoryStore {
             mut read_orders,
             mut register_event,
             mut partition_events,
-        ]: [PreparedStatement; 8] = prepared
+            index_row,
+            mut read_index,
+            read_some_orders,
+        ]: [PreparedStatement; 11] = prepared
             .try_into()
             .map_err(|_| StoreError::unusable("preparing statements", "statement count"))?;
         // Finishes a lightweight transaction a crashed owner left half-done before reading.
         read_statics.set_consistency(Consistency::LocalSerial);
         read_orders.set_page_size(ORDER_PAGE_SIZE);
         partition_events.set_page_size(ORDER_PAGE_SIZE);
+        // Index rows are up to a save's size (a few MiB at most): a few per page.
+        read_index.set_page_size(INDEX_PAGE_ROWS);
         register_event.set_is_idempotent(true);
         Ok(InventoryStore {
             session,
@@ -857,6 +947,9 @@ impl InventoryStore {
                 read_orders,
                 register_event,
                 partition_events,
+                index_row,
+                read_index,
+                read_some_orders,
             }),
         })
     }
@@ -898,9 +991,28 @@ impl InventoryStore {
             .map_err(|e| StoreError::next_row(OPERATION, e))
     }
 
-    /// The stored state of `event_id`, or `None` if it was never saved. A consistent snapshot:
-    /// if a concurrent save moves the offset while the orders are paged in, it starts over.
+    /// The stored state of `event_id` with every order, or `None` if it was never saved. A
+    /// consistent snapshot: if a concurrent save moves the offset while the orders are paged
+    /// in, it starts over. For audits and tests; a processor uses [`Self::load_for_assignment`].
     pub async fn load(&self, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        self.load_with(event_id, false).await
+    }
+
+    /// What a processor needs when it is given the event: for an indexed event the index rows
+    /// and the live orders only (a few rows per save plus one per live order, however many
+    /// orders the event decided); for an older event every order, as [`Self::load`].
+    pub async fn load_for_assignment(
+        &self,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        self.load_with(event_id, true).await
+    }
+
+    async fn load_with(
+        &self,
+        event_id: &str,
+        by_index: bool,
+    ) -> Result<Option<StoredEvent>, StoreError> {
         for _ in 0..LOAD_ATTEMPTS {
             let Some(statics) = self.read_statics(event_id).await? else {
                 return Ok(None);
@@ -911,8 +1023,16 @@ impl InventoryStore {
             let sequence = statics.sequence.unwrap_or(0);
             let decisions = statics.decisions.unwrap_or(0);
             let decision_digest = statics.decision_digest.clone().unwrap_or_default();
+            let indexed = statics.order_digests_complete.unwrap_or(false);
             let config = statics.config(event_id)?;
-            let orders = self.read_orders(event_id).await?;
+            let (index, orders) = if by_index && indexed {
+                let index = self.read_index(event_id).await?;
+                let live = live_order_ids(&index);
+                let orders = self.read_live_orders(event_id, live).await?;
+                (Some(index), orders)
+            } else {
+                (None, self.read_orders(event_id).await?)
+            };
             if self.read_offset(event_id).await? != applied_offset {
                 tracing::info!(
                     event_id,
@@ -929,6 +1049,8 @@ impl InventoryStore {
                 sequence,
                 decisions,
                 decision_digest,
+                indexed,
+                index,
                 orders,
             }));
         }
@@ -936,6 +1058,90 @@ impl InventoryStore {
             event_id: event_id.to_owned(),
             attempts: LOAD_ATTEMPTS,
         })
+    }
+
+    /// Every index entry of the event, in save order.
+    async fn read_index(&self, event_id: &str) -> Result<Vec<StoredIndexEntry>, StoreError> {
+        const OPERATION: &str = "load (order index)";
+        let mut rows = self
+            .session
+            .execute_iter(
+                self.statements.read_index.clone(),
+                (event_id, INDEX_ROW_PREFIX, INDEX_ROWS_END),
+            )
+            .await
+            .map_err(|e| StoreError::pager(OPERATION, e))?
+            .rows_stream::<(String, Option<Vec<u8>>)>()
+            .map_err(|e| StoreError::unusable(OPERATION, e))?;
+        let mut entries = Vec::new();
+        while let Some((row_key, blob)) = rows
+            .try_next()
+            .await
+            .map_err(|e| StoreError::next_row(OPERATION, e))?
+        {
+            let blob = blob.ok_or_else(|| missing(event_id, &format!("index row {row_key:?}")))?;
+            let decoded = index::decode(&blob).map_err(|reason| {
+                StoreError::bad(event_id, format!("index row {row_key:?}: {reason}"))
+            })?;
+            entries.extend(decoded);
+        }
+        Ok(entries)
+    }
+
+    /// The rows of `order_ids` (each must exist: the index named them live).
+    async fn read_live_orders(
+        &self,
+        event_id: &str,
+        order_ids: Vec<String>,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        let chunks: Vec<Vec<String>> = order_ids
+            .chunks(LIVE_ORDERS_PER_READ)
+            .map(<[String]>::to_vec)
+            .collect();
+        let reads = futures::stream::iter(chunks)
+            .map(|chunk| async move { self.read_some_orders(event_id, &chunk).await })
+            .buffered(LIVE_READS_IN_FLIGHT);
+        let pages: Vec<Vec<StoredOrder>> = reads.try_collect().await?;
+        let orders: Vec<StoredOrder> = pages.into_iter().flatten().collect();
+        if orders.len() != order_ids.len() {
+            return Err(StoreError::bad(
+                event_id,
+                format!(
+                    "the index names {} live orders but {} of their rows exist",
+                    order_ids.len(),
+                    orders.len()
+                ),
+            ));
+        }
+        Ok(orders)
+    }
+
+    /// The stored rows of some orders of the event (absent ones are left out). A processor
+    /// reads an order this way when a command needs one it does not keep in memory.
+    pub async fn read_some_orders(
+        &self,
+        event_id: &str,
+        order_ids: &[String],
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        const OPERATION: &str = "load (some orders)";
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.read_some_orders, (event_id, order_ids))
+            .await
+            .map_err(|e| StoreError::execution(OPERATION, e))?
+            .into_rows_result()
+            .map_err(|e| StoreError::unusable(OPERATION, e))?;
+        let mut orders = Vec::with_capacity(order_ids.len());
+        for row in result
+            .rows::<OrderRow>()
+            .map_err(|e| StoreError::unusable(OPERATION, e))?
+        {
+            let row = row.map_err(|e| StoreError::unusable(OPERATION, e))?;
+            if let Some(order) = row.into_order(event_id)? {
+                orders.push(order);
+            }
+        }
+        Ok(orders)
     }
 
     async fn read_statics(&self, event_id: &str) -> Result<Option<StaticsRow>, StoreError> {
@@ -1016,6 +1222,7 @@ impl InventoryStore {
                     sequence: update.sequence,
                     decisions: update.decisions,
                     decision_digest: &update.decision_digest,
+                    indexed: update.index_entries.is_some(),
                     event_id,
                     expected_offset: update.previous_offset,
                 }));
@@ -1029,6 +1236,7 @@ impl InventoryStore {
                     sequence: update.sequence,
                     decisions: update.decisions,
                     decision_digest: &update.decision_digest,
+                    indexed: update.index_entries.is_some(),
                     event_id,
                     expected_offset: update.previous_offset,
                 }));
@@ -1037,6 +1245,16 @@ impl InventoryStore {
         for order in &update.changed_orders {
             batch.append_statement(self.statements.order_row.clone());
             values.push(SaveValues::Order(OrderValues::new(event_id, order)));
+        }
+        if let Some(entries) = update.index_entries.as_ref().filter(|e| !e.is_empty()) {
+            let entries =
+                index::encode(entries).map_err(|reason| StoreError::bad(event_id, reason))?;
+            batch.append_statement(self.statements.index_row.clone());
+            values.push(SaveValues::Index(IndexValues {
+                event_id,
+                row_key: index_row_key(update.new_offset),
+                entries,
+            }));
         }
         let result = self
             .session
@@ -1106,6 +1324,7 @@ mod tests {
             decisions: 5,
             decision_digest: "0000000000000000000000000000002a".into(),
             changed_orders: orders,
+            index_entries: None,
         }
     }
 

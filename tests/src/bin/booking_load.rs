@@ -6,7 +6,11 @@
 //!   measures how fast it drains them (decisions per second, batch sizes);
 //! - `live`: starts the processor, then produces at a fixed rate for a while and measures,
 //!   per request, the time from producing it to its decision being readable (committed) on
-//!   `orders.events`: p50, p99, max.
+//!   `orders.events`: p50, p99, max;
+//! - `assign`: stores one event with N decided orders (built by the real decision core, saved
+//!   by the processor's own save path), then measures what assigning its partition costs for
+//!   that event: loading the state as an assignment does and rebuilding it (time, and resident
+//!   memory before and after), beside loading every order (what audits do).
 //!
 //! `cargo run --release -p boxoffice-tests --bin booking-load -- drain --requests 200000`
 //! (with the stack's environment: `eval "$(scripts/stack env)"`). Runs are bounded in count and
@@ -61,6 +65,25 @@ enum Mode {
         /// How long to produce, in seconds.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+    },
+    /// Store one event with N decided orders, then measure loading and rebuilding its state.
+    Assign {
+        #[arg(long, default_value_t = 1_000_000)]
+        orders: usize,
+        /// Slots on sale: the first requests reserve, the rest are rejected (sold out).
+        #[arg(long, default_value_t = 50_000)]
+        capacity: i32,
+    },
+    /// (Run by `assign` in a fresh process, so its memory counts only the load.)
+    #[command(hide = true)]
+    AssignLoad {
+        #[arg(long)]
+        keyspace: String,
+        #[arg(long)]
+        orders: usize,
+        /// Load every order (as an audit does) instead of what an assignment loads.
+        #[arg(long)]
+        full: bool,
     },
 }
 
@@ -117,6 +140,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     boxoffice_tests::load::init_tracing();
     let services = boxoffice_tests::services().await;
+    if let Mode::AssignLoad {
+        keyspace,
+        orders,
+        full,
+    } = &cli.mode
+    {
+        return assign_load(services, keyspace, *orders, *full).await;
+    }
     let pipeline = Pipeline::create_with(services, "load", 1).await?;
     let mut settings = pipeline.settings();
     settings.max_batch_records = cli.max_batch_records;
@@ -136,6 +167,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     match cli.mode {
+        Mode::Assign { orders, capacity } => assign(&pipeline, orders, capacity).await?,
+        Mode::AssignLoad { .. } => unreachable!("handled before the pipeline is created"),
         Mode::Drain {
             requests,
             kafka_anchor_records,
@@ -296,5 +329,122 @@ async fn main() -> anyhow::Result<()> {
             processor.stop().await?;
         }
     }
+    Ok(())
+}
+
+/// Builds the event's state with the real core (keyed requests from 200,000 fans), stores it
+/// with the processor's save (10,000 orders per save), then loads and rebuilds it as an
+/// assignment does; then loads every order, as an audit does, for comparison.
+async fn assign(pipeline: &Pipeline, orders: usize, capacity: i32) -> anyhow::Result<()> {
+    use boxoffice_processors::booking::{core, state::EventState, store};
+    let store_handle = pipeline.store().await?;
+    let started = Instant::now();
+    let mut state = EventState::new(EVENT);
+    let mut effects = Vec::new();
+    core::apply(&mut state, &event_on_sale(EVENT, capacity), &mut effects);
+    let at = now_ms();
+    for i in 0..orders {
+        let user_id = format!("user-{:08}", i % 200_000);
+        let key = format!("key-{i:012}");
+        let order_id = ids::order_id_for_request(&user_id, &key, EVENT, 1);
+        let command = BookingCommand::BookingRequested(BookingRequested {
+            record_id: ids::record_id("load-booking", &[&order_id]),
+            order_id,
+            event_id: EVENT.into(),
+            user_id,
+            number_slot: 1,
+            idempotency_key: Some(key),
+            occurred_at: at,
+        });
+        effects.clear();
+        core::apply(&mut state, &command, &mut effects);
+    }
+    state.check_invariant().map_err(anyhow::Error::msg)?;
+    println!(
+        "decided {} orders ({} slots held, the rest rejected: sold out) in {:.2?}",
+        state.orders.len(),
+        state.held,
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let ids: Vec<String> = state.orders.keys().cloned().collect();
+    let mut previous = None;
+    for (n, chunk) in ids.chunks(10_000).enumerate() {
+        let offset = n as i64;
+        let update = store::update(&state, previous, offset, chunk);
+        let outcome = store_handle.save(&update).await?;
+        anyhow::ensure!(
+            outcome == boxoffice_store::inventory::SaveOutcome::Applied,
+            "seed save {n}: {outcome:?}"
+        );
+        previous = Some(offset);
+    }
+    println!("stored them in {:.2?}", started.elapsed());
+    drop(ids);
+    drop(state);
+    // Each load in a fresh process: its resident memory is the load's alone.
+    for full in [false, true] {
+        let mut child = std::process::Command::new(std::env::current_exe()?);
+        child.args([
+            "assign-load",
+            "--keyspace",
+            &pipeline.keyspace,
+            "--orders",
+            &orders.to_string(),
+        ]);
+        if full {
+            child.arg("--full");
+        }
+        let status = child.status()?;
+        anyhow::ensure!(
+            status.success(),
+            "assign-load (full: {full}) failed: {status}"
+        );
+    }
+    Ok(())
+}
+
+/// Loads the event `assign` stored, as an assignment does (or every order with `full`), and
+/// prints the time and this process's resident memory before and after.
+async fn assign_load(
+    services: &boxoffice_tests::Services,
+    keyspace: &str,
+    orders: usize,
+    full: bool,
+) -> anyhow::Result<()> {
+    use boxoffice_processors::booking::store;
+    use boxoffice_tests::load::cpu::resident_mib;
+    let session = std::sync::Arc::new(services.scylla().connect().await?);
+    let keyspace =
+        boxoffice_store::schema::Keyspace::new(keyspace).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store_handle = boxoffice_store::inventory::InventoryStore::new(session, &keyspace).await?;
+    let resident_before = resident_mib();
+    let started = Instant::now();
+    let stored = if full {
+        store_handle.load(EVENT).await?
+    } else {
+        store_handle.load_for_assignment(EVENT).await?
+    }
+    .context("the seeded event is not stored")?;
+    let loaded_in = started.elapsed();
+    let (restored, _) = store::restore(stored)?;
+    let ready_in = started.elapsed();
+    let resident_after = resident_mib();
+    anyhow::ensure!(
+        restored.index.len() == orders,
+        "the index names {} orders, {orders} were stored",
+        restored.index.len()
+    );
+    restored.check_invariant().map_err(anyhow::Error::msg)?;
+    let what = if full {
+        "every order loaded (as an audit does)"
+    } else {
+        "assignment"
+    };
+    println!(
+        "{what}, event with {orders} decided orders: loaded in {loaded_in:.2?}, ready to decide in {ready_in:.2?}; {} orders in memory; resident {resident_before:.0} MiB before, {resident_after:.0} MiB after (+{:.0} MiB)",
+        restored.orders.len(),
+        resident_after - resident_before
+    );
     Ok(())
 }

@@ -2,9 +2,10 @@
 //! re-folded update state only), published with the consumer offset in one transaction, and
 //! saved with the fenced, conditional write of each touched event.
 
-use super::decode::{DecodeFailure, order_id_of};
+use super::decode::DecodeFailure;
 use super::*;
 use crate::booking::coalesce::LatestAvailability;
+use crate::booking::core::order_id_of;
 use crate::booking::render::Output;
 use rdkafka::producer::FutureProducer;
 use std::collections::BTreeMap;
@@ -75,6 +76,8 @@ pub(super) struct Committed {
     pub(super) epoch: u64,
     pub(super) outcome: BatchOutcome,
     pub(super) timers: Vec<TimerChange>,
+    /// The batch's last offset: on `Done`, everything it changed is saved.
+    pub(super) last_offset: i64,
 }
 
 impl BatchJob {
@@ -143,6 +146,16 @@ impl BatchJob {
                 continue;
             };
             let changed: Vec<String> = changed_orders.iter().cloned().collect();
+            for id in &changed {
+                match state.orders.get(id) {
+                    Some(o) if !o.is_live() => {
+                        tracked.ended.insert(id.clone(), last_offset);
+                    }
+                    _ => {
+                        tracked.ended.remove(id);
+                    }
+                }
+            }
             saves.push(PlannedSave {
                 event_id: event_id.clone(),
                 previous: tracked.offset,
@@ -184,6 +197,7 @@ impl BatchJob {
             epoch: prepared.epoch,
             outcome,
             timers: prepared.timers,
+            last_offset: prepared.last_offset,
         }
     }
 
@@ -335,6 +349,16 @@ impl BatchJob {
                 .events
                 .get(&event_id)
                 .is_some_and(|t| t.refold.is_some());
+            if let Some(order_id) = order_id_of(&command)
+                && !matches!(command, BookingCommand::BookingRequested(_))
+                && worker
+                    .core
+                    .events
+                    .get(&event_id)
+                    .is_some_and(|state| state.must_load(order_id))
+            {
+                self.load_order(worker, &event_id, order_id).await?;
+            }
             let decision = worker.core.decide(&command);
             if let Some(ts) = message.timestamp().to_millis() {
                 out.oldest_timestamp = Some(out.oldest_timestamp.map_or(ts, |o: i64| o.min(ts)));

@@ -46,6 +46,12 @@ impl BatchJob {
                 format!("record key does not match its event_id {}", command.key()),
             ));
         }
+        if let Some(reason) = crate::booking::core::refusal(&command) {
+            return Err(DecodeFailure::Record(
+                DeadLetterErrorKind::InvalidRecord,
+                reason,
+            ));
+        }
         let expected = partition_for(key, self.partition_count);
         if expected != message.partition() {
             // Another partition owns this event: deciding it here would make two writers.
@@ -68,15 +74,4 @@ pub(super) enum DecodeFailure {
     Registry(boxoffice_avro::CodecError),
     /// The record itself is wrong: dead-letter it.
     Record(DeadLetterErrorKind, String),
-}
-
-pub(super) fn order_id_of(command: &BookingCommand) -> Option<&str> {
-    match command {
-        BookingCommand::BookingRequested(r) => Some(&r.order_id),
-        BookingCommand::CancelRequested(r) => Some(&r.order_id),
-        BookingCommand::PaymentSucceeded(r) => Some(&r.order_id),
-        BookingCommand::PaymentFailed(r) => Some(&r.order_id),
-        BookingCommand::HoldExpired(r) => Some(&r.order_id),
-        BookingCommand::EventUpserted(_) => None,
-    }
 }

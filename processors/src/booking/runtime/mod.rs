@@ -69,7 +69,7 @@ use crate::rebalance::{GroupContext, Membership};
 
 /// The largest `--max-batch-records` (see there; `store::tests` checks that such a batch fits
 /// one save).
-pub const MAX_BATCH_RECORDS: u32 = 10_000;
+pub const MAX_BATCH_RECORDS: u32 = 8_000;
 
 /// How the booking processor batches, identifies itself and recovers.
 #[derive(Debug, Clone, clap::Args)]
@@ -86,9 +86,9 @@ pub struct BookingSettings {
     pub topic_prefix: TopicPrefix,
 
     /// Most records decided in one batch (one transaction and one state write per event).
-    /// At most 10,000: a record changes at most one order, and 10,000 orders with the longest
-    /// Idempotency-Key (128 characters, about 350 bytes an order, 3.5 MB) stay inside one
-    /// save's `MAX_SAVE_BYTES` (4 MiB).
+    /// At most 8,000: a record changes at most one order, and 8,000 orders with the longest
+    /// order id (64 bytes) and Idempotency-Key (128 characters), about 470 bytes an order with
+    /// its index entry (3.8 MB), stay inside one save's `MAX_SAVE_BYTES` (4 MiB).
     #[arg(long = "max-batch-records", env = "BOOKING_MAX_BATCH_RECORDS", default_value_t = 2000,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_BATCH_RECORDS)))]
     pub max_batch_records: u32,
@@ -501,6 +501,7 @@ impl Runtime {
                 BatchOutcome::Done => {
                     if let Some(Slot::Active(worker)) = self.slots.get_mut(&c.partition) {
                         worker.apply_timers(c.timers);
+                        worker.evict_ended(c.last_offset);
                     }
                 }
                 outcome => self.settle(consumer, c.partition, outcome)?,
@@ -549,12 +550,14 @@ impl Runtime {
         let mut waiting = 0;
         let mut stopped = 0;
         let mut holds = 0;
+        let mut orders = 0;
         let mut lost = 0;
         for slot in self.slots.values() {
             match slot {
                 Slot::Active(worker) => {
                     active += 1;
                     holds += worker.timers.len();
+                    orders += worker.orders_in_memory();
                     lost += worker.events.values().filter(|t| t.lost.is_some()).count();
                 }
                 Slot::Waiting { .. } => waiting += 1,
@@ -567,6 +570,7 @@ impl Runtime {
         m.partitions_waiting.set(gauge(waiting));
         m.partitions_stopped.set(gauge(stopped));
         m.holds_active.set(gauge(holds));
+        m.orders_in_memory.set(gauge(orders));
         m.events_lost.set(gauge(lost));
         let mut why = Vec::new();
         for (p, slot) in &self.slots {

@@ -49,6 +49,47 @@ impl BatchJob {
         }
     }
 
+    /// Reads an order the event decided but does not keep in memory, and keeps it, before a
+    /// command about it is decided. Its row is final: an order leaves memory only when its
+    /// event is loaded again, after every save of it (`EventState::orders`).
+    pub(super) async fn load_order(
+        &self,
+        worker: &mut Worker,
+        event_id: &str,
+        order_id: &str,
+    ) -> Result<(), BatchOutcome> {
+        let ids = [order_id.to_owned()];
+        let mut retries = self.retry_policy().start(Instant::now());
+        let rows = loop {
+            // Bounded: `retries` gives up after the retry budget.
+            let e = match self.deps.store.read_some_orders(event_id, &ids).await {
+                Ok(rows) => break rows,
+                Err(e) => e,
+            };
+            self.wait_to_retry(&mut retries, "reading an order", &e)
+                .await?;
+        };
+        self.deps.metrics.orders_read.inc_by(1);
+        let broken = |reason: String| {
+            BatchOutcome::Failed(format!("event {event_id}, order {order_id}: {reason}"))
+        };
+        let Some(row) = rows.into_iter().find(|r| r.order_id == order_id) else {
+            return Err(broken(
+                "the order index names it but the store has no row (the store lost a write)"
+                    .to_owned(),
+            ));
+        };
+        let order = store::order_from_row(&row).map_err(broken)?;
+        let state = worker
+            .core
+            .events
+            .get_mut(event_id)
+            .ok_or_else(|| broken("its event is not loaded".to_owned()))?;
+        state
+            .insert_loaded(order_id.to_owned(), order)
+            .map_err(broken)
+    }
+
     /// Writes an event's state, retrying while the store is unavailable, within the budget.
     pub(super) async fn save_with_retry(
         &self,

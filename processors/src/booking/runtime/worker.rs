@@ -26,6 +26,10 @@ pub struct Tracked {
     pub lost: Option<String>,
     /// In `partition_events`.
     pub registered: bool,
+    /// Orders of the event that ended (neither hold nor own slots) → the last offset of the
+    /// batch that last changed them. Once that batch is committed their row is final and they
+    /// leave memory (read back on demand: `EventState::must_load`).
+    pub ended: HashMap<String, i64>,
 }
 
 /// One owned partition: its events' state, its transactional producer and its hold timers.
@@ -99,6 +103,35 @@ impl Worker {
         for (at, order_id, event_id, user_id) in holds {
             self.schedule(at, order_id, event_id, user_id);
         }
+    }
+
+    /// The batch ending at `committed` is saved: ended orders whose last change it (or an
+    /// earlier batch) saved leave memory. Returns how many left.
+    pub(super) fn evict_ended(&mut self, committed: i64) -> usize {
+        let mut evicted = 0;
+        for (event_id, tracked) in &mut self.events {
+            let state = self.core.events.get_mut(event_id);
+            let Some(state) = state else {
+                tracked.ended.clear();
+                continue;
+            };
+            tracked.ended.retain(|order_id, changed_at| {
+                if *changed_at > committed {
+                    return true;
+                }
+                if state.orders.get(order_id).is_some_and(|o| !o.is_live()) {
+                    state.orders.remove(order_id);
+                    evicted += 1;
+                }
+                false
+            });
+        }
+        evicted
+    }
+
+    /// Orders kept in memory across the partition's events.
+    pub fn orders_in_memory(&self) -> usize {
+        self.core.events.values().map(|s| s.orders.len()).sum()
     }
 
     pub fn hold_count(&self) -> usize {
