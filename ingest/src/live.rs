@@ -30,32 +30,62 @@ use crate::metrics::IngestMetrics;
 
 /// Availability changes kept per event for resuming streams.
 pub const RECENT_PER_EVENT: usize = 256;
-/// Record ids remembered for deduplication.
-const SEEN_CAPACITY: usize = 200_000;
+/// Memory for the record ids remembered for deduplication, allocated once (about 229,000 ids).
+const SEEN_BYTES: usize = 8 * 1024 * 1024;
 /// Broadcast buffer: a subscriber further behind than this skips ahead (and, for
 /// availability, gets a snapshot).
 const CHANNEL_CAPACITY: usize = 4096;
 
-/// A bounded set of recently seen record ids (oldest forgotten first).
-#[derive(Debug, Default)]
+/// A set of recently seen record ids of a fixed size in bytes (oldest forgotten first). Ids
+/// are kept as 128 bits: a record id is a UUID, anything else its name-based digest.
+#[derive(Debug)]
 struct Seen {
-    ids: HashSet<String>,
-    order: VecDeque<String>,
+    ids: HashSet<u128>,
+    order: VecDeque<u128>,
+    capacity: usize,
+}
+
+/// Bytes a [`Seen`] of `buckets` hash buckets takes: 16 bytes and a control byte per bucket
+/// (the hash table keeps at most 7/8 of its buckets full), 16 bytes per id in the queue.
+fn seen_bytes(buckets: usize) -> usize {
+    buckets * 17 + buckets / 8 * 7 * 16
 }
 
 impl Seen {
+    /// The largest set whose tables fit `bytes`, allocated now (so it never grows).
+    fn with_bytes(bytes: usize) -> Seen {
+        let mut buckets = 16;
+        while seen_bytes(buckets * 2) <= bytes {
+            buckets *= 2;
+        }
+        let capacity = buckets / 8 * 7;
+        Seen {
+            ids: HashSet::with_capacity(capacity),
+            order: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    fn key(id: &str) -> u128 {
+        uuid::Uuid::parse_str(id).map_or_else(
+            |_| boxoffice_avro::ids::derive("seen", &[id]).as_u128(),
+            |u| u.as_u128(),
+        )
+    }
+
     /// True the first time `id` is offered.
     fn first(&mut self, id: &str) -> bool {
-        if self.ids.contains(id) {
+        let key = Seen::key(id);
+        if self.ids.contains(&key) {
             return false;
         }
-        if self.order.len() >= SEEN_CAPACITY
+        if self.order.len() >= self.capacity
             && let Some(old) = self.order.pop_front()
         {
             self.ids.remove(&old);
         }
-        self.ids.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
+        self.ids.insert(key);
+        self.order.push_back(key);
         true
     }
 }
@@ -129,7 +159,7 @@ impl Live {
             availability: broadcast::channel(CHANNEL_CAPACITY).0,
             recent: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
-            seen: Mutex::new(Seen::default()),
+            seen: Mutex::new(Seen::with_bytes(SEEN_BYTES)),
             next_waiter: AtomicU64::new(0),
         }
     }
@@ -402,6 +432,28 @@ async fn assign(kafka: &KafkaArgs, topics: &Topics) -> Result<StreamConsumer, St
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_seen_set_has_its_size_in_bytes_and_forgets_the_oldest_first() {
+        let seen = super::Seen::with_bytes(super::SEEN_BYTES);
+        assert_eq!(seen.capacity, 229_376);
+        assert!(seen.ids.capacity() >= seen.capacity && seen.order.capacity() >= seen.capacity);
+        assert!(super::seen_bytes(262_144) <= super::SEEN_BYTES);
+
+        let mut small = super::Seen::with_bytes(super::seen_bytes(16));
+        assert_eq!(small.capacity, 14);
+        let id = |i: u32| uuid::Uuid::from_u128(u128::from(i)).to_string();
+        assert!(small.first(&id(0)) && small.first("not-a-uuid"));
+        assert!(!small.first(&id(0)) && !small.first("not-a-uuid"));
+        for i in 1..=13 {
+            assert!(small.first(&id(i)));
+        }
+        // Full at 14: the next new id forgets the oldest (id 0), nothing else.
+        assert!(small.first(&id(14)));
+        assert!(small.first(&id(0)), "the oldest was forgotten");
+        assert!(!small.first(&id(14)));
+        assert_eq!(small.order.len(), 14);
+    }
+
     use boxoffice_avro::records::OrderRejected;
 
     use super::*;
