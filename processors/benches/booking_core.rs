@@ -1,4 +1,5 @@
-//! The pure booking core, single thread: decisions per second (criterion).
+//! The pure booking core, single thread: decisions per second, and what the ids computed per
+//! record cost (criterion).
 //! `cargo bench -p boxoffice-processors --bench booking_core`
 
 use boxoffice_avro::records::{BookingCommand, BookingRequested, EventUpserted};
@@ -31,7 +32,10 @@ fn requests() -> Vec<BookingCommand> {
         .map(|i| {
             BookingCommand::BookingRequested(BookingRequested {
                 record_id: format!("r{i}"),
-                order_id: format!("order-{i:08}"),
+                // Order ids as the pipeline makes them (UUIDs).
+                order_id: uuid::Uuid::from_u128(0x4000_8000_0000_0000_0000 | i as u128)
+                    .hyphenated()
+                    .to_string(),
                 event_id: "hot-event".into(),
                 user_id: format!("user-{}", i % 2000),
                 number_slot: 1,
@@ -81,5 +85,46 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The ids one reservation of a keyed request computes: its order id (ingest), the index
+/// digests, the payment id, and the record ids of what it publishes (the order fact, the
+/// payment request, the notification, the batch's availability record).
+fn ids_per_reservation(c: &mut Criterion) {
+    use boxoffice_avro::ids;
+    use boxoffice_avro::records::{AvailabilityChanged, OrderReserved, PaymentRequested};
+    use boxoffice_processors::booking::state::{key_digest, order_digest};
+    let user = "5f0c3a52-9d7e-4f7c-8a43-1d2b0c9e7a11";
+    let key = "7c1e2a9b-3f4d-4e5a-9b6c-0d1e2f3a4b5c";
+    let event = "hot-event";
+    let order = ids::order_id_for_request(user, key, event, 1);
+    let mut group = c.benchmark_group("ids_per_reservation");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("order_id_for_request", |b| {
+        b.iter(|| ids::order_id_for_request(user, key, event, std::hint::black_box(1)))
+    });
+    group.bench_function("index_digests", |b| {
+        b.iter(|| {
+            (
+                order_digest(std::hint::black_box(&order)),
+                key_digest(user, key),
+            )
+        })
+    });
+    group.bench_function("payment_id", |b| {
+        b.iter(|| ids::payment_id(std::hint::black_box(&order)))
+    });
+    group.bench_function("record_ids_of_outputs", |b| {
+        b.iter(|| {
+            let order = std::hint::black_box(&order);
+            (
+                ids::record_id_for::<OrderReserved>(&[order]),
+                ids::record_id_for::<PaymentRequested>(&[order]),
+                ids::record_id("notification", &[order, "ORDER_RESERVED"]),
+                ids::record_id_for::<AvailabilityChanged>(&[event, "12345"]),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, ids_per_reservation);
 criterion_main!(benches);

@@ -248,7 +248,8 @@ fn request_booking(
     effects: &mut Vec<Effect>,
 ) {
     let digest = order_digest(&r.order_id);
-    if state.index.contains(digest) {
+    // Noted at once: every request is decided (reserved or rejected) below.
+    if !state.index.insert_order(digest) {
         return ignored(effects, "duplicate booking request");
     }
     let slots = u32::try_from(r.number_slot).unwrap_or(0);
@@ -266,7 +267,9 @@ fn request_booking(
     } else {
         decide_booking(allocator, state, &r.user_id, slots, r.occurred_at)
     };
-    state.index.insert(digest, key.filter(|_| !reused));
+    if let Some(key) = key.filter(|_| !reused) {
+        state.index.insert_key(key, digest);
+    }
     let (currency, price) = state
         .config
         .as_ref()

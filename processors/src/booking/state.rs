@@ -162,10 +162,43 @@ impl DecisionDigest {
     }
 }
 
-/// Digest of an order id in the [`OrderIndex`]: 122 bits of a name-based UUID, as unique as the
-/// ids themselves (which are such UUIDs).
+/// The version nibble of a UUID read as a `u128` (big-endian: the high half of byte 6).
+const UUID_VERSION_BITS: u128 = 0xF << 76;
+
+/// Digest of an order id in the [`OrderIndex`]. An id in the canonical UUID form (lower-case
+/// hex, hyphenated; every id the pipeline makes) is its own 128 bits, which costs a parse; any
+/// other id is a name-based UUID of it (SHA-1) with the version nibble cleared, so the two
+/// kinds never meet (no UUID the pipeline makes has version 0, and such ids take the digest
+/// path too).
 pub fn order_digest(order_id: &str) -> u128 {
-    boxoffice_avro::ids::derive("order-index", &[order_id]).as_u128()
+    if let Some(value) = canonical_uuid(order_id)
+        && value & UUID_VERSION_BITS != 0
+    {
+        return value;
+    }
+    boxoffice_avro::ids::derive("order-index", &[order_id]).as_u128() & !UUID_VERSION_BITS
+}
+
+/// The value of `text` when it is a UUID in canonical form (36 characters, lower-case hex,
+/// hyphens at 8, 13, 18 and 23): the one text of that value, so distinct ids stay distinct.
+fn canonical_uuid(text: &str) -> Option<u128> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 36 {
+        return None;
+    }
+    // One pass: hyphens where they belong, 32 lower-case hex digits elsewhere.
+    let mut value: u128 = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let digit = match (i, b) {
+            (8 | 13 | 18 | 23, b'-') => continue,
+            (8 | 13 | 18 | 23, _) => return None,
+            (_, b'0'..=b'9') => b - b'0',
+            (_, b'a'..=b'f') => b - b'a' + 10,
+            _ => return None,
+        };
+        value = (value << 4) | u128::from(digit);
+    }
+    Some(value)
 }
 
 /// Digest of a (user, `Idempotency-Key`) pair in the [`OrderIndex`].
@@ -196,8 +229,18 @@ impl OrderIndex {
     pub fn insert(&mut self, order: u128, key: Option<u128>) {
         self.orders.insert(order);
         if let Some(key) = key {
-            self.keys.entry(key).or_insert(order);
+            self.insert_key(key, order);
         }
+    }
+
+    /// Notes a new order without its key yet; false when it was known (a duplicate).
+    pub fn insert_order(&mut self, order: u128) -> bool {
+        self.orders.insert(order)
+    }
+
+    /// Notes that `key` named `order`, unless it named another first.
+    pub fn insert_key(&mut self, key: u128, order: u128) {
+        self.keys.entry(key).or_insert(order);
     }
 
     pub fn len(&self) -> usize {
@@ -362,5 +405,31 @@ impl EventState {
             OrderStatus::Reserved { hold_expires_at } => Some((id.as_str(), hold_expires_at)),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_digests_keep_distinct_ids_distinct() {
+        let id = boxoffice_avro::ids::new_order_id("user-1");
+        let value = uuid::Uuid::parse_str(&id).unwrap().as_u128();
+        assert_eq!(order_digest(&id), value, "a canonical id is its own value");
+        // Another text of the same UUID is another id: it takes the digest path.
+        let upper = id.to_uppercase();
+        assert_ne!(order_digest(&upper), value);
+        assert_eq!(order_digest(&upper) & UUID_VERSION_BITS, 0);
+        // Any other id has version 0, and so cannot meet a canonical id's value, even the
+        // canonical text of its own digest.
+        let other = order_digest("order-1");
+        assert_eq!(other & UUID_VERSION_BITS, 0);
+        let text = uuid::Uuid::from_u128(other).hyphenated().to_string();
+        assert_ne!(order_digest(&text), other);
+        assert_ne!(order_digest("order-1"), order_digest("order-2"));
+        // A canonical id of version 0 also takes the digest path.
+        let nil = "00000000-0000-0000-0000-000000000001";
+        assert_ne!(order_digest(nil), 1);
     }
 }
