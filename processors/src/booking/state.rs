@@ -169,7 +169,7 @@ const UUID_VERSION_BITS: u128 = 0xF << 76;
 /// hex, hyphenated; every id the pipeline makes) is its own 128 bits, which costs a parse; any
 /// other id is a name-based UUID of it (SHA-1) with the version nibble cleared, so the two
 /// kinds never meet (no UUID the pipeline makes has version 0, and such ids take the digest
-/// path too).
+/// path too). Stored in index rows: a change is a new index format.
 pub fn order_digest(order_id: &str) -> u128 {
     if let Some(value) = canonical_uuid(order_id)
         && value & UUID_VERSION_BITS != 0
@@ -201,7 +201,7 @@ fn canonical_uuid(text: &str) -> Option<u128> {
     Some(value)
 }
 
-/// Digest of a (user, `Idempotency-Key`) pair in the [`OrderIndex`].
+/// Digest of a (user, `Idempotency-Key`) pair in the [`OrderIndex`]. Stored in index rows.
 pub fn key_digest(user_id: &str, key: &str) -> u128 {
     boxoffice_avro::ids::derive("key-index", &[user_id, key]).as_u128()
 }
@@ -216,6 +216,15 @@ pub struct OrderIndex {
 }
 
 impl OrderIndex {
+    /// An empty index with room for `orders` orders and as many keys, so building it from
+    /// stored entries never grows (and never holds two tables at once).
+    pub fn with_capacity(orders: usize, keys: usize) -> Self {
+        OrderIndex {
+            orders: HashSet::with_capacity(orders),
+            keys: HashMap::with_capacity(keys),
+        }
+    }
+
     pub fn contains(&self, order: u128) -> bool {
         self.orders.contains(&order)
     }

@@ -60,8 +60,12 @@ pub fn restore(stored: StoredEvent) -> Result<(EventState, Option<i64>), Corrupt
             })?,
         )
     };
-    let mut index = OrderIndex::default();
-    for entry in stored.index.iter().flatten() {
+    let entries = stored.index.as_deref().unwrap_or_default();
+    let mut index = OrderIndex::with_capacity(
+        entries.len().max(stored.orders.len()),
+        entries.iter().filter(|e| e.key.is_some()).count(),
+    );
+    for entry in entries {
         index.insert(entry.order, entry.key);
     }
     // An indexed load brings the live orders only; check they are.
