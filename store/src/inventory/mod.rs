@@ -127,8 +127,9 @@ pub const MAX_SAVE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_ORDERS_PER_SAVE: usize = u16::MAX as usize - 1;
 /// How often a load starts over when a concurrent save moved the offset under it.
 pub const LOAD_ATTEMPTS: usize = 3;
-/// Index rows fetched per page.
-const INDEX_PAGE_ROWS: i32 = 64;
+/// Index rows fetched per page: a row holds up to a save's orders (at most about 800 KB for
+/// the largest batch), so a page stays well inside a CQL frame (16 MiB by default).
+const INDEX_PAGE_ROWS: i32 = 8;
 /// Live orders read per `IN` query during an assignment, and queries in flight.
 const LIVE_ORDERS_PER_READ: usize = 200;
 const LIVE_READS_IN_FLIGHT: usize = 8;
@@ -933,7 +934,6 @@ impl InventoryStore {
         read_statics.set_consistency(Consistency::LocalSerial);
         read_orders.set_page_size(ORDER_PAGE_SIZE);
         partition_events.set_page_size(ORDER_PAGE_SIZE);
-        // Index rows are up to a save's size (a few MiB at most): a few per page.
         read_index.set_page_size(INDEX_PAGE_ROWS);
         register_event.set_is_idempotent(true);
         Ok(InventoryStore {

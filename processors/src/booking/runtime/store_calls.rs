@@ -50,8 +50,9 @@ impl BatchJob {
     }
 
     /// Reads an order the event decided but does not keep in memory, and keeps it, before a
-    /// command about it is decided. Its row is final: an order leaves memory only when its
-    /// event is loaded again, after every save of it (`EventState::orders`).
+    /// command about it is decided. Its row is final: an order leaves memory only once the
+    /// batch that last changed it is saved (`Worker::evict_ended`), or was never loaded. A
+    /// missing or unusable row stops the partition: the store disagrees with its own index.
     pub(super) async fn load_order(
         &self,
         worker: &mut Worker,
@@ -71,7 +72,7 @@ impl BatchJob {
         };
         self.deps.metrics.orders_read.inc_by(1);
         let broken = |reason: String| {
-            BatchOutcome::Failed(format!("event {event_id}, order {order_id}: {reason}"))
+            BatchOutcome::Stop(format!("event {event_id}, order {order_id}: {reason}"))
         };
         let Some(row) = rows.into_iter().find(|r| r.order_id == order_id) else {
             return Err(broken(
