@@ -1,6 +1,6 @@
 //! The booking processor's state for one event: its configuration, inventory counters, the
-//! availability sequence number, the orders it keeps in memory (every live order, and those
-//! decided since the event was loaded) and the index of every order it has decided (so a
+//! availability sequence number, the orders it keeps in memory (every live order, and ended
+//! ones not yet saved) and the index of every order it has decided (so a
 //! duplicate request or a reused key is recognised without the order's row). Plain data, no I/O.
 
 use std::collections::{HashMap, HashSet};
@@ -207,8 +207,8 @@ pub fn key_digest(user_id: &str, key: &str) -> u128 {
 }
 
 /// Every order an event has decided, by digest, and the order each (user, key) named first:
-/// what duplicate and key-reuse detection need, without the orders. About 50 bytes per keyed
-/// order in memory (two hash tables of 128-bit digests).
+/// what duplicate and key-reuse detection need, without the orders. 50 bytes per keyed order
+/// in memory when the two hash tables are full, up to twice that after they grow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderIndex {
     orders: HashSet<u128>,
@@ -271,9 +271,9 @@ pub struct EventState {
     pub sold: u32,
     /// Sequence number of the last `AvailabilityChanged`; consumers resume from it.
     pub sequence: i64,
-    /// The orders kept in memory: every live one (holding or owning slots), and every one
-    /// decided or loaded since the event was loaded. Others are read from the store when a
-    /// command needs them ([`Self::needs_loading`]).
+    /// The orders kept in memory: every live one (holding or owning slots), and ended ones
+    /// until the batch that last changed them is saved (the runtime then drops them). Others
+    /// are read from the store when a command needs them ([`Self::must_load`]).
     pub orders: HashMap<String, Order>,
     /// Held plus sold slots per user, for the per-user limit (derived from the live orders).
     pub user_slots: HashMap<String, u32>,

@@ -75,7 +75,7 @@
 //!
 //! Each save of an event whose every save was indexed (`order_digests_complete`) also writes
 //! one index row in the same batch (clustering key [`index_row_key`], blob `order_digests`, see
-//! [`index`]): digests of the orders the save changed, and the ids of those that are live. So
+//! `index.rs`): digests of the orders the save changed, and the ids of those that are live. So
 //! [`InventoryStore::load_for_assignment`] reads the statics, the index rows and only the live
 //! orders' rows (`IN` reads of 200 ids, 8 in flight), however many orders the event decided;
 //! [`InventoryStore::read_some_orders`] reads an ended order back when a command needs it.
