@@ -102,6 +102,11 @@ pub fn update(
     new_offset: i64,
     changed_orders: &[String],
 ) -> StoredEventUpdate {
+    // One lookup per changed order, for its row and its index entry.
+    let changed: Vec<(&String, &Order)> = changed_orders
+        .iter()
+        .filter_map(|id| state.orders.get(id).map(|o| (id, o)))
+        .collect();
     StoredEventUpdate {
         event_id: state.event_id.clone(),
         previous_offset,
@@ -115,16 +120,10 @@ pub fn update(
             .digest
             .map_or(0, |d| i64::try_from(d.decisions).unwrap_or(i64::MAX)),
         decision_digest: state.digest.map(|d| d.hex()).unwrap_or_default(),
-        changed_orders: changed_orders
-            .iter()
-            .filter_map(|id| state.orders.get(id).map(|o| order_row(id, o)))
-            .collect(),
-        index_entries: state.indexed.then(|| {
-            changed_orders
-                .iter()
-                .filter_map(|id| state.orders.get(id).map(|o| index_entry(id, o)))
-                .collect()
-        }),
+        changed_orders: changed.iter().map(|(id, o)| order_row(id, o)).collect(),
+        index_entries: state
+            .indexed
+            .then(|| changed.iter().map(|(id, o)| index_entry(id, o)).collect()),
     }
 }
 
