@@ -73,6 +73,23 @@ impl Resume {
     }
 }
 
+/// Whether the store lost writes since this consumer last wrote the partition's watermark
+/// (`written`): the stored one is older or gone. `written: None` (nothing written since the
+/// partition was taken, or the store held none then) has nothing to compare with.
+pub fn went_backwards(stored: Option<i64>, written: Option<i64>) -> bool {
+    written.is_some_and(|w| stored.is_none_or(|s| s < w))
+}
+
+/// What [`WatermarkStore::advance`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advanced {
+    /// The new watermark is stored.
+    Saved,
+    /// Nothing was written: the stored watermark went backwards (see [`went_backwards`]), the
+    /// store lost writes, and the partition must be read again from `stored`.
+    Behind { stored: Option<i64> },
+}
+
 /// Reads and writes `consumer_watermarks`.
 #[derive(Debug, Clone)]
 pub struct WatermarkStore {
@@ -138,6 +155,29 @@ impl WatermarkStore {
         Ok(())
     }
 
+    /// Moves the partition's watermark to `next_offset`, unless the store lost the one this
+    /// consumer wrote last (`written`). Checking before every write is what keeps the
+    /// evidence of a loss: a periodic check alone comes too late when a write after the
+    /// store's restart has already moved the watermark past what was lost. One read more per
+    /// write; callers write once per batch.
+    pub async fn advance(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: i32,
+        written: Option<i64>,
+        next_offset: i64,
+    ) -> Result<Advanced, WatermarkError> {
+        if written.is_some() {
+            let stored = self.load(consumer, topic, partition).await?;
+            if went_backwards(stored, written) {
+                return Ok(Advanced::Behind { stored });
+            }
+        }
+        self.save(consumer, topic, partition, next_offset).await?;
+        Ok(Advanced::Saved)
+    }
+
     /// The stored watermark of the partition, if any.
     pub async fn load(
         &self,
@@ -161,6 +201,22 @@ impl WatermarkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watermark_older_than_the_one_written_or_gone_went_backwards() {
+        assert!(went_backwards(Some(30), Some(40)));
+        assert!(went_backwards(None, Some(40)), "the row itself was lost");
+        assert!(!went_backwards(Some(40), Some(40)));
+        assert!(
+            !went_backwards(Some(50), Some(40)),
+            "a newer owner moved it on"
+        );
+        assert!(
+            !went_backwards(None, None),
+            "nothing written here: nothing to compare with"
+        );
+        assert!(!went_backwards(Some(3), None));
+    }
 
     #[test]
     fn a_store_that_covers_the_commit_resumes_at_the_commit() {

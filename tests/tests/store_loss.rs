@@ -25,7 +25,7 @@ use boxoffice_avro::records::{
 use boxoffice_processors::payments::gateway::Gateway;
 use boxoffice_sinks::notify::Channel;
 use boxoffice_tests::load::now_ms;
-use boxoffice_tests::pipeline::Pipeline;
+use boxoffice_tests::pipeline::{Pipeline, RunningPaymentProcessor};
 use boxoffice_tests::{services, wait};
 use notifier_common::{RunningNotifier, new_id, order_life, produce, settings};
 
@@ -115,27 +115,31 @@ async fn captured(pipeline: &Pipeline, orders: &[String]) {
     .unwrap();
 }
 
+/// A new pipeline with a running payment processor that captured `count` payments.
+async fn paid(name: &str, count: usize) -> (Pipeline, RunningPaymentProcessor) {
+    let pipeline = Pipeline::create(services().await, name).await.unwrap();
+    let mut outcomes = pipeline.reader(&pipeline.topics.commands).unwrap();
+    let processor = pipeline.start_payment_processor().await.unwrap();
+    pipeline
+        .produce_payment_requests(&requests(0..count))
+        .await
+        .unwrap();
+    outcomes
+        .read_group_until(WAIT, |o: &[BookingCommand]| o.len() >= count)
+        .await
+        .unwrap();
+    let all: Vec<String> = (0..count).map(order).collect();
+    captured(&pipeline, &all).await;
+    (pipeline, processor)
+}
+
 fn replays(gateway: &Gateway) -> u64 {
     gateway.replays()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payment_processor_replays_what_the_store_lost_and_never_charges_twice() {
-    let pipeline = Pipeline::create(services().await, "payments_loss")
-        .await
-        .unwrap();
-    let mut outcomes = pipeline.reader(&pipeline.topics.commands).unwrap();
-    let processor = pipeline.start_payment_processor().await.unwrap();
-    pipeline
-        .produce_payment_requests(&requests(0..20))
-        .await
-        .unwrap();
-    outcomes
-        .read_group_until(WAIT, |o: &[BookingCommand]| o.len() >= 20)
-        .await
-        .unwrap();
-    let all: Vec<String> = (0..20).map(order).collect();
-    captured(&pipeline, &all).await;
+    let (pipeline, processor) = paid("payments_loss", 20).await;
 
     // The running processor: its watermark goes backwards under it.
     let lost: Vec<String> = (0..10).map(order).collect();
@@ -323,4 +327,79 @@ async fn the_notifier_writes_again_in_app_rows_the_store_lost() {
     .unwrap();
     assert!(notifier.metrics.store_loss_replays.get() >= 1);
     notifier.stop().await.unwrap();
+}
+
+/// The loss is followed at once by new records on the same partition (same user): the write
+/// of their watermark, not only the periodic check, must see that the store went backwards,
+/// or it moves the watermark past what was lost and the loss is never seen. (Without the
+/// check on write, this failed: the 10 lost rows stayed lost, only the 2 new ones came.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_notifier_sees_the_loss_when_new_records_come_before_its_check() {
+    let pipeline = Pipeline::create(services().await, "inapp_loss_busy")
+        .await
+        .unwrap();
+    let user = new_id();
+    let mut notifications = Vec::new();
+    for n in 0..5 {
+        notifications.extend(order_life(&user, &new_id(), now_ms() + n));
+    }
+    produce(&pipeline, &notifications).await;
+    let notifier =
+        RunningNotifier::start(&pipeline, settings(&pipeline, &[Channel::Inapp], 1)).await;
+    wait::until("every in-app row stored", WAIT, || async {
+        (in_app_ids(&pipeline, &user).await.len() == 10).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let ks = &pipeline.keyspace;
+    pipeline
+        .session
+        .query_unpaged(
+            format!("DELETE FROM \"{ks}\".notifications WHERE user_id = ?"),
+            (&user,),
+        )
+        .await
+        .unwrap();
+    pipeline
+        .session
+        .query_unpaged(format!("TRUNCATE \"{ks}\".consumer_watermarks"), &[])
+        .await
+        .unwrap();
+    assert!(
+        in_app_ids(&pipeline, &user).await.is_empty(),
+        "the fault happened"
+    );
+    produce(&pipeline, &order_life(&user, &new_id(), now_ms() + 100)).await;
+    wait::until(
+        "the lost rows written again, and the new ones",
+        WAIT,
+        || async { (in_app_ids(&pipeline, &user).await.len() == 12).then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert!(notifier.metrics.store_loss_replays.get() >= 1);
+    notifier.stop().await.unwrap();
+}
+
+/// The payment processor's version of the race above: new requests on the lost payments'
+/// partitions come before its periodic check; their batch's watermark write sees the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payment_processor_sees_the_loss_when_new_records_come_before_its_check() {
+    let (pipeline, processor) = paid("payments_loss_busy", 10).await;
+    let lost: Vec<String> = (0..10).map(order).collect();
+
+    lose_payments(&pipeline, &lost).await;
+    // Thirty new payments: every partition gets some at once.
+    pipeline
+        .produce_payment_requests(&requests(10..40))
+        .await
+        .unwrap();
+    let all: Vec<String> = (0..40).map(order).collect();
+    captured(&pipeline, &all).await;
+    assert!(
+        processor.metrics.store_loss_replays.get() >= 1,
+        "the loss was seen"
+    );
+    processor.stop().await.unwrap();
 }

@@ -84,7 +84,7 @@ use boxoffice_runtime::retry::RetryPolicy;
 use boxoffice_store::payments::{
     HistoryEntry, PaymentSaveOutcome, PaymentStore, PaymentStoreError,
 };
-use boxoffice_store::watermarks::{Resume, WatermarkStore};
+use boxoffice_store::watermarks::{Advanced, Resume, WatermarkStore, went_backwards};
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::names::Topics;
 use futures::StreamExt;
@@ -407,9 +407,10 @@ impl Runtime {
             }
             // The group's offset never passes what the store says it holds: the watermark is
             // written first, and a partition whose watermark could not be written is not
-            // committed this time (the next batch writes both).
+            // committed this time (the next batch writes both; one whose store went backwards
+            // is read again from the store's watermark).
             if let Some(last) = last
-                && self.store_watermark(partition, last + 1).await
+                && self.store_watermark(consumer, partition, last + 1).await
             {
                 let _ = commit.add_partition_offset(
                     &self.topics.payments,
@@ -429,24 +430,36 @@ impl Runtime {
     }
 
     /// Stores the partition's watermark after its records' writes; `false` when the store did
-    /// not take it within a few attempts.
-    async fn store_watermark(&self, partition: i32, next_offset: i64) -> bool {
+    /// not take it within a few attempts, or when it went backwards (the partition is then
+    /// read again from it).
+    async fn store_watermark(
+        &self,
+        consumer: &PaymentConsumer,
+        partition: i32,
+        next_offset: i64,
+    ) -> bool {
         const ATTEMPTS: u32 = 5;
         for attempt in 1..=ATTEMPTS {
+            let written = self.written_map().get(&partition).copied().flatten();
             match self
                 .deps
                 .watermarks
-                .save(
+                .advance(
                     &self.deps.settings.group_id,
                     &self.topics.payments,
                     partition,
+                    written,
                     next_offset,
                 )
                 .await
             {
-                Ok(()) => {
+                Ok(Advanced::Saved) => {
                     self.written_map().insert(partition, Some(next_offset));
                     return true;
+                }
+                Ok(Advanced::Behind { stored }) => {
+                    self.read_again_from_store(consumer, partition, stored, written);
+                    return false;
                 }
                 Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
                     self.deps.metrics.store_retries.inc_by(1);

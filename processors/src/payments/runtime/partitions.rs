@@ -299,11 +299,15 @@ impl Runtime {
 
     /// Compares each owned partition's stored watermark with the one this instance wrote: an
     /// older one means the store lost writes since, and the partition is read again from it.
+    /// Writes check too ([`WatermarkStore::advance`]); this catches a loss while no record
+    /// comes.
     pub(super) async fn check_watermarks(&self, consumer: &PaymentConsumer) {
         let owned: Vec<(i32, Option<i64>)> =
             self.written_map().iter().map(|(p, w)| (*p, *w)).collect();
         for (partition, written) in owned {
-            let Some(written) = written else { continue };
+            if written.is_none() {
+                continue;
+            }
             let stored = match self
                 .deps
                 .watermarks
@@ -320,29 +324,40 @@ impl Runtime {
                     continue;
                 }
             };
-            if stored.is_some_and(|s| s >= written) {
-                continue;
+            if went_backwards(stored, written) {
+                self.read_again_from_store(consumer, partition, stored, written);
             }
-            self.deps.metrics.store_loss_replays.inc_by(1);
-            warn!(
-                partition,
-                ?stored,
-                written,
-                "the store's watermark went backwards (it lost writes it had acknowledged): reading the partition again from it"
-            );
-            let target = stored.map_or(Offset::Beginning, Offset::Offset);
-            match consumer.seek(
-                &self.topics.payments,
-                partition,
-                target,
-                self.deps.kafka.timeout,
-            ) {
-                Ok(()) => {
-                    self.written_map().insert(partition, stored);
-                }
-                Err(e) => {
-                    warn!(partition, error = %e, "seeking back failed; the next check tries again")
-                }
+        }
+    }
+
+    /// The store's watermark went backwards (it lost writes it had acknowledged): the
+    /// partition is read again from it; its writes are idempotent.
+    pub(super) fn read_again_from_store(
+        &self,
+        consumer: &PaymentConsumer,
+        partition: i32,
+        stored: Option<i64>,
+        written: Option<i64>,
+    ) {
+        self.deps.metrics.store_loss_replays.inc_by(1);
+        warn!(
+            partition,
+            ?stored,
+            ?written,
+            "the store's watermark went backwards (it lost writes it had acknowledged): reading the partition again from it"
+        );
+        let target = stored.map_or(Offset::Beginning, Offset::Offset);
+        match consumer.seek(
+            &self.topics.payments,
+            partition,
+            target,
+            self.deps.kafka.timeout,
+        ) {
+            Ok(()) => {
+                self.written_map().insert(partition, stored);
+            }
+            Err(e) => {
+                warn!(partition, error = %e, "seeking back failed; the next check tries again")
             }
         }
     }

@@ -23,14 +23,18 @@ use super::store::{Delivery, DeliveryState, WebhookEndpoint};
 use super::webhook::WebhookSender;
 use super::{Channel, NotifierDeps, NotifierError, SendError};
 use boxoffice_runtime::rebalance::{GroupContext, Membership, committed_offset, seek_and_resume};
-use boxoffice_store::watermarks::Resume;
+use boxoffice_store::watermarks::{Advanced, Resume, went_backwards};
 
 /// Records waiting per lane before the consumer waits for the lane.
 const LANE_CAPACITY: usize = 256;
 /// How often the main loop acts on rebalances (in-app: where a new partition resumes).
 const MEMBERSHIP_TICK: Duration = Duration::from_millis(250);
-/// How often the in-app channel compares the stored watermarks with what it wrote.
+/// How often the in-app channel compares the stored watermarks with what it wrote, with no
+/// record to write (every write compares first).
 const WATERMARK_CHECK: Duration = Duration::from_secs(5);
+/// The in-app channel writes each partition's watermark at most this often (then on the next
+/// finished record or tick): one read and one write per interval instead of per record.
+const WATERMARK_SAVE_EVERY: Duration = Duration::from_millis(100);
 
 /// The lane of a record: by its key (the user id), so one user's records share a lane.
 pub fn lane_of(key: &[u8], lanes: usize) -> usize {
@@ -41,10 +45,30 @@ pub fn lane_of(key: &[u8], lanes: usize) -> usize {
     usize::try_from(hash % lanes.max(1) as u64).unwrap_or(0)
 }
 
-/// The watermark the in-app channel last stored per owned partition.
+/// The watermark the in-app channel last stored per owned partition, and the offsets final
+/// since, waiting for the next write (see [`WATERMARK_SAVE_EVERY`]).
 #[derive(Debug, Default)]
 struct StoredMarks {
     written: HashMap<i32, Option<i64>>,
+    /// Per partition, the offset to store for commit once the watermark past it is written.
+    pending: BTreeMap<i32, i64>,
+    saved_at: Option<Instant>,
+}
+
+impl StoredMarks {
+    /// Forgets a partition that changed hands or is read again.
+    fn forget(&mut self, partition: i32) {
+        self.written.remove(&partition);
+        self.pending.remove(&partition);
+    }
+
+    /// Whether the pending offsets are due for their watermark write.
+    fn due(&self, now: Instant) -> bool {
+        !self.pending.is_empty()
+            && self
+                .saved_at
+                .is_none_or(|at| now.duration_since(at) >= WATERMARK_SAVE_EVERY)
+    }
 }
 
 /// Per partition, the offsets handed to lanes and not yet final.
@@ -290,6 +314,7 @@ impl ChannelRunner {
                     this.act_on_membership(&mut stored, &mut watermarks, &mut parked)
                         .await;
                     this.tend_parked(&mut stored, &mut parked).await;
+                    this.store_pending(&mut stored, &mut watermarks).await;
                     if this.channel == Channel::Inapp && checked.elapsed() >= WATERMARK_CHECK {
                         checked = std::time::Instant::now();
                         this.check_watermarks(&mut stored, &mut watermarks).await;
@@ -299,16 +324,11 @@ impl ChannelRunner {
                 Event::Done(partition, _, epoch) | Event::GaveUp(partition, _, epoch)
                     if epoch != this.epoch(partition) => {}
                 Event::Done(partition, offset, _) => {
-                    if let Some(commit) = watermarks.done(partition, offset)
-                        && this
-                            .store_watermark(&mut stored, partition, commit + 1)
-                            .await
-                        && let Err(e) = this.consumer.store_offset(&this.topic, partition, commit)
-                    {
-                        // The partition was revoked meanwhile: its new owner starts from the
-                        // last committed offset and finds the finished rows final.
-                        debug!(channel = this.channel.name(), partition, error = %e,
-                               "storing the offset failed");
+                    if let Some(commit) = watermarks.done(partition, offset) {
+                        stored.pending.insert(partition, commit);
+                        if this.channel != Channel::Inapp || stored.due(Instant::now()) {
+                            this.store_pending(&mut stored, &mut watermarks).await;
+                        }
                     }
                 }
                 Event::GaveUp(partition, reason, _) => {
@@ -318,7 +338,7 @@ impl ChannelRunner {
                     // up is stored for commit, and taking it again reads from the committed
                     // offset (in-app: the store's watermark).
                     watermarks.partitions.remove(&partition);
-                    stored.written.remove(&partition);
+                    stored.forget(partition);
                 }
                 // Fetched before the pause took effect: read again when the partition is taken.
                 Event::Message(message) if parked.contains_key(&message.partition()) => {}
@@ -347,9 +367,10 @@ impl ChannelRunner {
                 continue;
             }
             if let Some(commit) = watermarks.done(partition, offset) {
-                let _ = this.consumer.store_offset(&this.topic, partition, commit);
+                stored.pending.insert(partition, commit);
             }
         }
+        this.store_pending(&mut stored, &mut watermarks).await;
         if let Err(e) = this.consumer.commit_consumer_state(CommitMode::Sync) {
             debug!(channel = this.channel.name(), error = %e, "final commit");
         }
@@ -431,7 +452,7 @@ impl ChannelRunner {
             match change {
                 Membership::Revoked(partitions) => {
                     for p in partitions {
-                        stored.written.remove(&p);
+                        stored.forget(p);
                         marks.partitions.remove(&p);
                         self.bump_epoch(p);
                         // Our pause would outlive the assignment (librdkafka keeps an

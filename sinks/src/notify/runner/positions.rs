@@ -1,7 +1,7 @@
 //! Where one channel stands in each partition when things go wrong or change hands: giving a
 //! partition up after its retry budget and taking it again ("parked"), repositioning a newly
-//! owned partition (in-app: from the store's watermark), and the in-app channel's watermark
-//! writes and their check against store loss.
+//! owned partition (in-app: from the store's watermark), and storing finished offsets for
+//! commit (in-app: after the watermark write, which checks first that the store lost nothing).
 
 use super::*;
 
@@ -164,40 +164,62 @@ impl ChannelRunner {
         Ok((watermark, resume))
     }
 
-    /// In-app only: stores the watermark before the offset may be committed; `false` when the
-    /// store did not take it (the offset is then not stored this time). Other channels: `true`.
-    pub(super) async fn store_watermark(
-        &self,
-        stored: &mut StoredMarks,
-        partition: i32,
-        next: i64,
-    ) -> bool {
-        if self.channel != Channel::Inapp {
-            return true;
+    /// Stores for commit the offsets final since the last call. In-app: each partition's
+    /// watermark is written first ([`WatermarkStore::advance`], which checks that the store did
+    /// not go backwards); a partition whose write failed keeps its offset for the next call,
+    /// one whose store went backwards is read again from it.
+    ///
+    /// [`WatermarkStore::advance`]: boxoffice_store::watermarks::WatermarkStore::advance
+    pub(super) async fn store_pending(&self, stored: &mut StoredMarks, marks: &mut Watermarks) {
+        if stored.pending.is_empty() {
+            return;
         }
-        match self
-            .deps
-            .watermarks
-            .save(&self.group_id, &self.topic, partition, next)
-            .await
-        {
-            Ok(()) => {
-                stored.written.insert(partition, Some(next));
-                true
+        let pending = std::mem::take(&mut stored.pending);
+        for (partition, commit) in pending {
+            if self.channel == Channel::Inapp {
+                let written = stored.written.get(&partition).copied().flatten();
+                let advanced = self
+                    .deps
+                    .watermarks
+                    .advance(&self.group_id, &self.topic, partition, written, commit + 1)
+                    .await;
+                match advanced {
+                    Ok(Advanced::Saved) => {
+                        stored.written.insert(partition, Some(commit + 1));
+                    }
+                    Ok(Advanced::Behind { stored: now }) => {
+                        self.read_again_from_store(stored, marks, partition, now, written);
+                        continue;
+                    }
+                    Err(e) => {
+                        // Bounded: one offset per owned partition waits; a newer one wins.
+                        debug!(partition, error = %e, "storing the in-app watermark failed; the next finished record or tick tries again");
+                        stored.pending.entry(partition).or_insert(commit);
+                        continue;
+                    }
+                }
             }
-            Err(e) => {
-                debug!(partition, error = %e, "storing the in-app watermark failed; the next record tries again");
-                false
+            if let Err(e) = self.consumer.store_offset(&self.topic, partition, commit) {
+                // The partition was revoked meanwhile: its new owner starts from the last
+                // committed offset and finds the finished rows final.
+                debug!(channel = self.channel.name(), partition, error = %e,
+                       "storing the offset failed");
             }
+        }
+        if self.channel == Channel::Inapp {
+            stored.saved_at = Some(Instant::now());
         }
     }
 
     /// Compares each partition's stored watermark with the one written here: an older one
-    /// means the store lost rows since, and the partition is read again from it.
+    /// means the store lost rows since, and the partition is read again from it. Writes check
+    /// too ([`store_pending`](Self::store_pending)); this catches a loss while no record comes.
     pub(super) async fn check_watermarks(&self, stored: &mut StoredMarks, marks: &mut Watermarks) {
         let owned: Vec<(i32, Option<i64>)> = stored.written.iter().map(|(p, w)| (*p, *w)).collect();
         for (partition, written) in owned {
-            let Some(written) = written else { continue };
+            if written.is_none() {
+                continue;
+            }
             let Ok(now) = self
                 .deps
                 .watermarks
@@ -206,28 +228,42 @@ impl ChannelRunner {
             else {
                 continue;
             };
-            if now.is_some_and(|n| n >= written) {
-                continue;
+            if went_backwards(now, written) {
+                self.read_again_from_store(stored, marks, partition, now, written);
             }
-            self.deps.metrics.store_loss_replays.inc_by(1);
-            warn!(
-                partition,
-                ?now,
-                written,
-                "the in-app watermark went backwards (the store lost rows): reading the partition again from it"
-            );
-            let target = now.map_or(Offset::Beginning, Offset::Offset);
-            if let Err(e) =
-                self.consumer
-                    .seek(&self.topic, partition, target, self.deps.kafka.timeout)
-            {
-                warn!(partition, error = %e, "seeking back failed; the next check tries again");
-                continue;
-            }
-            // Records in lanes are skipped (a new reading); the partition's marks start over.
-            self.bump_epoch(partition);
-            marks.partitions.remove(&partition);
-            stored.written.insert(partition, now);
         }
+    }
+
+    /// The store's in-app watermark went backwards (it lost rows it had acknowledged): the
+    /// partition is read again from it and the lost rows written again (upserts by id).
+    fn read_again_from_store(
+        &self,
+        stored: &mut StoredMarks,
+        marks: &mut Watermarks,
+        partition: i32,
+        now: Option<i64>,
+        written: Option<i64>,
+    ) {
+        self.deps.metrics.store_loss_replays.inc_by(1);
+        warn!(
+            partition,
+            ?now,
+            ?written,
+            "the in-app watermark went backwards (the store lost rows): reading the partition again from it"
+        );
+        let target = now.map_or(Offset::Beginning, Offset::Offset);
+        if let Err(e) = self
+            .consumer
+            .seek(&self.topic, partition, target, self.deps.kafka.timeout)
+        {
+            // `written` stays: the next write or check finds the loss again.
+            warn!(partition, error = %e, "seeking back failed; the next check tries again");
+            return;
+        }
+        // Records in lanes are skipped (a new reading); the partition's marks start over.
+        self.bump_epoch(partition);
+        marks.partitions.remove(&partition);
+        stored.pending.remove(&partition);
+        stored.written.insert(partition, now);
     }
 }
