@@ -511,6 +511,22 @@ mod tests {
     }
 
     #[test]
+    fn pending_offsets_are_written_at_most_every_interval_and_forgotten_with_their_partition() {
+        let t0 = Instant::now();
+        let mut stored = StoredMarks::default();
+        assert!(!stored.due(t0), "nothing pending");
+        stored.pending.insert(3, 41);
+        assert!(stored.due(t0), "never written: due at once");
+        stored.saved_at = Some(t0);
+        assert!(!stored.due(t0 + WATERMARK_SAVE_EVERY / 2));
+        assert!(stored.due(t0 + WATERMARK_SAVE_EVERY));
+        stored.written.insert(3, Some(40));
+        stored.forget(3);
+        assert!(stored.pending.is_empty() && stored.written.is_empty());
+        assert!(!stored.due(t0 + WATERMARK_SAVE_EVERY));
+    }
+
+    #[test]
     fn a_user_always_gets_the_same_lane() {
         assert_eq!(lane_of(b"user-1", 16), lane_of(b"user-1", 16));
         assert!(lane_of(b"user-2", 16) < 16);
