@@ -278,12 +278,9 @@ async fn in_app_ids(pipeline: &Pipeline, user: &str) -> HashSet<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_notifier_writes_again_in_app_rows_the_store_lost() {
-    let pipeline = Pipeline::create(services().await, "inapp_loss")
-        .await
-        .unwrap();
-    let users: Vec<String> = (0..3).map(|_| new_id()).collect();
+/// A new pipeline with a running in-app channel that stored 10 rows (5 orders) per user.
+async fn notified(name: &str, users: &[String]) -> (Pipeline, RunningNotifier) {
+    let pipeline = Pipeline::create(services().await, name).await.unwrap();
     let mut notifications = Vec::new();
     for (i, user) in users.iter().enumerate() {
         for n in 0..5 {
@@ -293,21 +290,28 @@ async fn the_notifier_writes_again_in_app_rows_the_store_lost() {
     produce(&pipeline, &notifications).await;
     let notifier =
         RunningNotifier::start(&pipeline, settings(&pipeline, &[Channel::Inapp], 1)).await;
-    for user in &users {
-        wait::until("every in-app row stored", WAIT, || async {
-            (in_app_ids(&pipeline, user).await.len() == 10).then_some(())
-        })
-        .await
-        .unwrap();
+    for user in users {
+        in_app_rows_reach(&pipeline, user, 10, "every in-app row stored").await;
     }
+    (pipeline, notifier)
+}
 
-    // The store loses one user's rows and the channel's watermarks.
+async fn in_app_rows_reach(pipeline: &Pipeline, user: &str, rows: usize, what: &str) {
+    wait::until(what, WAIT, || async {
+        (in_app_ids(pipeline, user).await.len() == rows).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The store loses one user's rows and the channel's watermarks.
+async fn lose_in_app(pipeline: &Pipeline, user: &str) {
     let ks = &pipeline.keyspace;
     pipeline
         .session
         .query_unpaged(
             format!("DELETE FROM \"{ks}\".notifications WHERE user_id = ?"),
-            (&users[0],),
+            (user,),
         )
         .await
         .unwrap();
@@ -317,14 +321,18 @@ async fn the_notifier_writes_again_in_app_rows_the_store_lost() {
         .await
         .unwrap();
     assert!(
-        in_app_ids(&pipeline, &users[0]).await.is_empty(),
+        in_app_ids(pipeline, user).await.is_empty(),
         "the fault happened"
     );
-    wait::until("the lost rows written again", WAIT, || async {
-        (in_app_ids(&pipeline, &users[0]).await.len() == 10).then_some(())
-    })
-    .await
-    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_notifier_writes_again_in_app_rows_the_store_lost() {
+    let users: Vec<String> = (0..3).map(|_| new_id()).collect();
+    let (pipeline, notifier) = notified("inapp_loss", &users).await;
+
+    lose_in_app(&pipeline, &users[0]).await;
+    in_app_rows_reach(&pipeline, &users[0], 10, "the lost rows written again").await;
     assert!(notifier.metrics.store_loss_replays.get() >= 1);
     notifier.stop().await.unwrap();
 }
@@ -335,49 +343,13 @@ async fn the_notifier_writes_again_in_app_rows_the_store_lost() {
 /// check on write, this failed: the 10 lost rows stayed lost, only the 2 new ones came.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_notifier_sees_the_loss_when_new_records_come_before_its_check() {
-    let pipeline = Pipeline::create(services().await, "inapp_loss_busy")
-        .await
-        .unwrap();
     let user = new_id();
-    let mut notifications = Vec::new();
-    for n in 0..5 {
-        notifications.extend(order_life(&user, &new_id(), now_ms() + n));
-    }
-    produce(&pipeline, &notifications).await;
-    let notifier =
-        RunningNotifier::start(&pipeline, settings(&pipeline, &[Channel::Inapp], 1)).await;
-    wait::until("every in-app row stored", WAIT, || async {
-        (in_app_ids(&pipeline, &user).await.len() == 10).then_some(())
-    })
-    .await
-    .unwrap();
+    let (pipeline, notifier) = notified("inapp_loss_busy", std::slice::from_ref(&user)).await;
 
-    let ks = &pipeline.keyspace;
-    pipeline
-        .session
-        .query_unpaged(
-            format!("DELETE FROM \"{ks}\".notifications WHERE user_id = ?"),
-            (&user,),
-        )
-        .await
-        .unwrap();
-    pipeline
-        .session
-        .query_unpaged(format!("TRUNCATE \"{ks}\".consumer_watermarks"), &[])
-        .await
-        .unwrap();
-    assert!(
-        in_app_ids(&pipeline, &user).await.is_empty(),
-        "the fault happened"
-    );
+    lose_in_app(&pipeline, &user).await;
     produce(&pipeline, &order_life(&user, &new_id(), now_ms() + 100)).await;
-    wait::until(
-        "the lost rows written again, and the new ones",
-        WAIT,
-        || async { (in_app_ids(&pipeline, &user).await.len() == 12).then_some(()) },
-    )
-    .await
-    .unwrap();
+    let what = "the lost rows written again, and the new ones";
+    in_app_rows_reach(&pipeline, &user, 12, what).await;
     assert!(notifier.metrics.store_loss_replays.get() >= 1);
     notifier.stop().await.unwrap();
 }
