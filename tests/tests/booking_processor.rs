@@ -397,10 +397,11 @@ async fn a_second_instance_joining_mid_stream_never_allocates_a_slot_twice() {
 async fn unpaid_holds_expire_on_time_and_the_slots_sell_again() {
     let pipeline = Pipeline::create(services().await, "expiry").await.unwrap();
     let e = "expiry-event";
+    // Before the commands are built: a hold ends 2 s after its command's `occurred_at`.
+    let booked_at = Instant::now();
     let mut commands = vec![event(e, 10, 2)];
     commands.extend((0..10).map(|i| booking(e, &format!("first-{i}"), &format!("user-{i}"))));
     let processor = pipeline.start_processor().await.unwrap();
-    let booked_at = Instant::now();
     pipeline.produce_commands(&commands).await.unwrap();
     let mut orders = pipeline.reader(&pipeline.topics.orders).unwrap();
     let facts = read_until_n(&mut orders, 10, |f| {

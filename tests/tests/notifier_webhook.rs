@@ -340,7 +340,9 @@ async fn a_hung_endpoint_never_delays_another_users_deliveries() {
 
     let mut settings = settings(&pipeline, &[Channel::Webhook], 1);
     settings.lanes = 1;
-    settings.webhook_timeout = Duration::from_secs(4);
+    // Mallory's endpoint is suspended after two timeouts; Alice's twelve deliveries must all
+    // happen before that (asserted below), so the timeouts leave a slow machine room.
+    settings.webhook_timeout = Duration::from_secs(10);
     // Room for either user's burst: Mallory's are parked by the suspension, not the bound.
     settings.webhook_endpoint_queue = 16;
     settings.webhook_suspend_after = Some(2);

@@ -69,6 +69,20 @@ fn requests(range: std::ops::Range<usize>) -> Vec<PaymentRequest> {
 /// Removes the payments' rows (and history, timers) and every watermark of the group: what a
 /// store that lost the writes since the watermark holds.
 async fn lose_payments(pipeline: &Pipeline, orders: &[String]) {
+    delete_payments(pipeline, orders).await;
+    pipeline
+        .session
+        .query_unpaged(
+            format!("TRUNCATE \"{}\".consumer_watermarks", pipeline.keyspace),
+            &[],
+        )
+        .await
+        .unwrap();
+}
+
+/// Deletes the orders' payment rows and checks they are gone (before any watermark changes,
+/// so no replay can bring them back in between).
+async fn delete_payments(pipeline: &Pipeline, orders: &[String]) {
     let ks = &pipeline.keyspace;
     for order in orders {
         let payment = ids::payment_id(order);
@@ -83,11 +97,6 @@ async fn lose_payments(pipeline: &Pipeline, orders: &[String]) {
                 .unwrap();
         }
     }
-    pipeline
-        .session
-        .query_unpaged(format!("TRUNCATE \"{ks}\".consumer_watermarks"), &[])
-        .await
-        .unwrap();
     let store = pipeline.payment_store().await.unwrap();
     for order in orders {
         assert!(
@@ -159,7 +168,7 @@ async fn the_payment_processor_replays_what_the_store_lost_and_never_charges_twi
     // far ahead, as it would be without the watermark mechanism: nothing to compare with).
     // The rows stay lost: it is the comparison that brings them back.
     let control: Vec<String> = vec![order(0)];
-    lose_payments(&pipeline, &control).await;
+    // The watermarks first: with none stored for a moment, a check would replay.
     let watermarks = pipeline.watermarks().await.unwrap();
     for partition in 0..3 {
         watermarks
@@ -172,6 +181,7 @@ async fn the_payment_processor_replays_what_the_store_lost_and_never_charges_twi
             .await
             .unwrap();
     }
+    delete_payments(&pipeline, &control).await;
     // Two watermark checks (5 s apart) pass without a replay.
     let replays_before = processor.metrics.store_loss_replays.get();
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -315,15 +325,16 @@ async fn lose_in_app(pipeline: &Pipeline, user: &str) {
         )
         .await
         .unwrap();
+    // Checked before the watermarks go: no replay can bring the rows back in between.
+    assert!(
+        in_app_ids(pipeline, user).await.is_empty(),
+        "the fault happened"
+    );
     pipeline
         .session
         .query_unpaged(format!("TRUNCATE \"{ks}\".consumer_watermarks"), &[])
         .await
         .unwrap();
-    assert!(
-        in_app_ids(pipeline, user).await.is_empty(),
-        "the fault happened"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -651,13 +651,19 @@ mod tests {
 
     #[tokio::test]
     async fn pending_charges_complete_later() {
-        let g = sandbox();
+        // Pending for long enough that a descheduled test thread still queries inside it.
+        let g = SandboxGateway::new(SandboxSettings {
+            slow: Duration::from_millis(10),
+            pending: Duration::from_millis(500),
+            ledger: None,
+        })
+        .unwrap();
         assert!(matches!(
             g.charge(&charge("p", TOKEN_PENDING)).await,
             ChargeOutcome::Pending { .. }
         ));
         assert!(matches!(g.query("p").await, ChargeOutcome::Pending { .. }));
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(matches!(g.query("p").await, ChargeOutcome::Captured { .. }));
     }
 
