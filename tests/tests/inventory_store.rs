@@ -546,3 +546,100 @@ async fn an_indexed_event_is_loaded_for_an_assignment_from_its_index_rows_and_li
     assert!(store.save(&sneaky).await.is_err());
     fixture.drop().await;
 }
+
+#[tokio::test]
+async fn order_rows_are_written_in_batches_and_again_without_change() {
+    use boxoffice_store::orders::{NewOrder, OrderRows};
+    use scylla::value::CqlTimestamp;
+
+    let fixture = Fixture::new("order_rows").await;
+    let rows = OrderRows::new(Arc::clone(&fixture.session), &fixture.keyspace)
+        .await
+        .expect("statements prepared");
+    // Seven orders: a full batch of five and a short one of two.
+    let orders: Vec<NewOrder> = (0..7)
+        .map(|i| NewOrder {
+            order_id: order_id(i),
+            event_id: "evt-rows".to_owned(),
+            user_id: format!("user-{}", i % 3),
+            number_slot: i as i32 + 1,
+            created_at: 1_800_000_000_000 + i as i64,
+            idempotency_key: (i % 2 == 0).then(|| format!("key-{i}")),
+        })
+        .collect();
+    rows.write(&orders).await.expect("rows written");
+    // A replay writes the same cells.
+    rows.write(&orders).await.expect("rows written again");
+    rows.write(&[]).await.expect("nothing to write");
+
+    let ks = fixture.keyspace.cql();
+    type OrderRow = (String, String, String, i32, String, CqlTimestamp, String);
+    let mut stored: Vec<OrderRow> = fixture
+        .session
+        .query_unpaged(
+            format!(
+                "SELECT id, event_id, user_id, number_slot, status, created_at, \
+                 idempotency_key FROM {ks}.orders"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<OrderRow>()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    let wanted: Vec<OrderRow> = orders
+        .iter()
+        .map(|o| {
+            (
+                o.order_id.clone(),
+                o.event_id.clone(),
+                o.user_id.clone(),
+                o.number_slot,
+                "PENDING".to_owned(),
+                CqlTimestamp(o.created_at),
+                o.idempotency_key.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(stored, wanted);
+
+    type ListingRow = (String, CqlTimestamp, String, String, i32, String);
+    let mut listed: Vec<ListingRow> = fixture
+        .session
+        .query_unpaged(
+            format!(
+                "SELECT user_id, created_at, order_id, event_id, number_slot, status \
+                 FROM {ks}.orders_by_user"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<ListingRow>()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    listed.sort_by(|a, b| a.2.cmp(&b.2));
+    let wanted: Vec<ListingRow> = orders
+        .iter()
+        .map(|o| {
+            (
+                o.user_id.clone(),
+                CqlTimestamp(o.created_at),
+                o.order_id.clone(),
+                o.event_id.clone(),
+                o.number_slot,
+                "PENDING".to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, wanted);
+    fixture.drop().await;
+}
