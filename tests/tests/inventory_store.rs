@@ -43,6 +43,23 @@ impl Fixture {
         }
     }
 
+    /// Every row a query returns.
+    async fn select_all<R>(&self, cql: String) -> Vec<R>
+    where
+        R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+    {
+        self.session
+            .query_unpaged(cql, &[])
+            .await
+            .expect("query runs")
+            .into_rows_result()
+            .expect("a query that returns rows")
+            .rows::<R>()
+            .expect("rows of the asked-for types")
+            .map(|row| row.expect("row decodes"))
+            .collect()
+    }
+
     async fn drop(self) {
         self.session
             .query_unpaged(format!("DROP KEYSPACE {}", self.keyspace.cql()), &[])
@@ -575,22 +592,11 @@ async fn order_rows_are_written_in_batches_and_again_without_change() {
     let ks = fixture.keyspace.cql();
     type OrderRow = (String, String, String, i32, String, CqlTimestamp, String);
     let mut stored: Vec<OrderRow> = fixture
-        .session
-        .query_unpaged(
-            format!(
-                "SELECT id, event_id, user_id, number_slot, status, created_at, \
-                 idempotency_key FROM {ks}.orders"
-            ),
-            &[],
-        )
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .rows::<OrderRow>()
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+        .select_all(format!(
+            "SELECT id, event_id, user_id, number_slot, status, created_at, idempotency_key \
+             FROM {ks}.orders"
+        ))
+        .await;
     stored.sort_by(|a, b| a.0.cmp(&b.0));
     let wanted: Vec<OrderRow> = orders
         .iter()
@@ -610,22 +616,11 @@ async fn order_rows_are_written_in_batches_and_again_without_change() {
 
     type ListingRow = (String, CqlTimestamp, String, String, i32, String);
     let mut listed: Vec<ListingRow> = fixture
-        .session
-        .query_unpaged(
-            format!(
-                "SELECT user_id, created_at, order_id, event_id, number_slot, status \
-                 FROM {ks}.orders_by_user"
-            ),
-            &[],
-        )
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .rows::<ListingRow>()
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+        .select_all(format!(
+            "SELECT user_id, created_at, order_id, event_id, number_slot, status \
+             FROM {ks}.orders_by_user"
+        ))
+        .await;
     listed.sort_by(|a, b| a.2.cmp(&b.2));
     let wanted: Vec<ListingRow> = orders
         .iter()

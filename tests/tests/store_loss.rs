@@ -70,6 +70,11 @@ fn requests(range: std::ops::Range<usize>) -> Vec<PaymentRequest> {
 /// store that lost the writes since the watermark holds.
 async fn lose_payments(pipeline: &Pipeline, orders: &[String]) {
     delete_payments(pipeline, orders).await;
+    forget_watermarks(pipeline).await;
+}
+
+/// Removes every consumer's watermark: what a store that lost them holds.
+async fn forget_watermarks(pipeline: &Pipeline) {
     pipeline
         .session
         .query_unpaged(
@@ -196,14 +201,7 @@ async fn the_payment_processor_replays_what_the_store_lost_and_never_charges_twi
     );
     assert_eq!(processor.metrics.store_loss_replays.get(), replays_before);
     processor.stop().await.unwrap();
-    pipeline
-        .session
-        .query_unpaged(
-            format!("TRUNCATE \"{}\".consumer_watermarks", pipeline.keyspace),
-            &[],
-        )
-        .await
-        .unwrap();
+    forget_watermarks(&pipeline).await;
 
     // A restarted processor: the store is behind the committed offset.
     let mut lost: Vec<String> = (10..20).map(order).collect();
@@ -330,11 +328,7 @@ async fn lose_in_app(pipeline: &Pipeline, user: &str) {
         in_app_ids(pipeline, user).await.is_empty(),
         "the fault happened"
     );
-    pipeline
-        .session
-        .query_unpaged(format!("TRUNCATE \"{ks}\".consumer_watermarks"), &[])
-        .await
-        .unwrap();
+    forget_watermarks(pipeline).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
