@@ -3,9 +3,10 @@
 //! decision being readable by a `read_committed` consumer of `orders.events`, on the real
 //! stack (Kafka, the CQL store, the registry) with ingest and the booking processor running in
 //! this process on their own runtimes (threads `srv` and `proc`, the client on `cli`, so the
-//! CPU of each shows separately). In the same run it runs the PostgreSQL row-lock baseline (a
-//! throwaway server, `tests/pg-baseline/`) and prints the ratio; at the end it audits the event
-//! (`verify-event`) and fails when the audit does.
+//! CPU of each shows separately; `--ingest-binary` runs the real ingest binary as a child
+//! process instead, so its resident memory shows too). In the same run it runs the PostgreSQL
+//! row-lock baseline (a throwaway server, `tests/pg-baseline/`) and prints the ratio; at the
+//! end it audits the event (`verify-event`) and fails when the audit does.
 //!
 //! ```sh
 //! cargo build --release -p boxoffice-tests --bin flash-sale
@@ -28,9 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use boxoffice_processors::booking::audit::verify_event;
 use boxoffice_tests::load::client::{Keyed, Target, closed_loop, ms, open_loop};
-use boxoffice_tests::load::cpu::{CpuSnapshot, resident_mib, stack_pids};
+use boxoffice_tests::load::cpu::{CpuSnapshot, resident_mib, stack_pids, status_mib};
 use boxoffice_tests::load::ingest::{
-    ADMIN_LOGIN, Local, PASSWORD, create_event, login, start_local, users,
+    ADMIN_LOGIN, Local, PASSWORD, create_event, login, start_local, start_process, users,
 };
 use boxoffice_tests::load::{percentile, postgres};
 use clap::Parser;
@@ -88,6 +89,11 @@ struct Cli {
     /// Worker threads of the load client's runtime.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Run ingest as this binary (e.g. `target/release/boxoffice-ingest`) in a child process
+    /// instead of in this one, so its resident memory and CPU are its own (printed after the
+    /// run); the processor and the client stay in this process.
+    #[arg(long)]
+    ingest_binary: Option<PathBuf>,
     /// Where `scripts/stack` keeps its pid files (Kafka, Cassandra and registry CPU time).
     #[arg(long, default_value = ".stack")]
     stack_dir: PathBuf,
@@ -154,6 +160,14 @@ fn follow_decisions(
         })?)
 }
 
+/// A memory figure of process `pid` (`VmRSS`, `VmHWM`), for printing.
+fn process_memory(pid: u32, field: &str) -> String {
+    status_mib(&pid.to_string(), field).map_or_else(
+        || format!("{field} unreadable"),
+        |mib| format!("{mib:.0} MiB"),
+    )
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     anyhow::ensure!(cli.users > 0, "--users must be at least 1");
@@ -187,9 +201,17 @@ fn main() -> anyhow::Result<()> {
     let processor_rt = runtime("proc", cli.processor_threads)?;
     let client_rt = runtime("cli", cli.client_threads)?;
 
-    let local = server_rt.block_on(start_local("flashsale", cli.partitions, cli.users))?;
+    let local = server_rt.block_on(async {
+        match &cli.ingest_binary {
+            Some(binary) => start_process("flashsale", cli.partitions, cli.users, binary).await,
+            None => start_local("flashsale", cli.partitions, cli.users).await,
+        }
+    })?;
     let processor = processor_rt.block_on(local.pipeline.start_processor())?;
-    let stack = stack_pids(&cli.stack_dir);
+    let mut stack = stack_pids(&cli.stack_dir);
+    if let Some(pid) = local.pid() {
+        stack.push(("ingest (process)".to_owned(), pid));
+    }
     println!(
         "flash-sale: {} (topics {}*, keyspace {}), {} cores; stack pids {:?}",
         local.base,
@@ -218,6 +240,14 @@ fn main() -> anyhow::Result<()> {
             fans.len(),
             setup.elapsed().as_secs_f64()
         );
+        if let Some(pid) = local.pid() {
+            // Registrations and logins hash passwords (Argon2, 19 MiB each): what they leave
+            // behind shows here, before any order.
+            println!(
+                "   ingest process resident after setup: {}",
+                process_memory(pid, "VmRSS")
+            );
+        }
         let recorder = decisions.clone();
         let keyed = Keyed {
             prefix: uuid::Uuid::new_v4().simple().to_string(),
@@ -307,10 +337,18 @@ fn main() -> anyhow::Result<()> {
         for line in after.summary_since(&before, accepted as u64, "booking") {
             println!("   {line}");
         }
-        println!(
-            "   this process (ingest, processor, client) resident: {:.0} MiB",
-            resident_mib()
-        );
+        match local.pid() {
+            Some(pid) => println!(
+                "   resident: ingest process {} (peak {}); this process (processor, client) {:.0} MiB",
+                process_memory(pid, "VmRSS"),
+                process_memory(pid, "VmHWM"),
+                resident_mib()
+            ),
+            None => println!(
+                "   this process (ingest, processor, client) resident: {:.0} MiB",
+                resident_mib()
+            ),
+        }
         anyhow::ensure!(
             decided == accepted,
             "{} accepted orders got no decision within {} s",

@@ -174,14 +174,18 @@ pub fn load_average() -> String {
 
 /// Resident memory of this process, in MiB (`VmRSS`), 0 when unknown.
 pub fn resident_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    status_mib("self", "VmRSS").unwrap_or(0.0)
+}
+
+/// A memory figure (`VmRSS`, `VmHWM`, ...) of process `pid` (or `self`) from
+/// `/proc/<pid>/status`, in MiB; `None` when the process or the field is gone.
+pub fn status_mib(pid: &str, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    let kib: f64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
-//! An ingest for load runs: started in this process on a private pipeline (topics under a
-//! unique prefix, its own keyspace, both removed when the pipeline is dropped) with the rate
+//! An ingest for load runs: started in this process, or as the real binary in a child process,
+//! on a private pipeline (topics under a unique prefix, its own keyspace, both removed when
+//! the pipeline is dropped) with the rate
 //! limits opened (a load generator would otherwise measure the limits), plus the setup every
 //! run needs through the public API: the admin's login, the hot event, verified users.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -148,8 +150,18 @@ pub struct Local {
     pub pipeline: Pipeline,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
-    stop: oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: Server,
+}
+
+/// Where ingest runs.
+enum Server {
+    /// On the runtime that started it.
+    InProcess {
+        stop: oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
+    /// The `boxoffice-ingest` binary, as a child process.
+    Process(std::process::Child),
 }
 
 impl std::fmt::Debug for Local {
@@ -160,9 +172,15 @@ impl std::fmt::Debug for Local {
     }
 }
 
-/// Starts ingest in this process (on the calling runtime) on a new pipeline named `name` with
-/// `partitions` command partitions; its admin is [`ADMIN_LOGIN`] / [`PASSWORD`].
-pub async fn start_local(name: &str, partitions: i32, users: usize) -> anyhow::Result<Local> {
+/// A private pipeline with ingest's stores, bus and admin ready, before anything serves it.
+struct Prepared {
+    pipeline: Pipeline,
+    settings: IngestSettings,
+    stores: boxoffice_ingest::stores::Stores,
+    bus: Arc<KafkaBus>,
+}
+
+async fn prepare(name: &str, partitions: i32, users: usize) -> anyhow::Result<Prepared> {
     let services = crate::services().await;
     let pipeline = Pipeline::create_with(services, name, partitions).await?;
     let keyspace = Keyspace::new(&pipeline.keyspace).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -171,9 +189,8 @@ pub async fn start_local(name: &str, partitions: i32, users: usize) -> anyhow::R
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .into_stores();
     let settings = settings(&pipeline.prefix, users)?;
-    let kafka = pipeline.services.kafka();
     let bus = Arc::new(KafkaBus::new(
-        &kafka,
+        &pipeline.services.kafka(),
         pipeline.codec.clone(),
         Topics::with_prefix(&pipeline.prefix),
         settings.produce_timeout,
@@ -193,6 +210,23 @@ pub async fn start_local(name: &str, partitions: i32, users: usize) -> anyhow::R
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Prepared {
+        pipeline,
+        settings,
+        stores,
+        bus,
+    })
+}
+
+/// Starts ingest in this process (on the calling runtime) on a new pipeline named `name` with
+/// `partitions` command partitions; its admin is [`ADMIN_LOGIN`] / [`PASSWORD`].
+pub async fn start_local(name: &str, partitions: i32, users: usize) -> anyhow::Result<Local> {
+    let Prepared {
+        pipeline,
+        settings,
+        stores,
+        bus,
+    } = prepare(name, partitions, users).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -201,7 +235,7 @@ pub async fn start_local(name: &str, partitions: i32, users: usize) -> anyhow::R
         stores,
         bus,
         follow: Some(Follow {
-            kafka,
+            kafka: pipeline.services.kafka(),
             codec: pipeline.codec.clone(),
             retry: boxoffice_ingest::RetryPolicy::with_budget(std::time::Duration::from_secs(60)),
         }),
@@ -213,18 +247,141 @@ pub async fn start_local(name: &str, partitions: i32, users: usize) -> anyhow::R
     Ok(Local {
         pipeline,
         base,
-        stop,
-        server,
+        server: Server::InProcess { stop, server },
     })
 }
 
+/// A free port on 127.0.0.1 (bound, read and released: another process may take it in
+/// between, which the child's startup then reports).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts the `boxoffice-ingest` binary at `binary` as a child process on a new pipeline named
+/// `name` (so its memory and CPU show apart from the load generator's), with the settings
+/// [`start_local`] uses: the rate limits opened, live followers on. The stack's addresses come
+/// from this process's environment (`eval "$(scripts/stack env)"`); its log goes to
+/// `<temp dir>/<prefix>ingest.log`. Waits at most 60 s for it to answer.
+pub async fn start_process(
+    name: &str,
+    partitions: i32,
+    users: usize,
+    binary: &Path,
+) -> anyhow::Result<Local> {
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build --release -p boxoffice-ingest`",
+        binary.display()
+    );
+    let Prepared {
+        pipeline, settings, ..
+    } = prepare(name, partitions, users).await?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let log_path = std::env::temp_dir().join(format!("{}ingest.log", pipeline.prefix));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let open = u32::MAX.to_string();
+    let child = std::process::Command::new(binary)
+        .env("BOXOFFICE_DEV", "1")
+        .env("RUST_LOG", "warn")
+        .env("BOXOFFICE_TOPIC_PREFIX", &pipeline.prefix)
+        .env("SCYLLA_KEYSPACE", &pipeline.keyspace)
+        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("INGEST_METRICS_ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env(
+            "INGEST_JWT_SECRET",
+            uuid::Uuid::new_v4().simple().to_string().repeat(2),
+        )
+        .env("INGEST_ACCESS_TOKEN_TTL", "1h")
+        .env("INGEST_LOGIN_IP_BURST", settings.login_ip_burst.to_string())
+        .env("INGEST_LOGIN_IP_REFILL", "1ms")
+        .env(
+            "INGEST_REGISTER_IP_BURST",
+            settings.register_ip_burst.to_string(),
+        )
+        .env("INGEST_REGISTER_IP_REFILL", "1ms")
+        .env("INGEST_ORDER_USER_BURST", &open)
+        .env("INGEST_ORDER_USER_REFILL", "1ms")
+        .env("INGEST_ORDER_IP_BURST", &open)
+        .env("INGEST_ORDER_IP_REFILL", "1ms")
+        .env(
+            "INGEST_PASSWORD_HASH_QUEUE",
+            settings.password_hash_queue.to_string(),
+        )
+        .env(
+            "INGEST_STREAMS_PER_USER",
+            settings.streams_per_user.to_string(),
+        )
+        .env(
+            "INGEST_STREAMS_PER_ADDRESS",
+            settings.streams_per_address.to_string(),
+        )
+        .env("INGEST_STREAMS_TOTAL", settings.streams_total.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut local = Local {
+        pipeline,
+        base,
+        server: Server::Process(child),
+    };
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Server::Process(child) = &mut local.server
+            && let Some(status) = child.try_wait()?
+        {
+            anyhow::bail!(
+                "{} exited ({status}) before it answered; its log: {}",
+                binary.display(),
+                log_path.display()
+            );
+        }
+        let ready = http.get(format!("{}/readyz", local.base)).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return Ok(local);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{} did not answer {}/readyz within 60 s; its log: {}",
+            binary.display(),
+            local.base,
+            log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl Local {
+    /// The ingest child process's pid, when ingest runs as one ([`start_process`]).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.server {
+            Server::Process(child) => Some(child.id()),
+            Server::InProcess { .. } => None,
+        }
+    }
+
     /// Stops ingest (at most 15 s). The pipeline stays until `self.pipeline` is dropped.
     pub async fn stop(self) -> anyhow::Result<Pipeline> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(15), self.server)
-            .await
-            .context("ingest did not stop within 15 s")???;
+        match self.server {
+            Server::InProcess { stop, server } => {
+                let _ = stop.send(());
+                tokio::time::timeout(Duration::from_secs(15), server)
+                    .await
+                    .context("ingest did not stop within 15 s")???;
+            }
+            Server::Process(mut child) => {
+                // Nothing of the child's outlives the run: the pipeline's topics and keyspace
+                // are dropped with it.
+                child.kill()?;
+                child.wait()?;
+            }
+        }
         Ok(self.pipeline)
     }
 }
