@@ -161,7 +161,17 @@ enum Server {
         server: tokio::task::JoinHandle<std::io::Result<()>>,
     },
     /// The `boxoffice-ingest` binary, as a child process.
-    Process(std::process::Child),
+    Process(Child),
+}
+
+/// A child process that is killed (and reaped) when dropped: on a failed start as on a stop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl std::fmt::Debug for Local {
@@ -328,12 +338,12 @@ pub async fn start_process(
     let mut local = Local {
         pipeline,
         base,
-        server: Server::Process(child),
+        server: Server::Process(Child(child)),
     };
     let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Server::Process(child) = &mut local.server
+        if let Server::Process(Child(child)) = &mut local.server
             && let Some(status) = child.try_wait()?
         {
             anyhow::bail!(
@@ -361,7 +371,7 @@ impl Local {
     /// The ingest child process's pid, when ingest runs as one ([`start_process`]).
     pub fn pid(&self) -> Option<u32> {
         match &self.server {
-            Server::Process(child) => Some(child.id()),
+            Server::Process(Child(child)) => Some(child.id()),
             Server::InProcess { .. } => None,
         }
     }
@@ -375,12 +385,8 @@ impl Local {
                     .await
                     .context("ingest did not stop within 15 s")???;
             }
-            Server::Process(mut child) => {
-                // Nothing of the child's outlives the run: the pipeline's topics and keyspace
-                // are dropped with it.
-                child.kill()?;
-                child.wait()?;
-            }
+            // Killed and reaped here; the pipeline's topics and keyspace go when it is dropped.
+            Server::Process(child) => drop(child),
         }
         Ok(self.pipeline)
     }
