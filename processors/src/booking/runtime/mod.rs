@@ -267,6 +267,10 @@ pub async fn run(deps: BookingDeps, shutdown: impl Future<Output = ()>) -> Resul
         let prepared = runtime.prepare(&consumer, batch).await?;
         runtime.finish(&consumer, in_flight.take()).await?;
         in_flight = runtime.start_commit(prepared);
+        // A task spawned from a worker waits in that worker's LIFO slot, which other workers
+        // cannot steal: without a yield the commit would start only when this loop next waits
+        // (collecting and deciding the next batch rarely does), and nothing would overlap.
+        tokio::task::yield_now().await;
         if runtime.restore_is_due() {
             runtime.finish(&consumer, in_flight.take()).await?;
             runtime.restore_due(&consumer).await;
