@@ -1,8 +1,8 @@
 //! An ingest for load runs: started in this process, or as the real binary in a child process,
 //! on a private pipeline (topics under a unique prefix, its own keyspace, both removed when
-//! the pipeline is dropped) with the rate
-//! limits opened (a load generator would otherwise measure the limits), plus the setup every
-//! run needs through the public API: the admin's login, the hot event, verified users.
+//! the pipeline is dropped) with the rate limits opened (a load generator would otherwise
+//! measure the limits), plus the setup every run needs through the public API: the admin's
+//! login, the hot event, verified users.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
