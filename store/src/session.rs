@@ -1,7 +1,8 @@
 //! CQL store settings shared by every binary (flags + environment variables, defaulting to the
-//! local stack), the session builder whose errors name the setting to fix, and which CQL
-//! failures are transient (the stores retry those).
+//! local stack), the session builder whose errors name the setting to fix, which CQL
+//! failures are transient (the stores retry those), and how many this process has seen.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use boxoffice_topics::kafka::parse_host_port_list;
@@ -105,35 +106,69 @@ pub(crate) fn attempt_is_transient(e: &RequestAttemptError) -> bool {
     }
 }
 
+/// Transient store failures this process has seen (every classified failure that may mean the
+/// store went away, and every notifier store failure). A store that crashed may have lost
+/// writes it acknowledged; the consumers that resume from a store watermark compare this count
+/// across their watermark writes (`watermarks::Written`) and read a partition again when it
+/// moved.
+static TRANSIENT_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// How many transient store failures this process has seen so far.
+pub fn transient_failures() -> u64 {
+    TRANSIENT_FAILURES.load(Ordering::SeqCst)
+}
+
+/// Counts one transient store failure.
+pub(crate) fn count_transient_failure() {
+    TRANSIENT_FAILURES.fetch_add(1, Ordering::SeqCst);
+}
+
+fn counted(transient: bool) -> bool {
+    if transient {
+        count_transient_failure();
+    }
+    transient
+}
+
 /// True when a failed CQL request may succeed if retried (the store is unavailable, overloaded
-/// or timed out, or a lightweight transaction's outcome is unknown).
+/// or timed out, or a lightweight transaction's outcome is unknown). Counted when true.
 pub(crate) fn execution_is_transient(e: &ExecutionError) -> bool {
+    counted(execution_kind(e))
+}
+
+/// [`execution_is_transient`] for preparing a statement. Counted when true.
+pub(crate) fn prepare_is_transient(e: &PrepareError) -> bool {
+    counted(prepare_kind(e))
+}
+
+/// [`execution_is_transient`] for fetching a page. Counted when true.
+pub(crate) fn next_page_is_transient(e: &NextPageError) -> bool {
+    counted(match e {
+        NextPageError::RequestFailure(r) => match r {
+            RequestError::ConnectionPoolError(_) | RequestError::RequestTimeout(_) => true,
+            RequestError::LastAttemptError(a) => attempt_is_transient(a),
+            _ => false,
+        },
+        _ => false,
+    })
+}
+
+fn execution_kind(e: &ExecutionError) -> bool {
     match e {
         ExecutionError::ConnectionPoolError(_)
         | ExecutionError::RequestTimeout(_)
         | ExecutionError::SchemaAgreementError(_)
         | ExecutionError::MetadataError(_) => true,
         ExecutionError::LastAttemptError(a) => attempt_is_transient(a),
-        ExecutionError::PrepareError(p) => prepare_is_transient(p),
+        ExecutionError::PrepareError(p) => prepare_kind(p),
         _ => false,
     }
 }
 
-pub(crate) fn prepare_is_transient(e: &PrepareError) -> bool {
+fn prepare_kind(e: &PrepareError) -> bool {
     match e {
         PrepareError::ConnectionPoolError(_) => true,
         PrepareError::AllAttemptsFailed { first_attempt } => attempt_is_transient(first_attempt),
-        _ => false,
-    }
-}
-
-pub(crate) fn next_page_is_transient(e: &NextPageError) -> bool {
-    match e {
-        NextPageError::RequestFailure(r) => match r {
-            RequestError::ConnectionPoolError(_) | RequestError::RequestTimeout(_) => true,
-            RequestError::LastAttemptError(a) => attempt_is_transient(a),
-            _ => false,
-        },
         _ => false,
     }
 }

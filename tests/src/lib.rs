@@ -2,7 +2,7 @@
 //! schema registry (`services`), hands out names no other test uses (`names`), waits for
 //! conditions with a bound, never a bare sleep (`wait`), and sets up a private pipeline of
 //! topics, keyspace and processors per test (`pipeline`). Also the local payment provider
-//! (`provider_sim`), verified accounts over HTTP (`accounts`), the chaos suite (`chaos`: a private stack, every service as a process,
+//! (`provider_sim`), a TCP relay a test can cut (`tcp_cut`), verified accounts over HTTP (`accounts`), the chaos suite (`chaos`: a private stack, every service as a process,
 //! faults during a flash sale), the outside world's receivers (`receivers`: SMTP, webhooks) and what the
 //! load generators share (`load`).
 
@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod provider_sim;
 pub mod receivers;
 pub mod services;
+pub mod tcp_cut;
 pub mod wait;
 
 pub use services::{Services, services};

@@ -517,6 +517,18 @@ impl Pipeline {
         &self,
         settings: boxoffice_processors::payments::runtime::PaymentSettings,
     ) -> anyhow::Result<RunningPaymentProcessor> {
+        let watermarks = self.watermarks().await?;
+        self.start_payment_processor_watermarked(settings, watermarks)
+            .await
+    }
+
+    /// [`start_payment_processor_with`](Self::start_payment_processor_with), its watermarks
+    /// read and written through `watermarks`.
+    pub async fn start_payment_processor_watermarked(
+        &self,
+        settings: boxoffice_processors::payments::runtime::PaymentSettings,
+        watermarks: Arc<boxoffice_store::watermarks::WatermarkStore>,
+    ) -> anyhow::Result<RunningPaymentProcessor> {
         use boxoffice_processors::payments::runtime::{
             PaymentDeps, PaymentMetrics, run as run_payments,
         };
@@ -526,7 +538,7 @@ impl Pipeline {
             kafka: self.services.kafka(),
             codec: self.codec.clone(),
             store: self.payment_store().await?,
-            watermarks: self.watermarks().await?,
+            watermarks,
             gateway: gateway.clone(),
             settings,
             policy: Default::default(),

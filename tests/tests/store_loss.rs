@@ -7,7 +7,8 @@
 //!   one sees the store behind the committed offset and replays; lost payments come back
 //!   captured, the provider is asked again with the same idempotency key and never charges
 //!   twice, and the outcomes are the same records;
-//! - notifier: lost in-app rows are written again.
+//! - notifier: lost in-app rows are written again, also those lost after a watermark that
+//!   survived (seen through the channel's failed store calls).
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers: a failed unwrap fails the test"
@@ -16,6 +17,7 @@
 mod notifier_common;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use boxoffice_avro::ids;
@@ -24,8 +26,11 @@ use boxoffice_avro::records::{
 };
 use boxoffice_processors::payments::gateway::Gateway;
 use boxoffice_sinks::notify::Channel;
+use boxoffice_store::schema::Keyspace;
+use boxoffice_store::watermarks::WatermarkStore;
 use boxoffice_tests::load::now_ms;
 use boxoffice_tests::pipeline::{Pipeline, RunningPaymentProcessor};
+use boxoffice_tests::tcp_cut::TcpCut;
 use boxoffice_tests::{services, wait};
 use notifier_common::{RunningNotifier, new_id, order_life, produce, settings};
 
@@ -377,6 +382,191 @@ async fn the_payment_processor_sees_the_loss_when_new_records_come_before_its_ch
     assert!(
         processor.metrics.store_loss_replays.get() >= 1,
         "the loss was seen"
+    );
+    processor.stop().await.unwrap();
+}
+
+/// Every watermark of the pipeline's consumers, summed: the records they cover (the test
+/// topics start at offset 0 and hold no transaction markers).
+async fn watermark_total(pipeline: &Pipeline) -> i64 {
+    pipeline
+        .session
+        .query_unpaged(
+            format!(
+                "SELECT next_offset FROM \"{}\".consumer_watermarks",
+                pipeline.keyspace
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(Option<i64>,)>()
+        .unwrap()
+        .map(|r| r.unwrap().0.unwrap_or_default())
+        .sum()
+}
+
+/// A watermark store whose calls go through a relay the test can cut.
+async fn relayed_watermarks(pipeline: &Pipeline) -> (TcpCut, Arc<WatermarkStore>) {
+    let relay = TcpCut::start(&pipeline.services.scylla_uri).await.unwrap();
+    let session = boxoffice_store::session::ScyllaArgs {
+        uri: relay.address(),
+        timeout: Duration::from_secs(10),
+    }
+    .connect()
+    .await
+    .unwrap();
+    let keyspace = Keyspace::new(&pipeline.keyspace).unwrap();
+    let watermarks = WatermarkStore::new(Arc::new(session), &keyspace)
+        .await
+        .unwrap();
+    (relay, Arc::new(watermarks))
+}
+
+/// Waits until a store call of this process failed after `failures` were counted.
+async fn a_store_call_failed(failures: u64) {
+    wait::until("a watermark call failed", WAIT, || async {
+        (boxoffice_store::session::transient_failures() > failures).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The loss a watermark cannot show: rows written after the last watermark that survived are
+/// lost, and the watermark keeps its value, so its next write finds what it expects and would
+/// move past them. The in-app channel's watermark calls go through a relay the test cuts (what
+/// they meet when the store crashed); its rows go straight to the store and are deleted during
+/// the cut (what the crash lost). The failed calls must make the channel read the partition
+/// again from the stored watermark. (Without that check this failed: the 2 rows stayed lost,
+/// as 5 in-app rows did in a chaos run that killed the store.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_notifier_writes_again_rows_lost_after_a_watermark_that_survived() {
+    let user = new_id();
+    let pipeline = Pipeline::create(services().await, "inapp_loss_after_mark")
+        .await
+        .unwrap();
+    let (relay, watermarks) = relayed_watermarks(&pipeline).await;
+    let first: Vec<_> = (0..5)
+        .flat_map(|n| order_life(&user, &new_id(), now_ms() + n))
+        .collect();
+    produce(&pipeline, &first).await;
+    let settings = settings(&pipeline, &[Channel::Inapp], 1);
+    let notifier = RunningNotifier::start_with(&pipeline, settings, Arc::clone(&watermarks)).await;
+    in_app_rows_reach(&pipeline, &user, 10, "every in-app row stored").await;
+    let covered = first.len() as i64;
+    wait::until("the watermark covers the first rows", WAIT, || async {
+        (watermark_total(&pipeline).await == covered).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The crash: the channel's store calls fail from here on ...
+    relay.cut();
+    let failures = boxoffice_store::session::transient_failures();
+    let second = order_life(&user, &new_id(), now_ms() + 100);
+    produce(&pipeline, &second).await;
+    in_app_rows_reach(&pipeline, &user, 12, "the new rows stored").await;
+    a_store_call_failed(failures).await;
+    // ... and the store lost the rows written after its watermark, which kept its value.
+    for n in &second {
+        pipeline
+            .session
+            .query_unpaged(
+                format!(
+                    "DELETE FROM \"{}\".notifications WHERE user_id = ? AND created_at = ? AND notification_id = ?",
+                    pipeline.keyspace
+                ),
+                (&user, scylla::value::CqlTimestamp(n.occurred_at), n.notification_id()),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        in_app_ids(&pipeline, &user).await.len(),
+        10,
+        "the fault happened: the new rows are gone"
+    );
+    assert_eq!(
+        watermark_total(&pipeline).await,
+        covered,
+        "the watermark did not move (or go backwards): nothing shows the loss but the failures"
+    );
+    assert!(
+        watermarks.load("any", "any", 0).await.is_err(),
+        "the channel's watermark calls meet the cut"
+    );
+    relay.mend();
+
+    in_app_rows_reach(&pipeline, &user, 12, "the lost rows written again").await;
+    assert!(notifier.metrics.store_fault_replays.get() >= 1);
+    assert_eq!(
+        notifier.metrics.store_loss_replays.get(),
+        0,
+        "not a watermark that went backwards"
+    );
+    notifier.stop().await.unwrap();
+}
+
+/// The payment processor's version: payments written after the last watermark that survived
+/// are lost while their batch's watermark write meets the cut. The failed calls must make it
+/// read the partition again from the stored watermark: the payments come back captured, the
+/// provider asked again with the same keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payment_processor_replays_payments_lost_after_a_watermark_that_survived() {
+    let pipeline = Pipeline::create(services().await, "payments_loss_after_mark")
+        .await
+        .unwrap();
+    let (relay, watermarks) = relayed_watermarks(&pipeline).await;
+    let processor = pipeline
+        .start_payment_processor_watermarked(pipeline.payment_settings(), watermarks.clone())
+        .await
+        .unwrap();
+    let first = requests(0..10);
+    pipeline.produce_payment_requests(&first).await.unwrap();
+    captured(&pipeline, &(0..10).map(order).collect::<Vec<_>>()).await;
+    let covered = first.len() as i64;
+    wait::until("the watermarks cover the first payments", WAIT, || async {
+        (watermark_total(&pipeline).await == covered).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The crash: the processor's watermark calls fail from here on ...
+    relay.cut();
+    let failures = boxoffice_store::session::transient_failures();
+    let lost: Vec<String> = (10..20).map(order).collect();
+    pipeline
+        .produce_payment_requests(&requests(10..20))
+        .await
+        .unwrap();
+    captured(&pipeline, &lost).await;
+    a_store_call_failed(failures).await;
+    // ... and the store lost the payments written after its watermark, which kept its value.
+    let before = replays(&processor.gateway);
+    delete_payments(&pipeline, &lost).await;
+    assert_eq!(
+        watermark_total(&pipeline).await,
+        covered,
+        "the watermarks did not move (or go backwards): nothing shows the loss but the failures"
+    );
+    assert!(
+        watermarks.load("any", "any", 0).await.is_err(),
+        "the processor's watermark calls meet the cut"
+    );
+    relay.mend();
+
+    captured(&pipeline, &lost).await;
+    assert!(processor.metrics.store_fault_replays.get() >= 1);
+    assert_eq!(
+        processor.metrics.store_loss_replays.get(),
+        0,
+        "not a watermark that went backwards"
+    );
+    assert!(
+        replays(&processor.gateway) >= before + lost.len() as u64,
+        "the provider was asked again with the same keys (never a new charge)"
     );
     processor.stop().await.unwrap();
 }

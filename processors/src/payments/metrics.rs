@@ -33,6 +33,7 @@ pub struct PaymentMetrics {
     /// Partitions replayed because the store's watermark was behind Kafka or went backwards
     /// (the store lost writes it had acknowledged).
     pub store_loss_replays: Counter,
+    pub store_fault_replays: Counter,
     /// Calls still failing when their retry budget ran out (their partition was given up).
     pub retries_exhausted: Counter,
     /// Partitions given up and waiting to be taken again (gauge).
@@ -101,6 +102,11 @@ impl Default for PaymentMetrics {
                 r,
                 "payments_store_loss_replays_total",
                 "Partitions replayed from the store's watermark (the store lost writes)",
+            ),
+            store_fault_replays: counter(
+                r,
+                "payments_store_fault_replays_total",
+                "Partitions replayed from the store's watermark after a failed store call (writes since may be lost)",
             ),
             retries_exhausted: counter(
                 r,

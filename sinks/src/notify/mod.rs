@@ -278,6 +278,7 @@ pub struct NotifierMetrics {
     /// In-app partitions replayed because the store's watermark was behind Kafka or went
     /// backwards (the store lost rows it had acknowledged).
     pub store_loss_replays: Counter,
+    pub store_fault_replays: Counter,
     /// Calls still failing when their retry budget ran out (their partition was given up).
     pub retries_exhausted: Counter,
     /// Partitions given up on some channel, waiting to be taken again (gauge).
@@ -353,6 +354,11 @@ impl Default for NotifierMetrics {
                 r,
                 "notifier_store_loss_replays_total",
                 "In-app partitions replayed from the store's watermark (the store lost rows)",
+            ),
+            store_fault_replays: counter(
+                r,
+                "notifier_store_fault_replays_total",
+                "In-app partitions replayed from the store's watermark after a failed store call (rows written since may be lost)",
             ),
             retries_exhausted: counter(
                 r,

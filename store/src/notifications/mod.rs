@@ -24,8 +24,24 @@ pub struct NotifyStoreError {
     pub reason: String,
 }
 
-fn failed(operation: &'static str) -> impl FnOnce(String) -> NotifyStoreError {
-    move |reason| NotifyStoreError { operation, reason }
+/// The error for a failed `operation`. A failed call (not a row that did not decode) is
+/// classified like every store call, so a transient one counts in
+/// `session::transient_failures` (the in-app channel reads its partition again after one).
+fn failed<E: std::error::Error + 'static>(
+    operation: &'static str,
+) -> impl FnOnce(E) -> NotifyStoreError {
+    move |e| {
+        let any: &dyn std::any::Any = &e;
+        if let Some(call) = any.downcast_ref::<scylla::errors::ExecutionError>() {
+            crate::session::execution_is_transient(call);
+        } else if let Some(prepare) = any.downcast_ref::<scylla::errors::PrepareError>() {
+            crate::session::prepare_is_transient(prepare);
+        }
+        NotifyStoreError {
+            operation,
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// Where a delivery to one target stands.
@@ -119,12 +135,7 @@ impl NotifyStore {
         let t = |table: &str| keyspace.table(table);
         let prepare = |cql: String| {
             let session = session.clone();
-            async move {
-                session
-                    .prepare(cql)
-                    .await
-                    .map_err(|e| failed("prepare")(e.to_string()))
-            }
+            async move { session.prepare(cql).await.map_err(failed("prepare")) }
         };
         Ok(NotifyStore {
             // `read` is never written here: a redelivery must not mark a read notification
@@ -192,7 +203,7 @@ impl NotifyStore {
                 ),
             )
             .await
-            .map_err(|e| failed("store in-app notification")(e.to_string()))?;
+            .map_err(failed("store in-app notification"))?;
         Ok(())
     }
 
@@ -206,12 +217,12 @@ impl NotifyStore {
             .session
             .execute_unpaged(&self.read_delivery, (notification_id, channel, target))
             .await
-            .map_err(|e| failed("read delivery")(e.to_string()))?
+            .map_err(failed("read delivery"))?
             .into_rows_result()
-            .map_err(|e| failed("read delivery")(e.to_string()))?;
+            .map_err(failed("read delivery"))?;
         let row = rows
             .maybe_first_row::<(Option<String>, Option<i32>, Option<String>)>()
-            .map_err(|e| failed("read delivery")(e.to_string()))?;
+            .map_err(failed("read delivery"))?;
         Ok(row.map(|(state, attempts, detail)| Delivery {
             state: state
                 .as_deref()
@@ -243,7 +254,7 @@ impl NotifyStore {
                 ),
             )
             .await
-            .map_err(|e| failed("write delivery")(e.to_string()))?;
+            .map_err(failed("write delivery"))?;
         Ok(())
     }
 
@@ -255,12 +266,12 @@ impl NotifyStore {
                 .session
                 .execute_unpaged(statement, (user_id,))
                 .await
-                .map_err(|e| failed("read email address")(e.to_string()))?
+                .map_err(failed("read email address"))?
                 .into_rows_result()
-                .map_err(|e| failed("read email address")(e.to_string()))?;
+                .map_err(failed("read email address"))?;
             let row = rows
                 .maybe_first_row::<(Option<String>,)>()
-                .map_err(|e| failed("read email address")(e.to_string()))?;
+                .map_err(failed("read email address"))?;
             if let Some((Some(email),)) = row
                 && !email.trim().is_empty()
             {
@@ -276,12 +287,12 @@ impl NotifyStore {
             .session
             .execute_unpaged(&self.event_name, (event_id,))
             .await
-            .map_err(|e| failed("read event name")(e.to_string()))?
+            .map_err(failed("read event name"))?
             .into_rows_result()
-            .map_err(|e| failed("read event name")(e.to_string()))?;
+            .map_err(failed("read event name"))?;
         let row = rows
             .maybe_first_row::<(Option<String>,)>()
-            .map_err(|e| failed("read event name")(e.to_string()))?;
+            .map_err(failed("read event name"))?;
         Ok(row
             .and_then(|(name,)| name)
             .filter(|name| !name.trim().is_empty()))
@@ -295,16 +306,16 @@ impl NotifyStore {
             .session
             .execute_unpaged(&self.endpoints, (user_id,))
             .await
-            .map_err(|e| failed("read webhook endpoints")(e.to_string()))?
+            .map_err(failed("read webhook endpoints"))?
             .into_rows_result()
-            .map_err(|e| failed("read webhook endpoints")(e.to_string()))?;
+            .map_err(failed("read webhook endpoints"))?;
         let mut endpoints = Vec::new();
         for row in rows
             .rows::<(String, Option<String>, Option<String>, Option<bool>)>()
-            .map_err(|e| failed("read webhook endpoints")(e.to_string()))?
+            .map_err(failed("read webhook endpoints"))?
         {
             let (endpoint_id, url, secret, disabled) =
-                row.map_err(|e| failed("read webhook endpoints")(e.to_string()))?;
+                row.map_err(failed("read webhook endpoints"))?;
             endpoints.push(WebhookEndpoint {
                 user_id: user_id.to_owned(),
                 endpoint_id,
@@ -328,7 +339,7 @@ impl NotifyStore {
                 (reason, CqlTimestamp(now_millis()), user_id, endpoint_id),
             )
             .await
-            .map_err(|e| failed("disable webhook endpoint")(e.to_string()))?;
+            .map_err(failed("disable webhook endpoint"))?;
         Ok(())
     }
 
@@ -352,7 +363,7 @@ impl NotifyStore {
                 ),
             )
             .await
-            .map_err(|e| failed("add webhook endpoint")(e.to_string()))?;
+            .map_err(failed("add webhook endpoint"))?;
         Ok(())
     }
 }

@@ -99,7 +99,7 @@ impl NotificationReader {
                 let mut statement = session
                     .prepare(cql)
                     .await
-                    .map_err(|e| failed("prepare the notification reads")(e.to_string()))?;
+                    .map_err(failed("prepare the notification reads"))?;
                 statement.set_is_idempotent(true);
                 Ok(statement)
             }
@@ -156,16 +156,11 @@ impl NotificationReader {
                     .await
             }
         }
-        .map_err(|e| failed(OPERATION)(e.to_string()))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| failed(OPERATION)(e.to_string()))?;
+        .map_err(failed(OPERATION))?;
+        let rows = result.into_rows_result().map_err(failed(OPERATION))?;
         rows.rows::<Row>()
-            .map_err(|e| failed(OPERATION)(e.to_string()))?
-            .map(|row| {
-                row.map(from_row)
-                    .map_err(|e| failed(OPERATION)(e.to_string()))
-            })
+            .map_err(failed(OPERATION))?
+            .map(|row| row.map(from_row).map_err(failed(OPERATION)))
             .collect()
     }
 }
@@ -182,19 +177,19 @@ impl NotificationReader {
             .session
             .execute_unpaged(&self.find, (user_id, notification_id))
             .await
-            .map_err(|e| failed(OPERATION)(e.to_string()))?
+            .map_err(failed(OPERATION))?
             .into_rows_result()
-            .map_err(|e| failed(OPERATION)(e.to_string()))?;
+            .map_err(failed(OPERATION))?;
         let found = rows
             .maybe_first_row::<(Option<CqlTimestamp>,)>()
-            .map_err(|e| failed(OPERATION)(e.to_string()))?;
+            .map_err(failed(OPERATION))?;
         let Some((Some(at),)) = found else {
             return Ok(false);
         };
         self.session
             .execute_unpaged(&self.mark, (user_id, at, notification_id))
             .await
-            .map_err(|e| failed(OPERATION)(e.to_string()))?;
+            .map_err(failed(OPERATION))?;
         Ok(true)
     }
 
@@ -216,7 +211,7 @@ impl NotificationReader {
                 self.session
                     .execute_unpaged(&self.mark, (user_id, CqlTimestamp(n.created_at), &n.id))
                     .await
-                    .map_err(|e| failed(OPERATION)(e.to_string()))?;
+                    .map_err(failed(OPERATION))?;
                 marked += 1;
             }
             if page.len() < usize::try_from(MARK_PAGE).unwrap_or(usize::MAX) {

@@ -181,6 +181,16 @@ const LOSS_COUNTERS: [(Service, &str); 4] = [
     (Service::Notifier, "notifier_store_loss_replays_total"),
 ];
 
+/// The counters of partitions read again after a failed store call (writes after the last
+/// watermark may have been lost): reported, not proof of a loss.
+const FAULT_REPLAY_COUNTERS: [(Service, &str); 2] = [
+    (
+        Service::PaymentProcessor,
+        "payments_store_fault_replays_total",
+    ),
+    (Service::Notifier, "notifier_store_fault_replays_total"),
+];
+
 impl Suite {
     /// Starts everything and registers `fans` fans.
     pub async fn start(name: &str, fans: usize, recovery_source: &str) -> anyhow::Result<Suite> {
@@ -200,10 +210,10 @@ impl Suite {
         })
     }
 
-    async fn loss_counters(&self) -> Vec<u64> {
+    async fn counters(&self, counters: &[(Service, &str)]) -> Vec<u64> {
         let mut values = Vec::new();
-        for (service, name) in LOSS_COUNTERS {
-            values.push(self.system.counter(service, name).await);
+        for (service, name) in counters {
+            values.push(self.system.counter(*service, name).await);
         }
         values
     }
@@ -244,7 +254,8 @@ impl Suite {
             &self.fans,
             &event_id,
         )?;
-        let before = self.loss_counters().await;
+        let before = self.counters(&LOSS_COUNTERS).await;
+        let replays_before = self.counters(&FAULT_REPLAY_COUNTERS).await;
         let gave_up_before = self
             .system
             .counter(Service::BookingProcessor, GIVE_UP)
@@ -351,15 +362,20 @@ impl Suite {
             &mut violations,
         )
         .await;
-        let after = self.loss_counters().await;
         // A counter of a service restarted in this run starts from 0: count what it shows.
-        let seen: Vec<String> = LOSS_COUNTERS
-            .iter()
-            .zip(before.iter().zip(&after))
-            .filter(|(_, (b, a))| a > b || (**b > **a && **a > 0))
-            .map(|((_, name), (b, a))| format!("{name} {b}→{a}"))
-            .collect();
+        let moved = |counters: &[(Service, &str)], before: &[u64], after: &[u64]| {
+            counters
+                .iter()
+                .zip(before.iter().zip(after))
+                .filter(|(_, (b, a))| a > b || (**b > **a && **a > 0))
+                .map(|((_, name), (b, a))| format!("{name} {b}→{a}"))
+                .collect::<Vec<String>>()
+        };
+        let after = self.counters(&LOSS_COUNTERS).await;
+        let seen = moved(&LOSS_COUNTERS, &before, &after);
         let loss_observed = !seen.is_empty();
+        let replays_after = self.counters(&FAULT_REPLAY_COUNTERS).await;
+        let replayed = moved(&FAULT_REPLAY_COUNTERS, &replays_before, &replays_after);
         let outage_evidence = if fault == Fault::Store {
             let gave_up = self
                 .system
@@ -395,11 +411,19 @@ impl Suite {
             retries: outcome.retries,
             gave_up: outcome.gave_up,
             fault_proof,
-            loss_evidence: if seen.is_empty() {
-                "no counter moved".to_owned()
-            } else {
-                seen.join(", ")
-            },
+            loss_evidence: format!(
+                "{}; read again after failed store calls: {}",
+                if seen.is_empty() {
+                    "no counter moved".to_owned()
+                } else {
+                    seen.join(", ")
+                },
+                if replayed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    replayed.join(", ")
+                }
+            ),
             loss_observed,
             outage_evidence,
             decided_after_recovery,

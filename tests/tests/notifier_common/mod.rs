@@ -20,6 +20,7 @@ use boxoffice_sinks::notify::{
     Channel, NotifierDeps, NotifierMetrics, NotifierSettings, NotifyStore, run,
 };
 use boxoffice_store::schema::Keyspace;
+use boxoffice_store::watermarks::WatermarkStore;
 use boxoffice_tests::pipeline::Pipeline;
 use boxoffice_topics::names::TopicPrefix;
 use rdkafka::producer::FutureRecord;
@@ -189,12 +190,22 @@ pub struct RunningNotifier {
 
 impl RunningNotifier {
     pub async fn start(pipeline: &Pipeline, settings: NotifierSettings) -> Self {
+        let watermarks = pipeline.watermarks().await.unwrap();
+        Self::start_with(pipeline, settings, watermarks).await
+    }
+
+    /// [`start`](Self::start) with its watermarks read and written through `watermarks`.
+    pub async fn start_with(
+        pipeline: &Pipeline,
+        settings: NotifierSettings,
+        watermarks: Arc<WatermarkStore>,
+    ) -> Self {
         let metrics = Arc::new(NotifierMetrics::default());
         let deps = NotifierDeps {
             kafka: pipeline.services.kafka(),
             codec: pipeline.codec.clone(),
             store: notify_store(pipeline).await,
-            watermarks: pipeline.watermarks().await.unwrap(),
+            watermarks,
             settings,
             metrics: metrics.clone(),
         };

@@ -84,7 +84,8 @@ use boxoffice_runtime::retry::RetryPolicy;
 use boxoffice_store::payments::{
     HistoryEntry, PaymentSaveOutcome, PaymentStore, PaymentStoreError,
 };
-use boxoffice_store::watermarks::{Advanced, Resume, WatermarkStore, went_backwards};
+use boxoffice_store::session::transient_failures;
+use boxoffice_store::watermarks::{Advanced, Resume, WatermarkStore, Written, check};
 use boxoffice_topics::kafka::KafkaArgs;
 use boxoffice_topics::names::Topics;
 use futures::StreamExt;
@@ -159,7 +160,7 @@ struct Runtime {
     /// Wakes the timer loop when a timer is set (it may be sooner than what it sleeps on).
     timer_set: Notify,
     /// The watermark this instance last stored per owned partition.
-    written: Mutex<HashMap<i32, Option<i64>>>,
+    written: Mutex<HashMap<i32, Written>>,
     /// Owned partitions given up after a fault outlasted the retry budget (see [`Parked`]).
     parked: Mutex<BTreeMap<i32, Parked>>,
 }
@@ -440,7 +441,11 @@ impl Runtime {
     ) -> bool {
         const ATTEMPTS: u32 = 5;
         for attempt in 1..=ATTEMPTS {
-            let written = self.written_map().get(&partition).copied().flatten();
+            let written = self
+                .written_map()
+                .get(&partition)
+                .copied()
+                .unwrap_or_else(|| Written::now(None));
             match self
                 .deps
                 .watermarks
@@ -453,12 +458,12 @@ impl Runtime {
                 )
                 .await
             {
-                Ok(Advanced::Saved) => {
-                    self.written_map().insert(partition, Some(next_offset));
+                Ok(Advanced::Saved(saved)) => {
+                    self.written_map().insert(partition, saved);
                     return true;
                 }
-                Ok(Advanced::Behind { stored }) => {
-                    self.read_again_from_store(consumer, partition, stored, written);
+                Ok(read_again) => {
+                    self.read_again_from_store(consumer, partition, read_again, written);
                     return false;
                 }
                 Err(e) if e.is_retryable() && attempt < ATTEMPTS => {

@@ -240,7 +240,7 @@ impl Runtime {
         Ok(timers.len())
     }
 
-    pub(super) fn written_map(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Option<i64>>> {
+    pub(super) fn written_map(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Written>> {
         // A panic while holding the map leaves it whole (single inserts and removes).
         self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -292,22 +292,20 @@ impl Runtime {
                 "the store is behind Kafka (it lost writes it had acknowledged): replaying the partition from the store's watermark"
             );
         }
-        self.written_map().insert(partition, stored);
+        self.written_map().insert(partition, Written::now(stored));
         info!(partition, resume = ?resume, "partition resumes");
         Ok(())
     }
 
     /// Compares each owned partition's stored watermark with the one this instance wrote: an
-    /// older one means the store lost writes since, and the partition is read again from it.
-    /// Writes check too ([`WatermarkStore::advance`]); this catches a loss while no record
-    /// comes.
+    /// older one means the store lost writes since, and a store call that failed since means
+    /// it may have; either way the partition is read again from the stored one. Writes check
+    /// too ([`WatermarkStore::advance`]); this catches a loss while no record comes.
     pub(super) async fn check_watermarks(&self, consumer: &PaymentConsumer) {
-        let owned: Vec<(i32, Option<i64>)> =
-            self.written_map().iter().map(|(p, w)| (*p, *w)).collect();
+        let owned: Vec<(i32, Written)> = self.written_map().iter().map(|(p, w)| (*p, *w)).collect();
         for (partition, written) in owned {
-            if written.is_none() {
-                continue;
-            }
+            // Read before the load: a failure after it is for the next check.
+            let failures = transient_failures();
             let stored = match self
                 .deps
                 .watermarks
@@ -324,28 +322,31 @@ impl Runtime {
                     continue;
                 }
             };
-            if went_backwards(stored, written) {
-                self.read_again_from_store(consumer, partition, stored, written);
+            if let Some(why) = check(stored, written, failures) {
+                self.read_again_from_store(consumer, partition, why, written);
             }
         }
     }
 
-    /// The store's watermark went backwards (it lost writes it had acknowledged): the
-    /// partition is read again from it; its writes are idempotent.
+    /// The store's watermark went backwards (it lost writes it had acknowledged), or a store
+    /// call failed since the last one (writes after it may be lost): the partition is read
+    /// again from the stored watermark; its writes are idempotent.
     pub(super) fn read_again_from_store(
         &self,
         consumer: &PaymentConsumer,
         partition: i32,
-        stored: Option<i64>,
-        written: Option<i64>,
+        why: Advanced,
+        written: Written,
     ) {
-        self.deps.metrics.store_loss_replays.inc_by(1);
-        warn!(
-            partition,
-            ?stored,
-            ?written,
-            "the store's watermark went backwards (it lost writes it had acknowledged): reading the partition again from it"
-        );
+        let Some(stored) = why.read_again_from() else {
+            return;
+        };
+        let metrics = &self.deps.metrics;
+        if why.log_read_again(partition, written) {
+            metrics.store_fault_replays.inc_by(1);
+        } else {
+            metrics.store_loss_replays.inc_by(1);
+        }
         let target = stored.map_or(Offset::Beginning, Offset::Offset);
         match consumer.seek(
             &self.topics.payments,
@@ -354,7 +355,7 @@ impl Runtime {
             self.deps.kafka.timeout,
         ) {
             Ok(()) => {
-                self.written_map().insert(partition, stored);
+                self.written_map().insert(partition, Written::now(stored));
             }
             Err(e) => {
                 warn!(partition, error = %e, "seeking back failed; the next check tries again")

@@ -23,7 +23,8 @@ use super::store::{Delivery, DeliveryState, WebhookEndpoint};
 use super::webhook::WebhookSender;
 use super::{Channel, NotifierDeps, NotifierError, SendError};
 use boxoffice_runtime::rebalance::{GroupContext, Membership, committed_offset, seek_and_resume};
-use boxoffice_store::watermarks::{Advanced, Resume, went_backwards};
+use boxoffice_store::session::transient_failures;
+use boxoffice_store::watermarks::{Advanced, Resume, Written, check};
 
 /// Records waiting per lane before the consumer waits for the lane.
 const LANE_CAPACITY: usize = 256;
@@ -49,7 +50,7 @@ pub fn lane_of(key: &[u8], lanes: usize) -> usize {
 /// since, waiting for the next write (see [`WATERMARK_SAVE_EVERY`]).
 #[derive(Debug, Default)]
 struct StoredMarks {
-    written: HashMap<i32, Option<i64>>,
+    written: HashMap<i32, Written>,
     /// Per partition, the offset to store for commit once the watermark past it is written.
     pending: BTreeMap<i32, i64>,
     saved_at: Option<Instant>,
@@ -520,7 +521,7 @@ mod tests {
         stored.saved_at = Some(t0);
         assert!(!stored.due(t0 + WATERMARK_SAVE_EVERY / 2));
         assert!(stored.due(t0 + WATERMARK_SAVE_EVERY));
-        stored.written.insert(3, Some(40));
+        stored.written.insert(3, Written::now(Some(40)));
         stored.forget(3);
         assert!(stored.pending.is_empty() && stored.written.is_empty());
         assert!(!stored.due(t0 + WATERMARK_SAVE_EVERY));

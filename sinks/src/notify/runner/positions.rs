@@ -101,7 +101,7 @@ impl ChannelRunner {
             match self.try_reposition(partition).await {
                 Ok((watermark, resume)) => {
                     if self.channel == Channel::Inapp {
-                        stored.written.insert(partition, watermark);
+                        stored.written.insert(partition, Written::now(watermark));
                     }
                     debug!(
                         channel = self.channel.name(),
@@ -166,8 +166,9 @@ impl ChannelRunner {
 
     /// Stores for commit the offsets final since the last call. In-app: each partition's
     /// watermark is written first ([`WatermarkStore::advance`], which checks that the store did
-    /// not go backwards); a partition whose write failed keeps its offset for the next call,
-    /// one whose store went backwards is read again from it.
+    /// not go backwards and no store call failed since the last one); a partition whose write
+    /// failed keeps its offset for the next call, one whose check failed is read again from the
+    /// stored watermark.
     ///
     /// [`WatermarkStore::advance`]: boxoffice_store::watermarks::WatermarkStore::advance
     pub(super) async fn store_pending(&self, stored: &mut StoredMarks, marks: &mut Watermarks) {
@@ -177,18 +178,22 @@ impl ChannelRunner {
         let pending = std::mem::take(&mut stored.pending);
         for (partition, commit) in pending {
             if self.channel == Channel::Inapp {
-                let written = stored.written.get(&partition).copied().flatten();
+                let written = stored
+                    .written
+                    .get(&partition)
+                    .copied()
+                    .unwrap_or_else(|| Written::now(None));
                 let advanced = self
                     .deps
                     .watermarks
                     .advance(&self.group_id, &self.topic, partition, written, commit + 1)
                     .await;
                 match advanced {
-                    Ok(Advanced::Saved) => {
-                        stored.written.insert(partition, Some(commit + 1));
+                    Ok(Advanced::Saved(saved)) => {
+                        stored.written.insert(partition, saved);
                     }
-                    Ok(Advanced::Behind { stored: now }) => {
-                        self.read_again_from_store(stored, marks, partition, now, written);
+                    Ok(read_again) => {
+                        self.read_again_from_store(stored, marks, partition, read_again, written);
                         continue;
                     }
                     Err(e) => {
@@ -212,14 +217,14 @@ impl ChannelRunner {
     }
 
     /// Compares each partition's stored watermark with the one written here: an older one
-    /// means the store lost rows since, and the partition is read again from it. Writes check
-    /// too ([`store_pending`](Self::store_pending)); this catches a loss while no record comes.
+    /// means the store lost rows since, and a store call that failed since means it may have;
+    /// either way the partition is read again from the stored one. Writes check too
+    /// ([`store_pending`](Self::store_pending)); this catches a loss while no record comes.
     pub(super) async fn check_watermarks(&self, stored: &mut StoredMarks, marks: &mut Watermarks) {
-        let owned: Vec<(i32, Option<i64>)> = stored.written.iter().map(|(p, w)| (*p, *w)).collect();
+        let owned: Vec<(i32, Written)> = stored.written.iter().map(|(p, w)| (*p, *w)).collect();
         for (partition, written) in owned {
-            if written.is_none() {
-                continue;
-            }
+            // Read before the load: a failure after it is for the next check.
+            let failures = transient_failures();
             let Ok(now) = self
                 .deps
                 .watermarks
@@ -228,29 +233,32 @@ impl ChannelRunner {
             else {
                 continue;
             };
-            if went_backwards(now, written) {
-                self.read_again_from_store(stored, marks, partition, now, written);
+            if let Some(why) = check(now, written, failures) {
+                self.read_again_from_store(stored, marks, partition, why, written);
             }
         }
     }
 
-    /// The store's in-app watermark went backwards (it lost rows it had acknowledged): the
-    /// partition is read again from it and the lost rows written again (upserts by id).
+    /// The store's in-app watermark went backwards (it lost rows it had acknowledged), or a
+    /// store call failed since the last one (rows after it may be lost): the partition is read
+    /// again from the stored watermark and the rows written again (upserts by id).
     fn read_again_from_store(
         &self,
         stored: &mut StoredMarks,
         marks: &mut Watermarks,
         partition: i32,
-        now: Option<i64>,
-        written: Option<i64>,
+        why: Advanced,
+        written: Written,
     ) {
-        self.deps.metrics.store_loss_replays.inc_by(1);
-        warn!(
-            partition,
-            ?now,
-            ?written,
-            "the in-app watermark went backwards (the store lost rows): reading the partition again from it"
-        );
+        let Some(now) = why.read_again_from() else {
+            return;
+        };
+        let metrics = &self.deps.metrics;
+        if why.log_read_again(partition, written) {
+            metrics.store_fault_replays.inc_by(1);
+        } else {
+            metrics.store_loss_replays.inc_by(1);
+        }
         let target = now.map_or(Offset::Beginning, Offset::Offset);
         if let Err(e) = self
             .consumer
@@ -264,6 +272,6 @@ impl ChannelRunner {
         self.bump_epoch(partition);
         marks.partitions.remove(&partition);
         stored.pending.remove(&partition);
-        stored.written.insert(partition, now);
+        stored.written.insert(partition, Written::now(now));
     }
 }

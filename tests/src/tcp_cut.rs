@@ -1,0 +1,98 @@
+//! A TCP relay in front of one real service that a test can cut: every open connection through
+//! it is dropped at once and new ones are closed as soon as they arrive, until it is mended.
+//! What a client of a crashed server sees (connections reset, connects refused), without
+//! stopping the server the other clients share.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The relay; stops when dropped.
+#[derive(Debug)]
+pub struct TcpCut {
+    address: SocketAddr,
+    cut: Arc<AtomicBool>,
+    /// Bumped by every cut: connections opened before it close.
+    generation: watch::Sender<u64>,
+    accept: JoinHandle<()>,
+}
+
+impl TcpCut {
+    /// Relays `127.0.0.1:<new port>` to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> std::io::Result<TcpCut> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let cut = Arc::new(AtomicBool::new(false));
+        let (generation, _) = watch::channel(0u64);
+        let accept = tokio::spawn(relay(
+            listener,
+            upstream.to_owned(),
+            Arc::clone(&cut),
+            generation.clone(),
+        ));
+        Ok(TcpCut {
+            address,
+            cut,
+            generation,
+            accept,
+        })
+    }
+
+    /// Where clients connect (`127.0.0.1:port`).
+    pub fn address(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// Drops every open connection and closes new ones until [`mend`](Self::mend).
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Relays new connections again.
+    pub fn mend(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpCut {
+    fn drop(&mut self) {
+        self.accept.abort();
+        // Open connections close with the generation's sender.
+    }
+}
+
+async fn relay(
+    listener: TcpListener,
+    upstream: String,
+    cut: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+) {
+    loop {
+        // Ends when the relay is dropped (the task is aborted) or the listener fails.
+        let Ok((mut client, _)) = listener.accept().await else {
+            return;
+        };
+        if cut.load(Ordering::SeqCst) {
+            drop(client);
+            continue;
+        }
+        let mut changed = generation.subscribe();
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                return;
+            };
+            // Either side closing, or a cut, ends the connection; dropping both sockets closes
+            // them.
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = changed.changed() => {}
+            }
+        });
+    }
+}
