@@ -106,8 +106,8 @@ pub(crate) fn attempt_is_transient(e: &RequestAttemptError) -> bool {
     }
 }
 
-/// Transient store failures this process has seen (every classified failure that may mean the
-/// store went away, and every notifier store failure). A store that crashed may have lost
+/// Transient store failures this process has seen (every failure classified below as one that
+/// may mean the store went away). A store that crashed may have lost
 /// writes it acknowledged; the consumers that resume from a store watermark compare this count
 /// across their watermark writes (`watermarks::Written`) and read a partition again when it
 /// moved.
@@ -118,14 +118,10 @@ pub fn transient_failures() -> u64 {
     TRANSIENT_FAILURES.load(Ordering::SeqCst)
 }
 
-/// Counts one transient store failure.
-pub(crate) fn count_transient_failure() {
-    TRANSIENT_FAILURES.fetch_add(1, Ordering::SeqCst);
-}
-
+/// Counts the failure when `transient`.
 fn counted(transient: bool) -> bool {
     if transient {
-        count_transient_failure();
+        TRANSIENT_FAILURES.fetch_add(1, Ordering::SeqCst);
     }
     transient
 }

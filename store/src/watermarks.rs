@@ -123,7 +123,7 @@ pub fn check(stored: Option<i64>, written: Written, failures_now: u64) -> Option
 /// Whether the store lost writes since this consumer last wrote the partition's watermark
 /// (`written`): the stored one is older or gone. `written: None` (nothing written since the
 /// partition was taken, or the store held none then) has nothing to compare with.
-pub fn went_backwards(stored: Option<i64>, written: Option<i64>) -> bool {
+fn went_backwards(stored: Option<i64>, written: Option<i64>) -> bool {
     written.is_some_and(|w| stored.is_none_or(|s| s < w))
 }
 

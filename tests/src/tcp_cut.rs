@@ -4,8 +4,6 @@
 //! stopping the server the other clients share.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -15,9 +13,9 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct TcpCut {
     address: SocketAddr,
-    cut: Arc<AtomicBool>,
-    /// Bumped by every cut: connections opened before it close.
-    generation: watch::Sender<u64>,
+    /// Whether the relay is cut: open connections close when it turns true, new ones are closed
+    /// on arrival while it is.
+    cut: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
 
@@ -26,18 +24,11 @@ impl TcpCut {
     pub async fn start(upstream: &str) -> std::io::Result<TcpCut> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
-        let cut = Arc::new(AtomicBool::new(false));
-        let (generation, _) = watch::channel(0u64);
-        let accept = tokio::spawn(relay(
-            listener,
-            upstream.to_owned(),
-            Arc::clone(&cut),
-            generation.clone(),
-        ));
+        let (cut, _) = watch::channel(false);
+        let accept = tokio::spawn(relay(listener, upstream.to_owned(), cut.clone()));
         Ok(TcpCut {
             address,
             cut,
-            generation,
             accept,
         })
     }
@@ -49,39 +40,33 @@ impl TcpCut {
 
     /// Drops every open connection and closes new ones until [`mend`](Self::mend).
     pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
+        self.cut.send_replace(true);
     }
 
     /// Relays new connections again.
     pub fn mend(&self) {
-        self.cut.store(false, Ordering::SeqCst);
+        self.cut.send_replace(false);
     }
 }
 
 impl Drop for TcpCut {
     fn drop(&mut self) {
         self.accept.abort();
-        // Open connections close with the generation's sender.
+        // Open connections close when the last sender of `cut` is gone.
     }
 }
 
-async fn relay(
-    listener: TcpListener,
-    upstream: String,
-    cut: Arc<AtomicBool>,
-    generation: watch::Sender<u64>,
-) {
+async fn relay(listener: TcpListener, upstream: String, cut: watch::Sender<bool>) {
     loop {
         // Ends when the relay is dropped (the task is aborted) or the listener fails.
         let Ok((mut client, _)) = listener.accept().await else {
             return;
         };
-        if cut.load(Ordering::SeqCst) {
+        let mut is_cut = cut.subscribe();
+        if *is_cut.borrow_and_update() {
             drop(client);
             continue;
         }
-        let mut changed = generation.subscribe();
         let upstream = upstream.clone();
         tokio::spawn(async move {
             let Ok(mut server) = TcpStream::connect(&upstream).await else {
@@ -91,7 +76,7 @@ async fn relay(
             // them.
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                _ = changed.changed() => {}
+                _ = is_cut.wait_for(|cut| *cut) => {}
             }
         });
     }
