@@ -451,14 +451,19 @@ async fn a_refold_that_disagrees_with_what_was_published_stops_the_partition() {
     forget(&pipeline, event_id).await;
 
     let processor = start(&pipeline, RecoverySource::Log).await;
+    // The gauge and the readiness reason are published one after the other: wait for both.
     let stopped = wait::until("the partition stopped", DECIDED_WITHIN, || async {
-        (processor.metrics.partitions_stopped.get() == 1).then_some(())
+        let m = &processor.metrics;
+        let why = m.readiness().err()?;
+        (m.partitions_stopped.get() == 1 && why.contains("STOPPED")).then_some(why)
     })
     .await;
-    assert!(stopped.is_ok(), "{:?}", processor.metrics.readiness());
+    let why = match stopped {
+        Ok(why) => why,
+        Err(e) => panic!("{e:?}; readiness: {:?}", processor.metrics.readiness()),
+    };
     assert_eq!(processor.metrics.refold_mismatches.get(), 1);
-    let why = processor.metrics.readiness().unwrap_err();
-    assert!(why.contains("STOPPED") && why.contains(event_id), "{why}");
+    assert!(why.contains(event_id), "{why}");
     // Stopped means stopped: new commands are not decided.
     pipeline
         .produce_commands(&bookings(event_id, 20..25))

@@ -550,6 +550,19 @@ impl Runtime {
 
     fn publish_gauges(&self) {
         let m = &self.deps.metrics;
+        // Reasons first: whoever sees a gauge move also finds why.
+        let mut why = Vec::new();
+        for (p, slot) in &self.slots {
+            match slot {
+                Slot::Waiting { reason, .. } => {
+                    why.push(format!("partition {p} waiting: {reason}"))
+                }
+                Slot::Stopped { reason } => why.push(format!("partition {p} STOPPED: {reason}")),
+                Slot::Active(_) => {}
+            }
+        }
+        why.sort();
+        m.set_not_ready(why);
         let mut active = 0;
         let mut waiting = 0;
         let mut stopped = 0;
@@ -576,18 +589,6 @@ impl Runtime {
         m.holds_active.set(gauge(holds));
         m.orders_in_memory.set(gauge(orders));
         m.events_lost.set(gauge(lost));
-        let mut why = Vec::new();
-        for (p, slot) in &self.slots {
-            match slot {
-                Slot::Waiting { reason, .. } => {
-                    why.push(format!("partition {p} waiting: {reason}"))
-                }
-                Slot::Stopped { reason } => why.push(format!("partition {p} STOPPED: {reason}")),
-                Slot::Active(_) => {}
-            }
-        }
-        why.sort();
-        m.set_not_ready(why);
     }
 }
 
