@@ -289,10 +289,17 @@ async fn a_live_processor_whose_store_lost_writes_rebuilds_from_the_log_and_neve
     assert_eq!(fans.rejected.len(), TOTAL - CAPACITY as usize);
     let m = &processor.metrics;
     assert!(m.store_loss_detected.get() >= 1, "the loss was seen");
-    assert!(m.events_refolded.get() >= 1, "the event was re-folded");
+    // The re-fold counters move after the batch's save, which follows the transaction the
+    // fans read from: wait for them rather than race the save.
+    let refolded = wait::until("the lost 30 folded again", DECIDED_WITHIN, || async {
+        (m.events_refolded.get() >= 1 && m.commands_refolded.get() >= 30).then_some(())
+    })
+    .await;
     assert!(
-        m.commands_refolded.get() >= 30,
-        "the lost 30 were folded again"
+        refolded.is_ok(),
+        "{refolded:?}: events {}, commands {}",
+        m.events_refolded.get(),
+        m.commands_refolded.get()
     );
     assert_eq!(m.refold_mismatches.get(), 0);
     assert_audit_ok(&pipeline, event_id).await;

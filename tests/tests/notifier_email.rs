@@ -131,18 +131,20 @@ async fn emails_are_sent_once_per_notification_in_order() {
     let cancelled = &messages[position(&all[5].record_id)];
     assert!(cancelled.body.contains("refunded"), "{cancelled:?}");
 
+    // The rows are written after the counter moves and after the server took the message.
     let store = notify_store(&pipeline).await;
-    let skipped = store
-        .delivery(&for_carol.record_id, "email", "email")
-        .await
-        .unwrap()
-        .unwrap();
+    let (skipped, sent) = wait::until("both delivery rows", Duration::from_secs(30), || {
+        let store = &store;
+        let (carol, first) = (&for_carol.record_id, &all[0].record_id);
+        async move {
+            let skipped = store.delivery(carol, "email", "email").await.unwrap()?;
+            let sent = store.delivery(first, "email", "email").await.unwrap()?;
+            Some((skipped, sent))
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(skipped.state, DeliveryState::Skipped);
-    let sent = store
-        .delivery(&all[0].record_id, "email", "email")
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!((sent.state, sent.attempts), (DeliveryState::Sent, 1));
     notifier.stop().await.unwrap();
 

@@ -316,6 +316,8 @@ async fn a_tampered_amount_is_refused_then_a_submission_before_its_request_is_pa
         matches!(f, OrderEvent::OrderConfirmed(_))
     })
     .await;
+    // The outcome is produced before the history and the row are written; the row comes last.
+    payment_row(&pipeline, "early", "CAPTURED").await;
     assert_eq!(
         history(&pipeline, "early").await,
         ["AWAITING_REQUEST", "PENDING", "CHARGING", "CAPTURED"]
