@@ -36,6 +36,13 @@ use notifier_common::{RunningNotifier, new_id, order_life, produce, settings};
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// Tests that cut the store run alone. The count of failed store calls is one per process
+/// (`boxoffice_store::session::transient_failures`, right for a service: one consumer of each
+/// kind per process), so a cut in one test makes every other test's consumers in this binary
+/// read their partitions again, at any moment, also between another test's injected loss and
+/// its check that the loss happened (a CI run failed so: a deleted payment was already back).
+static STORE_CUTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn order(i: usize) -> String {
     format!("loss-order-{i:03}")
 }
@@ -158,6 +165,7 @@ fn replays(gateway: &Gateway) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payment_processor_replays_what_the_store_lost_and_never_charges_twice() {
+    let _alone = STORE_CUTS.read().await;
     let (pipeline, processor) = paid("payments_loss", 20).await;
 
     // The running processor: its watermark goes backwards under it.
@@ -338,6 +346,7 @@ async fn lose_in_app(pipeline: &Pipeline, user: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_notifier_writes_again_in_app_rows_the_store_lost() {
+    let _alone = STORE_CUTS.read().await;
     let users: Vec<String> = (0..3).map(|_| new_id()).collect();
     let (pipeline, notifier) = notified("inapp_loss", &users).await;
 
@@ -353,6 +362,7 @@ async fn the_notifier_writes_again_in_app_rows_the_store_lost() {
 /// check on write, this failed: the 10 lost rows stayed lost, only the 2 new ones came.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_notifier_sees_the_loss_when_new_records_come_before_its_check() {
+    let _alone = STORE_CUTS.read().await;
     let user = new_id();
     let (pipeline, notifier) = notified("inapp_loss_busy", std::slice::from_ref(&user)).await;
 
@@ -368,6 +378,7 @@ async fn the_notifier_sees_the_loss_when_new_records_come_before_its_check() {
 /// partitions come before its periodic check; their batch's watermark write sees the loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payment_processor_sees_the_loss_when_new_records_come_before_its_check() {
+    let _alone = STORE_CUTS.read().await;
     let (pipeline, processor) = paid("payments_loss_busy", 10).await;
     let lost: Vec<String> = (0..10).map(order).collect();
 
@@ -443,6 +454,7 @@ async fn a_store_call_failed(failures: u64) {
 /// as 5 in-app rows did in a chaos run that killed the store.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_notifier_writes_again_rows_lost_after_a_watermark_that_survived() {
+    let _alone = STORE_CUTS.write().await;
     let user = new_id();
     let pipeline = Pipeline::create(services().await, "inapp_loss_after_mark")
         .await
@@ -515,6 +527,7 @@ async fn the_notifier_writes_again_rows_lost_after_a_watermark_that_survived() {
 /// provider asked again with the same keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payment_processor_replays_payments_lost_after_a_watermark_that_survived() {
+    let _alone = STORE_CUTS.write().await;
     let pipeline = Pipeline::create(services().await, "payments_loss_after_mark")
         .await
         .unwrap();
